@@ -1,0 +1,450 @@
+"""Experiment configuration: YAML with `_base_` inheritance, validated into typed dataclasses.
+
+One experiment = one YAML file (usually a search space in `search_spaces/`). Its sections map to
+the dataclasses below; the `model:` section is validated against the dataclass of the chosen
+family (`core.models.<family>.Config`). Every key is checked: a misspelled key is an error that
+names it, suggests the closest valid key and lists all valid keys.
+
+    cfg = load_experiment("search_spaces/quickstart.yaml", overrides=["train.epochs=3"])
+    cfg.model.lr_g, cfg.train.epochs, cfg.search.space
+
+A dotted key (`model.lr_g`) addresses any field, both in command-line overrides and in the
+searched space, so the trainable applies a trial's sampled values with the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A problem with a configuration file or override, phrased for the user."""
+
+
+# --- The sections ------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"              # builtin | folder | kaggle
+    root: str | None = None              # folder: dir with train/monet, train/photo, test/photo; kaggle: download dir
+    image_size: int = 256                # px, square side the networks see
+    load_size: int | None = None         # px, resize before the random crop; None = image_size * 286/256 (paper)
+    random_crop: bool = True             # augmentation: resize to load_size, random crop to image_size
+    flip: bool = True                    # augmentation: random horizontal flip
+    test_fraction: float = 0.1           # kaggle/builtin: share of photos held out as test/photo (scored)
+    split_seed: int = 0                  # seed of the reproducible train/test split
+    max_images: int | None = None        # cap per domain after the split (smoke tests); None = all
+    builtin_count: int = 300             # builtin: images per domain (photos and paintings)
+    competition: str = "gan-getting-started"  # kaggle: competition slug
+    force_download: bool = False         # kaggle: download again even if present
+    num_workers: int = 0                 # DataLoader worker processes per trial
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.source not in ("builtin", "folder", "kaggle"):
+            errors.append(f"data.source must be builtin, folder or kaggle, got {self.source!r}")
+        if self.source == "folder" and not self.root:
+            errors.append("data.source 'folder' needs data.root: a directory with train/monet, train/photo, test/photo")
+        if self.image_size < 16 or self.image_size % 4:
+            errors.append(f"data.image_size must be a multiple of 4 and >= 16, got {self.image_size}")
+        if self.load_size is not None and self.load_size < self.image_size:
+            errors.append(f"data.load_size ({self.load_size}) must be >= data.image_size ({self.image_size})")
+        if not 0.0 < self.test_fraction < 1.0:
+            errors.append(f"data.test_fraction must be between 0 and 1, got {self.test_fraction}")
+        if self.builtin_count < 8:
+            errors.append(f"data.builtin_count must be >= 8, got {self.builtin_count}")
+        return errors
+
+    @property
+    def resolved_load_size(self) -> int:
+        return self.load_size or round(self.image_size * 286 / 256)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10                     # epochs per trial (ASHA may stop a trial earlier)
+    batch_size: int = 1                  # images per iteration (CycleGAN paper: 1)
+    eval_every: int = 1                  # epochs between evaluations; each one reports and checkpoints
+    iters_per_epoch: int | None = None   # cap on iterations per epoch; None = one pass over the data
+    seed: int = 0                        # trial seed (weights, shuffling, augmentation)
+    device: str = "auto"                 # auto | cpu | cuda
+    amp: bool = False                    # bfloat16 autocast on CUDA (ignored on CPU)
+    threads: int | None = None           # torch CPU threads per trial; None = the CPUs the trial was given
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.epochs < 1:
+            errors.append(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            errors.append(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.eval_every <= max(self.epochs, 1):
+            errors.append(f"train.eval_every must be between 1 and train.epochs ({self.epochs}), got {self.eval_every}")
+        if self.iters_per_epoch is not None and self.iters_per_epoch < 1:
+            errors.append(f"train.iters_per_epoch must be >= 1 or null, got {self.iters_per_epoch}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            errors.append(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        return errors
+
+
+@dataclass
+class MetricsConfig:
+    extractor: str = "inception-fid-helper"  # inception | inception-fid-helper | random (tests only)
+    num_samples: int = 500               # generated images scored per evaluation
+    reference_samples: int | None = None # cap on reference (Monet) images; None = all
+    kid_subset_size: int = 100           # KID subset size (clipped to the sample counts)
+    batch_size: int = 50                 # feature-extraction batch size (does not change the values)
+    weights_path: str | None = None      # inception: local torch-fidelity weights instead of the download
+    mifid_threshold: float = 0.1         # Kaggle: memorization distance below this penalizes FID
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.extractor not in ("inception", "inception-fid-helper", "random"):
+            errors.append(f"metrics.extractor must be inception, inception-fid-helper or random, got {self.extractor!r}")
+        if self.num_samples < 2:
+            errors.append(f"metrics.num_samples must be >= 2, got {self.num_samples}")
+        if self.kid_subset_size < 2:
+            errors.append(f"metrics.kid_subset_size must be >= 2, got {self.kid_subset_size}")
+        if self.weights_path and not Path(os.path.expanduser(self.weights_path)).is_file():
+            errors.append(f"metrics.weights_path {self.weights_path!r} is not a file")
+        return errors
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True             # per-trial scalars and image grids under the trial directory
+    image_grid_size: int = 8             # images per TensorBoard grid
+    wandb: bool = False                  # log each trial to Weights & Biases through Ray's callback
+    wandb_project: str = "paintsweep"
+    wandb_mode: str | None = None        # online | offline | disabled; None = online with WANDB_API_KEY, else offline
+
+    def validate(self) -> list[str]:
+        if self.wandb_mode not in (None, "online", "offline", "disabled"):
+            return [f"logging.wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}"]
+        return []
+
+
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+METRICS = ("fid", "mifid", "kid")
+
+
+@dataclass
+class SearchConfig:
+    space: dict = field(default_factory=dict)  # dotted key -> {loguniform|uniform|int: [low, high]} or {choice: [...]}
+    metric: str = "fid"                  # fid | mifid | kid: what the search minimizes
+    searcher: str = "optuna"             # optuna (TPE, seeded, study on disk) | random
+    seed: int = 0                        # searcher seed
+    scheduler: str = "asha"              # asha (stops bad trials early) | fifo (runs every trial to the end)
+    grace_period: int = 1                # ASHA: epochs before a trial can be stopped
+    reduction_factor: int = 2            # ASHA: keep 1/reduction_factor of trials at each rung
+    num_samples: int = 8                 # trials
+    max_concurrent: int = 2              # trials running at once
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0            # fractional values share one GPU between trials
+    keep_checkpoints: int = 3            # per trial, the best by the metric (the latest is always kept too)
+    max_failures: int = 0                # retries of a crashed trial from its last checkpoint
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.metric not in METRICS:
+            errors.append(f"search.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.searcher not in ("optuna", "random"):
+            errors.append(f"search.searcher must be optuna or random, got {self.searcher!r}")
+        if self.scheduler not in ("asha", "fifo"):
+            errors.append(f"search.scheduler must be asha or fifo, got {self.scheduler!r}")
+        for name, value in [("num_samples", self.num_samples), ("max_concurrent", self.max_concurrent),
+                            ("grace_period", self.grace_period), ("keep_checkpoints", self.keep_checkpoints)]:
+            if value < 1:
+                errors.append(f"search.{name} must be >= 1, got {value}")
+        if self.reduction_factor < 2:
+            errors.append(f"search.reduction_factor must be >= 2, got {self.reduction_factor}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            errors.append("search.cpus_per_trial must be > 0 and search.gpus_per_trial >= 0")
+        if not isinstance(self.space, dict):
+            errors.append("search.space must be a mapping of dotted keys to distributions")
+        else:
+            for key, spec in self.space.items():
+                errors.extend(_validate_distribution(key, spec))
+        return errors
+
+
+def _validate_distribution(key: str, spec: Any) -> list[str]:
+    where = f"search.space.{key}"
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return [f"{where} must be one of {{{' | '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}"]
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return [f"{where}: unknown distribution {kind!r}.{hint} Valid: {', '.join(DISTRIBUTIONS)}"]
+    if kind == "choice":
+        if not isinstance(args, list) or len(args) < 1:
+            return [f"{where}: choice needs a non-empty list of values, got {args!r}"]
+        return []
+    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)):
+        return [f"{where}: {kind} needs [low, high] numbers, got {args!r}"]
+    low, high = args
+    if not low < high:
+        return [f"{where}: {kind} range is empty: low ({low}) must be < high ({high})"]
+    if kind == "loguniform" and low <= 0:
+        return [f"{where}: loguniform needs low > 0 (it samples log(value)), got {low}"]
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        return [f"{where}: int needs whole-number bounds, got {args!r}"]
+    return []
+
+
+@dataclass
+class ExperimentConfig:
+    name: str                            # experiment directory name under the storage path
+    family: str                          # registered model family: cyclegan, ...
+    model: Any                           # the family's Config dataclass
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    cache_dir: str = "~/.cache/paintsweep"  # builtin data, prepared images, reference statistics, weights
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(os.path.expanduser(os.environ.get("PAINTSWEEP_CACHE", self.cache_dir)))
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "metrics": MetricsConfig,
+            "logging": LoggingConfig, "search": SearchConfig}
+TOP_LEVEL_KEYS = ("name", "family", "description", "cache_dir", "model", *SECTIONS)
+
+
+# --- Loading -----------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML file, resolving `_base_` (a path or list of paths, relative to the file).
+
+    Bases are merged in order, then the file itself on top; mappings merge key by key, anything
+    else (lists included) is replaced. A key set to `_delete_` is removed."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError(f"Circular _base_ inheritance: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}. Fix the syntax at the position shown.") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (name, family, data, model, ...), "
+                          f"got a {type(raw).__name__}")
+    bases = raw.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    merged: dict = {}
+    for base in bases:
+        merged = deep_merge(merged, read_yaml(path.parent / base, (*_seen, path)))
+    return deep_merge(merged, raw)
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if value == "_delete_":
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and key != "space":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.epochs=3", "model.lr_g=1e-4"]` -> {"train.epochs": 3, "model.lr_g": 0.0001}.
+    Values are parsed as YAML, so numbers, booleans, lists and null work as in the files."""
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. train.epochs=3")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set `tree["model"]["lr_g"] = value` for dotted == "model.lr_g" (creating sections)."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"Cannot set {dotted!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def apply_dotted(tree: dict, values: dict[str, Any]) -> dict:
+    out = copy.deepcopy(tree)
+    for key, value in values.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
+    """Validate a merged YAML tree into an ExperimentConfig; raise one ConfigError listing every problem."""
+    from core.models.base import get_family
+
+    errors = _unknown_keys(tree, TOP_LEVEL_KEYS, "top level")
+    for required in ("name", "family"):
+        if required not in tree:
+            errors.append(f"missing required key {required!r}")
+    family_name = tree.get("family")
+    family_cls = None
+    if family_name is not None:
+        try:
+            family_cls = get_family(family_name)
+        except KeyError as e:
+            errors.append(str(e.args[0]))
+
+    sections = {}
+    for name, cls in SECTIONS.items():
+        sections[name] = _build_section(cls, tree.get(name) or {}, name, errors)
+    model = _build_section(family_cls.Config, tree.get("model") or {}, f"model ({family_name})",
+                           errors) if family_cls else None
+
+    for section in (*sections.values(), model):
+        if section is not None and hasattr(section, "validate"):
+            errors.extend(section.validate())
+    if family_cls is not None and model is not None and not errors:
+        errors.extend(_check_space_keys(tree, sections["search"].space))
+
+    if errors:
+        raise ConfigError(f"Invalid configuration in {source}:\n  - " + "\n  - ".join(errors))
+    return ExperimentConfig(name=str(tree["name"]), family=family_name, model=model,
+                            description=str(tree.get("description", "")),
+                            cache_dir=str(tree.get("cache_dir", "~/.cache/paintsweep")), **sections)
+
+
+def _check_space_keys(tree: dict, space: dict) -> list[str]:
+    """Every searched key must name an existing field, and every value it can take must validate."""
+    errors = []
+    for key in space:
+        section, _, leaf = key.partition(".")
+        if section not in (*SECTIONS, "model") or not leaf or "." in leaf:
+            errors.append(f"search.space key {key!r} must be section.field, e.g. model.lr_g")
+            continue
+        known = tree.get(section) or {}
+        valid = _field_names(section, tree)
+        if leaf not in valid:
+            errors.extend(_unknown_keys({leaf: None}, valid, f"search.space ({section})"))
+        del known
+    return errors
+
+
+def _field_names(section: str, tree: dict) -> tuple[str, ...]:
+    from core.models.base import get_family
+
+    cls = get_family(tree["family"]).Config if section == "model" else SECTIONS[section]
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _unknown_keys(values: dict, valid: tuple[str, ...] | list[str], where: str) -> list[str]:
+    errors = []
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            errors.append(f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+    return errors
+
+
+def _build_section(cls: type, values: Any, where: str, errors: list[str]):
+    if not isinstance(values, dict):
+        errors.append(f"section {where!r} must be a mapping, got {values!r}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    errors.extend(_unknown_keys(values, tuple(fields), where))
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            continue
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError):
+            errors.append(f"{where}.{key} should be {_type_name(hints[key])}, got {value!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        errors.append(f"section {where}: {e}")
+        return None
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Check `value` against a simple type hint, converting int -> float and '1e-4' -> float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except (TypeError, ValueError):
+                pass
+        raise TypeError
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return list(value) if origin is list else tuple(value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise TypeError
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)  # also accepts "1e-4", which YAML 1.1 reads as a string
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict:
+    """The plain tree of a config (what a checkpoint stores and a trial receives)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, merge, override and validate an experiment YAML file."""
+    tree = apply_dotted(read_yaml(path), parse_overrides(overrides or []))
+    return build_config(tree, source=str(path))

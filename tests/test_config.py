@@ -1,0 +1,151 @@
+"""Config loading: `_base_` inheritance, typed validation, clear errors, overrides."""
+
+import textwrap
+
+import pytest
+
+from core.config import ConfigError, load_experiment, parse_overrides, read_yaml
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+MINIMAL = """
+    name: t
+    family: cyclegan
+    data: {source: builtin, image_size: 32}
+"""
+
+
+def test_base_inheritance_merges_sections_and_later_files_win(tmp_path):
+    write(tmp_path / "_base_" / "a.yaml", """
+        family: cyclegan
+        data: {source: builtin, image_size: 64, flip: false}
+        model: {lr_g: 1.0e-3, lr_d: 1.0e-3}
+    """)
+    write(tmp_path / "_base_" / "b.yaml", """
+        model: {lr_d: 5.0e-4}
+    """)
+    path = write(tmp_path / "exp.yaml", """
+        _base_: [_base_/a.yaml, _base_/b.yaml]
+        name: child
+        data: {image_size: 32}
+    """)
+    cfg = load_experiment(path)
+    assert cfg.name == "child"
+    assert cfg.data.image_size == 32           # child overrides base
+    assert cfg.data.flip is False              # untouched base key survives the merge
+    assert cfg.model.lr_g == pytest.approx(1e-3)
+    assert cfg.model.lr_d == pytest.approx(5e-4)  # second base overrides the first
+
+
+def test_delete_marker_and_search_space_replaced_not_merged(tmp_path):
+    write(tmp_path / "base.yaml", MINIMAL + """
+    search:
+      space:
+        model.lr_g: {loguniform: [1.0e-5, 1.0e-3]}
+        model.lr_d: {loguniform: [1.0e-5, 1.0e-3]}
+    """)
+    path = write(tmp_path / "exp.yaml", """
+        _base_: base.yaml
+        search:
+          space:
+            model.lambda_cycle: {uniform: [1.0, 5.0]}
+    """)
+    cfg = load_experiment(path)
+    assert list(cfg.search.space) == ["model.lambda_cycle"]
+
+
+def test_unknown_key_names_it_suggests_and_lists_valid_keys(tmp_path):
+    path = write(tmp_path / "exp.yaml", MINIMAL + """
+    model: {lamda_cycle: 5.0}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    message = str(err.value)
+    assert "'lamda_cycle'" in message
+    assert "Did you mean 'lambda_cycle'" in message
+    assert "lr_g" in message and "pool_size" in message  # the valid keys are listed
+
+
+def test_unknown_section_and_family(tmp_path):
+    path = write(tmp_path / "exp.yaml", """
+        name: t
+        family: stylegan9
+        trian: {epochs: 3}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert "'trian'" in str(err.value) and "Did you mean 'train'" in str(err.value)
+    assert "stylegan9" in str(err.value) and "cyclegan" in str(err.value)
+
+
+def test_wrong_types_and_impossible_values_are_all_reported(tmp_path):
+    path = write(tmp_path / "exp.yaml", MINIMAL + """
+    train: {epochs: three, batch_size: 0}
+    search:
+      space:
+        model.lr_g: {loguniform: [1.0e-3, 1.0e-5]}
+        model.lr_d: {loguniform: [0.0, 1.0]}
+        model.pool_size: {gaussian: [1, 2]}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    message = str(err.value)
+    assert "train.epochs should be int, got 'three'" in message
+    assert "train.batch_size must be >= 1" in message
+    assert "range is empty" in message
+    assert "loguniform needs low > 0" in message
+    assert "unknown distribution 'gaussian'" in message
+
+
+def test_search_space_key_must_name_a_real_field(tmp_path):
+    path = write(tmp_path / "exp.yaml", MINIMAL + """
+    search:
+      space:
+        model.learning_rate: {loguniform: [1.0e-5, 1.0e-3]}
+    """)
+    with pytest.raises(ConfigError, match="'learning_rate'.*Valid keys"):
+        load_experiment(path)
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", "name: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_experiment(path)
+
+
+def test_missing_base_and_circular_base(tmp_path):
+    path = write(tmp_path / "a.yaml", "_base_: nope.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        read_yaml(path)
+    write(tmp_path / "x.yaml", "_base_: y.yaml\n")
+    write(tmp_path / "y.yaml", "_base_: x.yaml\n")
+    with pytest.raises(ConfigError, match="Circular"):
+        read_yaml(tmp_path / "x.yaml")
+
+
+def test_overrides_reach_any_field_with_yaml_typed_values(tmp_path):
+    path = write(tmp_path / "exp.yaml", MINIMAL)
+    cfg = load_experiment(path, ["train.epochs=3", "model.lr_g=1e-4", "data.flip=false", "name=renamed"])
+    assert cfg.train.epochs == 3
+    assert cfg.model.lr_g == pytest.approx(1e-4)   # "1e-4" is a YAML string; coerced to float
+    assert cfg.data.flip is False
+    assert cfg.name == "renamed"
+    with pytest.raises(ConfigError, match="Did you mean 'epochs'"):
+        load_experiment(path, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        parse_overrides(["train.epochs"])
+
+
+def test_every_search_space_in_the_repo_loads():
+    from pathlib import Path
+
+    spaces = sorted(Path(__file__).resolve().parents[1].glob("search_spaces/*.yaml"))
+    assert spaces, "no search spaces found"
+    for space in spaces:
+        cfg = load_experiment(space)
+        assert cfg.search.space, f"{space.name} searches nothing"
