@@ -1,0 +1,348 @@
+"""Materialize a dataset once, in the cache, in the Kaggle layout; describe it in a manifest.
+
+Driver side (before any trial starts):
+
+    data = prepare_data(cfg.data, cfg.cache_path)   # -> PreparedData; prints what it does
+    data.root                                        # pass this path to the trials
+
+Trial side:
+
+    data = load_prepared(root)                       # reads root/manifest.json only
+
+Every source ends as a plan: for each split, the images to write (a file to read, or a built-in
+picture to render) with their labels. One function, `_materialize`, turns any plan into a
+prepared folder: every image as RGB PNG, resized so its short side is `load_size`, in
+
+    root/train/monet[/<class>]/*.png   paintings; class = sub-folder name (labels), if any
+    root/train/photo[/<class>]/*.png   photos to translate
+    root/test/photo[/<class>]/*.png    held-out photos (translated and scored)
+    root/manifest.json                 files, labels, skipped counts, fingerprint
+
+The folder is built under a temporary name and renamed when complete (manifest last), so a
+half-prepared folder is never used; a folder with a manifest is reused as it is. Its name hashes
+what went into it (source files with sizes and modification times, sizes, caps), so changed
+inputs give a new folder. The `fingerprint` hashes the prepared files' names and bytes:
+reference statistics and other caches key on it.
+
+Sources (DataConfig.source):
+- builtin: procedural photos and paintings (core/data/builtin.py), rendered at load_size into
+  cache_dir/builtin/<key>/; deterministic in (builtin_count, split_seed, test_fraction).
+- folder: DataConfig.root holds train/monet, train/photo, test/photo (any image formats, sizes and
+  modes; class sub-folders allowed); prepared into cache_dir/prepared/<key>/. Files that cannot be
+  decoded are skipped and counted, never a crash.
+- kaggle: the competition zip, downloaded to DataConfig.root (default cache_dir/kaggle/<competition>)
+  and unzipped (core/data/kaggle.py); its photos are split into train/test with split_seed and
+  test_fraction; then prepared like a folder.
+
+DataConfig.max_images caps every split at that many images, picked by a shuffle seeded with
+split_seed (a representative subset of every class, the same on every run), for smoke tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from core.data import builtin
+from core.data.errors import DataError
+from core.data.kaggle import fetch_competition
+
+SPLITS = ("train/monet", "train/photo", "test/photo")
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1  # bump when the prepared layout or the image processing changes
+LAYOUT = ("Expected layout:\n"
+          "  <root>/train/monet/   paintings (optionally in class sub-folders: the labels)\n"
+          "  <root>/train/photo/   photos to translate\n"
+          "  <root>/test/photo/    held-out photos (translated and scored)")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A prepared dataset: a folder in the Kaggle layout and what it holds."""
+
+    root: Path                                 # folder with train/monet, train/photo, test/photo, manifest.json
+    fingerprint: str                           # 16 hex chars: hash of the prepared files' names and bytes
+    class_names: tuple[str, ...]               # labels: sub-folder names of train/monet (sorted); () if flat
+    files: dict[str, list[tuple[str, int]]]    # split -> sorted [(path relative to root, label or -1)]
+    skipped: dict[str, int]                    # split -> unreadable source files left out
+    image_size: int                            # px, square side the networks see
+    load_size: int                             # px, short side of the prepared images
+
+    def count(self, split: str) -> int:
+        return len(self.files[split])
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image of a plan."""
+
+    dest: str                                  # prepared PNG, relative to the root ("train/monet/sea/x.png")
+    label: int                                 # class index, or -1
+    load: Callable[[int], Image.Image]         # short side (px) -> RGB image; raises _Unreadable
+    name: str                                  # the source, as messages name it
+
+
+class _Unreadable(Exception):
+    """A source file that cannot be decoded as an image."""
+
+
+# --- Entry points --------------------------------------------------------------------------------
+
+
+def prepare_data(data_cfg, cache_dir: Path, progress: Callable[[str], None] = print) -> PreparedData:
+    """Materialize the data `data_cfg` (core.config.DataConfig) describes under `cache_dir`, or
+    reuse it; return its description. Raises DataError for problems the user must fix."""
+    cache_dir = Path(cache_dir).expanduser()
+    load_size = data_cfg.resolved_load_size
+    if data_cfg.source == "builtin":
+        plan, class_names, identity = _builtin_plan(data_cfg)
+        parent = cache_dir / "builtin"
+    elif data_cfg.source == "folder":
+        plan, class_names, identity = _folder_plan(Path(data_cfg.root).expanduser().resolve())
+        parent = cache_dir / "prepared"
+    elif data_cfg.source == "kaggle":
+        folder = Path(data_cfg.root).expanduser() if data_cfg.root else cache_dir / "kaggle" / data_cfg.competition
+        fetch_competition(data_cfg.competition, folder, data_cfg.force_download, progress)
+        plan, class_names, identity = _kaggle_plan(folder.resolve(), data_cfg)
+        parent = cache_dir / "prepared"
+    else:
+        raise DataError(f"data.source must be builtin, folder or kaggle, got {data_cfg.source!r}")
+
+    cap = data_cfg.max_images
+    if cap is not None:
+        plan = {split: _cap(items, cap, data_cfg.split_seed, split) for split, items in plan.items()}
+    key = _hash({"version": MANIFEST_VERSION, "source": data_cfg.source, "inputs": identity,
+                 "load_size": load_size, "image_size": data_cfg.image_size,
+                 "cap": [cap, data_cfg.split_seed] if cap is not None else None})
+    root = parent / key
+    if (root / MANIFEST).is_file():
+        prepared = load_prepared(root)
+        skipped = sum(prepared.skipped.values())
+        note = f" ({skipped} unreadable source files were skipped when it was prepared)" if skipped else ""
+        progress(f"Reusing prepared data in {root}{note}")
+        return prepared
+    return _materialize(plan, class_names, root, data_cfg.image_size, load_size, data_cfg.source, progress)
+
+
+def load_prepared(root: str | os.PathLike) -> PreparedData:
+    """Read `root/manifest.json`, written by prepare_data."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{root} has no {MANIFEST}: it is not a prepared dataset, or its preparation was "
+                        f"interrupted. Prepare the data with `python experiments/prepare_data.py --space "
+                        f"<experiment.yaml>` (or core.data.prepare_data) and pass the folder it prints.")
+    manifest = json.loads(path.read_text())
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"{root} was prepared by another version of paintsweep (manifest version "
+                        f"{manifest.get('version')}, expected {MANIFEST_VERSION}). Delete it and prepare again.")
+    return PreparedData(
+        root=root,
+        fingerprint=manifest["fingerprint"],
+        class_names=tuple(manifest["class_names"]),
+        files={split: [(rel, int(label)) for rel, label in manifest["files"][split]] for split in SPLITS},
+        skipped={split: int(manifest["skipped"][split]) for split in SPLITS},
+        image_size=int(manifest["image_size"]),
+        load_size=int(manifest["load_size"]),
+    )
+
+
+# --- Plans: what each source contributes -------------------------------------------------------
+
+
+def _builtin_plan(cfg) -> tuple[dict[str, list[_Item]], tuple[str, ...], list]:
+    """builtin_count paintings and as many photos, scene kinds taking turns (balanced classes);
+    test_fraction of the photos held out. Picture i of a domain is rendered from the seed
+    (split_seed, domain, i), so it is the same whatever the size, cap or other pictures."""
+    test = set(_test_indices(cfg.builtin_count, cfg.test_fraction, cfg.split_seed))
+    plan: dict[str, list[_Item]] = {split: [] for split in SPLITS}
+    for i in range(cfg.builtin_count):
+        label = i % len(builtin.KINDS)
+        kind = builtin.KINDS[label]
+        photo_split = "test/photo" if i in test else "train/photo"
+        for split, domain in (("train/monet", "monet"), (photo_split, "photo")):
+            seed = (cfg.split_seed, builtin.DOMAINS.index(domain), i)
+            render = partial(builtin.render, kind, domain, seed)
+            plan[split].append(_Item(f"{split}/{kind}/{domain}_{i:05d}.png", label, render, f"{domain} {i}"))
+    identity = [builtin.GENERATOR_VERSION, cfg.builtin_count, cfg.split_seed, cfg.test_fraction]
+    return plan, builtin.KINDS, identity
+
+
+def _folder_plan(root: Path) -> tuple[dict[str, list[_Item]], tuple[str, ...], list]:
+    """Every non-hidden file under each split folder; labels from the sub-folders of train/monet."""
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a directory. {LAYOUT}")
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            raise DataError(f"{root / split} does not exist. {LAYOUT}")
+    listing = {split: _list_files(root / split) for split in SPLITS}
+    for split, paths in listing.items():
+        if not paths:
+            raise DataError(f"{root / split} holds no files. {LAYOUT}")
+    class_names = tuple(sorted({rel.parts[0] for rel in listing["train/monet"] if len(rel.parts) > 1}))
+
+    plan, identity = {}, []
+    for split, rels in listing.items():
+        # a.jpg and a.png would both become a.png: such files keep their full name (a.jpg.png).
+        clashes = Counter(rel.with_suffix(".png") for rel in rels)
+        plan[split] = []
+        for rel in rels:
+            dest = rel.with_suffix(".png") if clashes[rel.with_suffix(".png")] == 1 else rel.with_name(rel.name + ".png")
+            label = class_names.index(rel.parts[0]) if len(rel.parts) > 1 and rel.parts[0] in class_names else -1
+            plan[split].append(_Item(f"{split}/{dest.as_posix()}", label, partial(_read_file, root / split / rel),
+                                     rel.as_posix()))
+            stat = (root / split / rel).stat()
+            identity.append([split, rel.as_posix(), stat.st_size, stat.st_mtime_ns])
+    return plan, class_names, [str(root), identity]
+
+
+def _kaggle_plan(folder: Path, cfg) -> tuple[dict[str, list[_Item]], tuple[str, ...], list]:
+    """monet_jpg/ -> train/monet; photo_jpg/ split into train/photo and test/photo (seeded)."""
+    monets, photos = _list_files(folder / "monet_jpg"), _list_files(folder / "photo_jpg")
+    if not monets or not photos:
+        raise DataError(f"{folder} has no images in monet_jpg/ or photo_jpg/. Download again with "
+                        f"data.force_download=true (or --force-download).")
+    test = set(_test_indices(len(photos), cfg.test_fraction, cfg.split_seed))
+
+    def item(split: str, sub: str, rel: Path) -> _Item:
+        return _Item(f"{split}/{rel.with_suffix('.png').as_posix()}", -1, partial(_read_file, folder / sub / rel),
+                     f"{sub}/{rel.as_posix()}")
+
+    plan = {"train/monet": [item("train/monet", "monet_jpg", rel) for rel in monets],
+            "train/photo": [item("train/photo", "photo_jpg", rel) for i, rel in enumerate(photos) if i not in test],
+            "test/photo": [item("test/photo", "photo_jpg", rel) for i, rel in enumerate(photos) if i in test]}
+    stats = [[sub, rel.as_posix(), (folder / sub / rel).stat().st_size, (folder / sub / rel).stat().st_mtime_ns]
+             for sub, rels in (("monet_jpg", monets), ("photo_jpg", photos)) for rel in rels]
+    return plan, (), [str(folder), cfg.split_seed, cfg.test_fraction, stats]
+
+
+def _list_files(folder: Path) -> list[Path]:
+    """Files under `folder` (recursively), relative to it, sorted; hidden files and folders left out."""
+    return sorted(p.relative_to(folder) for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _test_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The indices (of n) held out for testing: round(n * fraction), at least 1, at most n - 1."""
+    n_test = min(max(round(n * fraction), 1), n - 1)
+    return np.random.default_rng(seed).permutation(n)[:n_test]
+
+
+def _cap(items: list[_Item], cap: int, seed: int, split: str) -> list[_Item]:
+    """At most `cap` items: a seeded random subset, kept in the original (sorted) order."""
+    if len(items) <= cap:
+        return items
+    keep = np.random.default_rng([seed, SPLITS.index(split)]).permutation(len(items))[:cap]
+    return [items[i] for i in sorted(keep)]
+
+
+# --- Materializing a plan ------------------------------------------------------------------------
+
+
+def _materialize(plan: dict[str, list[_Item]], class_names: tuple[str, ...], root: Path, image_size: int,
+                 load_size: int, source: str, progress: Callable[[str], None]) -> PreparedData:
+    """Write every image of `plan` under a temporary folder, then rename it to `root`."""
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        files, skipped, digests = {}, {}, []
+        # PIL decodes, resizes and encodes with the GIL released, so threads use every core.
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            for split in SPLITS:
+                items = plan[split]
+                progress(f"Preparing {len(items)} images for {split} ({load_size} px) in {root}")
+                results = list(pool.map(partial(_write_image, folder=tmp, load_size=load_size), items))
+                bad = [item.name for item, digest in zip(items, results) if digest is None]
+                if bad:
+                    shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+                    progress(f"skipped {len(bad)} unreadable files in {split}: {shown}")
+                if len(bad) == len(items):
+                    raise DataError(f"None of the {len(items)} files of {split} could be read as an image "
+                                    f"(for example {bad[0]}). Replace them with JPEG or PNG images. {LAYOUT}")
+                files[split] = sorted((item.dest, item.label) for item, d in zip(items, results) if d is not None)
+                skipped[split] = len(bad)
+                digests += [(item.dest, d) for item, d in zip(items, results) if d is not None]
+        manifest = {"version": MANIFEST_VERSION, "source": source, "fingerprint": _hash(sorted(digests)),
+                    "image_size": image_size, "load_size": load_size, "class_names": list(class_names),
+                    "files": files, "skipped": skipped}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # last: it marks the folder complete
+        _publish(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_prepared(root)
+
+
+def _publish(tmp: Path, root: Path) -> None:
+    """Rename the finished `tmp` folder to `root` (atomic on one file system)."""
+    try:
+        os.replace(tmp, root)
+    except OSError:  # root exists: another process finished the same data first, or a stale leftover
+        if (root / MANIFEST).is_file():
+            return
+        shutil.rmtree(root)
+        os.replace(tmp, root)
+
+
+def _write_image(item: _Item, folder: Path, load_size: int) -> str | None:
+    """Write one prepared PNG under `folder`; return the hash of its size and bytes, or None when
+    the source is unreadable."""
+    try:
+        image = _resize_short_side(item.load(load_size), load_size)
+    except _Unreadable:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)  # level 3: about as small as 6, much faster
+    data = buffer.getvalue()
+    path = folder / item.dest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return f"{len(data)}:{hashlib.sha256(data).hexdigest()}"
+
+
+def _read_file(path: Path, load_size: int) -> Image.Image:
+    """Decode an image file of any mode as RGB; raise _Unreadable if it is not a readable image."""
+    try:
+        with Image.open(path) as image:
+            scale = load_size / min(image.size)
+            image.draft(None, (int(image.width * scale) + 1, int(image.height * scale) + 1))  # JPEG: decode smaller
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except Exception as e:  # PIL raises many types on bad data (OSError, SyntaxError, ValueError, ...)
+        raise _Unreadable(str(e)) from e
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any PIL mode: 16-bit grey scaled to 8 bits, transparency composited onto white."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit greyscale, 0..65535
+        image = Image.fromarray((np.asarray(image, np.float32) / 257.0 + 0.5).clip(0, 255).astype(np.uint8))
+    elif image.mode == "F":  # floating-point greyscale, taken as 0..255
+        image = Image.fromarray(np.asarray(image, np.float32).clip(0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    """Scale so that the shorter side is `size` px, keeping the aspect ratio."""
+    w, h = image.size
+    scale = size / min(w, h)
+    target = (size, max(size, round(h * scale))) if w <= h else (max(size, round(w * scale)), size)
+    return image if target == image.size else image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def _hash(value) -> str:
+    """16 hex chars identifying a JSON-serializable value."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,46 @@
+"""Shared test setup: a private cache and a tiny built-in dataset (the `slow` marker is
+registered in pyproject.toml).
+
+Tests never touch the user's ~/.cache/paintsweep: PAINTSWEEP_CACHE points at a temporary folder
+for the whole session (ExperimentConfig.cache_path reads it, and Ray workers inherit it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from core.config import DataConfig
+from core.data import PreparedData, prepare_data
+
+# Set at import, before any test module builds a config; removed when the session ends.
+_CACHE = Path(tempfile.mkdtemp(prefix="paintsweep-test-cache-"))
+os.environ["PAINTSWEEP_CACHE"] = str(_CACHE)
+
+
+def pytest_unconfigure():
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def paintsweep_cache() -> Path:
+    """The session's private cache folder (also $PAINTSWEEP_CACHE)."""
+    return _CACHE
+
+
+@pytest.fixture(scope="session")
+def tiny_data_cfg() -> DataConfig:
+    """The DataConfig of `tiny_data`: built-in data, 32 px crops of 36 px images, 24 pictures per
+    domain (all five scene kinds), a quarter of the photos (6) held out. Do not modify it."""
+    return DataConfig(source="builtin", image_size=32, builtin_count=24, test_fraction=0.25)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_data_cfg, paintsweep_cache) -> PreparedData:
+    """The tiny built-in dataset, prepared once per session in the session cache (so code that
+    calls prepare_data with the same DataConfig and cache reuses it)."""
+    return prepare_data(tiny_data_cfg, paintsweep_cache, progress=lambda message: None)
