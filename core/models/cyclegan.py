@@ -1,0 +1,275 @@
+"""CycleGAN (Zhu et al. 2017): unpaired photo -> Monet translation, as in the reference code
+junyanz/pytorch-CycleGAN-and-pix2pix (models/cycle_gan_model.py).
+
+Networks: G (photo -> monet) and F (monet -> photo), each a ResNet generator or a LEGO blocks
+generator (core/models/blocks.py); D_monet (real Monets vs G(photo)) and D_photo (real photos vs
+F(monet)), 70x70 PatchGANs. One iteration = one step of Adam on G and F jointly, then one on both
+discriminators, which see fakes drawn from a 50-image history pool.
+
+    loss_G = gan(D_monet(G(photo))) + gan(D_photo(F(monet)))                             (loss_g_gan)
+           + lambda_cycle * (|F(G(photo)) - photo|_1 + |G(F(monet)) - monet|_1)          (loss_cycle)
+           + lambda_identity * lambda_cycle * (|G(monet) - monet|_1 + |F(photo) - photo|_1)  (loss_identity)
+    loss_D = 1/2 (d(D_monet(monet), D_monet(pool(G(photo)))) + d(D_photo(photo), D_photo(pool(F(monet)))))
+
+Scored images: G applied to the held-out test photos.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.nn.functional import l1_loss
+from torch.utils.data import DataLoader
+from torchvision.utils import make_grid
+
+from core.data import ImageDataset, UnpairedDataset, eval_transform, train_transform
+from core.models.base import Family, register_family
+from core.models.blocks import (NORMS, BlockSpecError, ImagePool, PatchDiscriminator, BlockGenerator,
+                                check_block_spec, init_weights, linear_decay_factor, patch_output_size,
+                                resnet_spec, to_uint8)
+from core.models.losses import GAN_LOSSES, get_gan_loss
+
+GENERATORS = ("resnet", "blocks")
+
+
+@dataclass
+class CycleGANConfig:
+    generator: str = "resnet"            # resnet (the paper's) | blocks (LEGO list in `blocks`)
+    blocks: list[dict] | None = None     # generator == blocks: block dicts, see core/models/blocks.py
+    ngf: int = 64                        # resnet: generator channels after the first conv
+    ndf: int = 64                        # discriminator channels after the first conv
+    n_res_blocks: int | None = None      # resnet: residual blocks; None = 9 at image_size >= 256, else 6
+    n_layers_d: int = 3                  # PatchGAN stride-2 layers (3 = 70x70 patches)
+    norm: str = "instance"               # instance | batch | none, in generators and discriminators
+    gan_loss: str = "lsgan"              # lsgan | bce | hinge | wgan (core/models/losses.py)
+    lambda_cycle: float = 10.0           # weight of each cycle-consistency L1 term
+    lambda_identity: float = 0.5         # identity L1 weight, RELATIVE to lambda_cycle (reference code):
+                                         #   the identity terms are weighted lambda_identity * lambda_cycle
+    pool_size: int = 50                  # fake images kept for the discriminators; 0 = no pool
+    lr_g: float = 2e-4                   # Adam learning rate of G and F (before the schedule)
+    lr_d: float = 2e-4                   # Adam learning rate of both discriminators
+    beta1: float = 0.5                   # Adam beta1
+    beta2: float = 0.999                 # Adam beta2
+    wait_epochs: int = 100               # epochs at the full learning rate ...
+    decay_epochs: int = 100              # ... then epochs of linear decay to min_lr, held afterwards.
+                                         #   Evaluated at the epoch index, independent of train.epochs
+    min_lr: float = 0.0                  # learning rate at the end of the decay (both optimizers)
+    init_gain: float = 0.02              # std of the normal weight init
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.generator not in GENERATORS:
+            errors.append(f"model.generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        elif self.generator == "blocks":
+            if not self.blocks:
+                errors.append("model.generator is 'blocks' but model.blocks is empty: give a list of block "
+                              "dicts, e.g. [{type: conv, out: 64, kernel: 7, pad: reflect}, ...] "
+                              "(format: core/models/blocks.py)")
+            else:
+                try:
+                    check_block_spec(self.blocks)
+                except BlockSpecError as e:
+                    errors.append(f"model.blocks: {e}")
+        elif self.blocks is not None:
+            errors.append("model.blocks is set but model.generator is 'resnet'; set model.generator: blocks "
+                          "to use them, or remove model.blocks")
+        if self.norm not in NORMS:
+            errors.append(f"model.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.gan_loss not in GAN_LOSSES:
+            errors.append(f"model.gan_loss must be one of {', '.join(GAN_LOSSES)}, got {self.gan_loss!r}")
+        for name in ("ngf", "ndf", "n_layers_d"):
+            if getattr(self, name) < 1:
+                errors.append(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_res_blocks is not None and self.n_res_blocks < 0:
+            errors.append(f"model.n_res_blocks must be >= 0 or null (9 at >= 256 px, else 6), got {self.n_res_blocks}")
+        for name in ("lambda_cycle", "lambda_identity", "min_lr", "pool_size", "wait_epochs", "decay_epochs"):
+            if getattr(self, name) < 0:
+                errors.append(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr_g", "lr_d", "init_gain"):
+            if not getattr(self, name) > 0:
+                errors.append(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.min_lr > min(self.lr_g, self.lr_d):
+            errors.append(f"model.min_lr ({self.min_lr}) must be <= lr_g ({self.lr_g}) and lr_d ({self.lr_d}): "
+                          f"the schedule decays towards it")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                errors.append(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        return errors
+
+    def res_blocks(self, image_size: int) -> int:
+        """The paper's rule: 9 residual blocks for 256 px and above, 6 below (128 px)."""
+        if self.n_res_blocks is not None:
+            return self.n_res_blocks
+        return 9 if image_size >= 256 else 6
+
+
+@register_family("cyclegan")
+class CycleGAN(Family):
+    Config = CycleGANConfig
+
+    def __init__(self, cfg, data, device: torch.device):
+        super().__init__(cfg, data, device)
+        m, size = cfg.model, cfg.data.image_size
+
+        # Networks. Both generators share one architecture; the trainable has seeded the global RNG.
+        spec = m.blocks if m.generator == "blocks" else resnet_spec(m.ngf, m.res_blocks(size))
+        self.G = BlockGenerator(spec, m.norm)   # photo -> monet
+        self.F = BlockGenerator(spec, m.norm)   # monet -> photo
+        if size % self.G.min_scale.denominator:
+            raise ValueError(f"data.image_size {size} must be divisible by {self.G.min_scale.denominator}: "
+                             f"the generator downsamples to {self.G.min_scale} of the input")
+        if patch_output_size(size, m.n_layers_d) < 1:
+            raise ValueError(f"data.image_size {size} is too small for a PatchGAN with model.n_layers_d="
+                             f"{m.n_layers_d}; lower n_layers_d or raise image_size")
+        self.D_monet = PatchDiscriminator(3, m.ndf, m.n_layers_d, m.norm)
+        self.D_photo = PatchDiscriminator(3, m.ndf, m.n_layers_d, m.norm)
+        for net in self.modules().values():
+            init_weights(net, m.init_gain).to(device)
+
+        # Optimizers: one for both generators, one for both discriminators (reference code).
+        self.opt_g = torch.optim.Adam(itertools.chain(self.G.parameters(), self.F.parameters()),
+                                      lr=m.lr_g, betas=(m.beta1, m.beta2))
+        self.opt_d = torch.optim.Adam(itertools.chain(self.D_monet.parameters(), self.D_photo.parameters()),
+                                      lr=m.lr_d, betas=(m.beta1, m.beta2))
+        self._set_learning_rates(0)
+
+        # History of fakes shown to each discriminator.
+        self.pool_monet = ImagePool(m.pool_size)   # G(photo)
+        self.pool_photo = ImagePool(m.pool_size)   # F(monet)
+
+        self.amp = cfg.train.amp and device.type == "cuda"
+        self.test_photos = ImageDataset(data, "test/photo", eval_transform(cfg.data))
+        self.monets = ImageDataset(data, "train/monet", eval_transform(cfg.data))   # grids only
+
+    # --- Training ---------------------------------------------------------------------------
+
+    def make_loader(self, generator: torch.Generator) -> DataLoader:
+        photos = ImageDataset(self.data, "train/photo", train_transform(self.cfg.data))
+        monets = ImageDataset(self.data, "train/monet", train_transform(self.cfg.data))
+        dataset = UnpairedDataset(photos, monets)
+        if len(dataset) < self.cfg.train.batch_size:
+            raise ValueError(f"train.batch_size ({self.cfg.train.batch_size}) is larger than the "
+                             f"{len(dataset)} training pairs, so an epoch has no full batch; lower it")
+        return DataLoader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator,
+                          num_workers=self.cfg.data.num_workers, drop_last=True,
+                          pin_memory=self.device.type == "cuda")
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        m = self.cfg.model
+        gan = get_gan_loss(m.gan_loss)
+        photo = batch["photo"].to(self.device, non_blocking=True)   # (B, 3, H, W) in [-1, 1]
+        monet = batch["monet"].to(self.device, non_blocking=True)   # (B, 3, H, W) in [-1, 1]
+        discriminators = (self.D_monet, self.D_photo)
+
+        # Generators: fool both discriminators, close both cycles, keep colors (identity).
+        # The discriminators get no gradients here (saves their backward, as the reference does).
+        for net in discriminators:
+            net.requires_grad_(False)
+        with self._autocast():
+            fake_monet = self.G(photo)                      # (B, 3, H, W)
+            fake_photo = self.F(monet)
+            loss_g_gan = (gan.g(self.D_monet(fake_monet).float())
+                          + gan.g(self.D_photo(fake_photo).float()))
+            loss_cycle = m.lambda_cycle * (l1_loss(self.F(fake_monet).float(), photo)
+                                           + l1_loss(self.G(fake_photo).float(), monet))
+            if m.lambda_identity > 0:
+                loss_identity = m.lambda_identity * m.lambda_cycle * (
+                    l1_loss(self.G(monet).float(), monet) + l1_loss(self.F(photo).float(), photo))
+            else:
+                loss_identity = torch.zeros((), device=self.device)
+            loss_g = loss_g_gan + loss_cycle + loss_identity
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        # Discriminators: real vs. fakes from the history pools; halved to slow D relative to G.
+        for net in discriminators:
+            net.requires_grad_(True)
+        pooled_monet = self.pool_monet.query(fake_monet.float())   # detached
+        pooled_photo = self.pool_photo.query(fake_photo.float())
+        with self._autocast():
+            loss_d = 0.5 * (gan.d(self.D_monet(monet).float(), self.D_monet(pooled_monet).float())
+                            + gan.d(self.D_photo(photo).float(), self.D_photo(pooled_photo).float()))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        values = torch.stack([loss_g, loss_g_gan, loss_cycle, loss_identity, loss_d]).detach().tolist()  # one sync
+        return dict(zip(("loss_g", "loss_g_gan", "loss_cycle", "loss_identity", "loss_d"), values))
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        return self._set_learning_rates(epoch + 1)
+
+    def _set_learning_rates(self, epoch: int) -> dict[str, float]:
+        """Learning rates for 0-based `epoch`: a pure function of the epoch index and the current
+        config, so nothing can drift on resume and changed hyperparameters apply at once."""
+        m = self.cfg.model
+        rates = {}
+        for name, optimizer, base in (("lr_g", self.opt_g, m.lr_g), ("lr_d", self.opt_d, m.lr_d)):
+            rates[name] = base * linear_decay_factor(epoch, m.wait_epochs, m.decay_epochs, m.min_lr / base)
+            for group in optimizer.param_groups:
+                group["lr"] = rates[name]
+        return rates
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    # --- Evaluation -------------------------------------------------------------------------
+
+    def generate(self, n: int, batch_size: int):
+        """G on the held-out test photos in order, cycling if n exceeds them: n uint8 images."""
+        count = len(self.test_photos)   # > 0: ImageDataset refuses an empty split
+        for start in range(0, n, batch_size):
+            photos = torch.stack([self.test_photos[i % count][0] for i in range(start, min(n, start + batch_size))])
+            with self._eval(self.G):
+                images = to_uint8(self.G(photos.to(self.device)))   # (b, 3, H, W) uint8, CPU
+            yield images   # outside the `with`: the caller runs with its own grad mode meanwhile
+
+    def image_grids(self) -> dict[str, torch.Tensor]:
+        """Rows: input, translation, reconstruction, for the first image_grid_size test photos / Monets."""
+        k = self.cfg.logging.image_grid_size
+        grids = {}
+        for name, dataset, forward, backward in (("photo_to_monet", self.test_photos, self.G, self.F),
+                                                 ("monet_to_photo", self.monets, self.F, self.G)):
+            x = torch.stack([dataset[i][0] for i in range(min(k, len(dataset)))]).to(self.device)
+            with self._eval(forward, backward):
+                y = forward(x)
+                rows = torch.cat([x, y, backward(y)]).float().cpu()   # (3k, 3, H, W)
+            grids[name] = make_grid((rows + 1) / 2, nrow=len(x)).clamp(0, 1)
+        return grids
+
+    @contextmanager
+    def _eval(self, *nets):
+        """Eval mode (batch-norm statistics, no dropout) and no autograd, then back to training."""
+        modes = [net.training for net in nets]
+        for net in nets:
+            net.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                yield
+        finally:
+            for net, mode in zip(nets, modes):
+                net.train(mode)
+
+    # --- Checkpointing ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {**{name: net.state_dict() for name, net in self.modules().items()},
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "pool_monet": self.pool_monet.state_dict(), "pool_photo": self.pool_photo.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, net in self.modules().items():
+            net.load_state_dict(state[name])
+        self.opt_g.load_state_dict(state["opt_g"])   # moves its tensors to the parameters' device
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.pool_monet.load_state_dict(state["pool_monet"])
+        self.pool_photo.load_state_dict(state["pool_photo"])
+        self.pool_monet.to(self.device)
+        self.pool_photo.to(self.device)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"G_photo2monet": self.G, "F_monet2photo": self.F, "D_monet": self.D_monet, "D_photo": self.D_photo}
