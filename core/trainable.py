@@ -1,0 +1,280 @@
+"""THE Ray Tune trainable: build -> resume -> train -> evaluate and report.
+
+One function trains any registered model family. Ray Tune calls `tune_trainable(config)` with the
+trial's sampled values (dotted keys such as `model.lr_g`); everything else about the experiment
+(the full config, where the prepared data and the reference statistics are) is bound once by the
+driver with `tune.with_parameters`.
+
+The same loop also runs without Ray (`run_trial(..., session=LocalSession(dir))`): the throughput
+benchmark compares the two, and the tests use it to check exact resume at tiny sizes.
+
+What a trial reports at each evaluation (every `train.eval_every` epochs):
+    epoch, fid, kid, kid_std, mifid, memorization_distance, best_fid / best_mifid / best_kid
+    (running minima: OptunaSearch only sees the last report, and GAN FID jumps around),
+    best_epoch, the epoch-mean losses, learning rates / beta, images_per_s, eval_seconds,
+    extractor (which network produced the features), and trial_status ("ok" or why it stopped).
+Each evaluation also saves a checkpoint (everything needed to resume exactly) and TensorBoard
+scalars plus image grids in the trial directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import metrics as M
+from core.config import ExperimentConfig, apply_dotted, build_config
+from core.data import load_prepared
+from core.models.base import get_family
+
+CHECKPOINT_FILE = "state.pt"
+TRACKED_METRICS = (M.FID, M.MIFID, M.KID)  # each gets a running best_<name>
+
+
+# --- Where results go: Ray Tune or a local directory ---------------------------------------------
+
+
+class TuneSession:
+    """Reports through `ray.tune` (the `ray.train.*` twins are errors inside Tune)."""
+
+    def __init__(self):
+        from ray import tune
+
+        self._tune = tune
+        self.trial_dir = Path(tune.get_context().get_trial_dir())  # synced to storage by Ray
+        self.trial_name = tune.get_context().get_trial_name()
+
+    def latest_checkpoint(self) -> Path | None:
+        checkpoint = self._tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        # A local copy: Ray may delete/replace the original while we train.
+        local = Path(tempfile.mkdtemp(prefix="paintsweep-restore-"))
+        checkpoint.to_directory(str(local))
+        return local
+
+    def report(self, result: dict, checkpoint_dir: Path | None) -> None:
+        checkpoint = self._tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self._tune.report(result, checkpoint=checkpoint)
+
+
+class LocalSession:
+    """The same contract without Ray: checkpoints in `root/checkpoint_NNNNNN`, reports in a list."""
+
+    def __init__(self, root: str | os.PathLike, trial_name: str = "local"):
+        self.trial_dir = Path(root)
+        self.trial_dir.mkdir(parents=True, exist_ok=True)
+        self.trial_name = trial_name
+        self.results: list[dict] = []
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.trial_dir.glob("checkpoint_*") if (p / CHECKPOINT_FILE).is_file())
+        return done[-1] if done else None
+
+    def report(self, result: dict, checkpoint_dir: Path | None) -> None:
+        self.results.append(dict(result))
+        if checkpoint_dir is not None:
+            # Named by epoch (a resumed session continues the numbering); the rename is atomic,
+            # so a checkpoint directory is either complete or absent.
+            os.replace(checkpoint_dir, self.trial_dir / f"checkpoint_{result['epoch']:06d}")
+
+
+# --- The trainable ------------------------------------------------------------------------------
+
+
+def tune_trainable(config: dict, *, experiment: dict, prepared_root: str, reference_path: str) -> None:
+    """Ray Tune function trainable (bound with `tune.with_parameters` by core.search)."""
+    run_trial(config, experiment=experiment, prepared_root=prepared_root,
+              reference_path=reference_path, session=TuneSession())
+
+
+def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str | os.PathLike,
+              reference_path: str | os.PathLike, session, max_epochs: int | None = None) -> dict:
+    """Train one trial to the end (or to `max_epochs`, for tests). Returns the last result."""
+
+    # Build.
+    cfg: ExperimentConfig = build_config(apply_dotted(experiment, searched), source="trial config")
+    device = _pick_device(cfg.train.device)
+    torch.set_num_threads(cfg.train.threads or max(1, int(cfg.search.cpus_per_trial)))
+    _seed_everything(cfg.train.seed)
+    data = load_prepared(prepared_root)
+    reference = M.load_reference(reference_path)
+    family = get_family(cfg.family)(cfg, data, device)
+    writer = _tensorboard_writer(cfg, session)
+
+    # Resume. Everything a checkpoint holds is restored, so training continues exactly.
+    start_epoch, step = 0, 0
+    best = {f"best_{name}": math.inf for name in TRACKED_METRICS} | {"best_epoch": -1}
+    restored = session.latest_checkpoint()
+    if restored is not None:
+        state = torch.load(restored / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        family.load_state_dict(state["family"])
+        family.set_hparams(cfg.model)  # this run's values win over those saved with the optimizers
+        start_epoch, step, best = state["epoch"], state["step"], state["best"]
+        _set_rng_state(state["rng"])
+        _log(session, f"resumed from {restored.name} at epoch {start_epoch}")
+
+    # Train.
+    epochs = cfg.train.epochs if max_epochs is None else min(cfg.train.epochs, max_epochs)
+    result: dict = {}
+    running = defaultdict(float)   # loss sums since the last evaluation
+    n_steps, train_seconds, n_images = 0, 0.0, 0
+    for epoch in range(start_epoch, epochs):
+        loader = family.make_loader(_epoch_generator(cfg.train.seed, epoch))
+        tick = time.perf_counter()
+        for i, batch in enumerate(loader):
+            if cfg.train.iters_per_epoch is not None and i >= cfg.train.iters_per_epoch:
+                break
+            losses = family.train_step(batch)
+            step += 1
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                # Diverged: end this trial cleanly. Checkpoints already written stay valid; the
+                # search continues with the other trials.
+                status = (f"diverged: {', '.join(f'{k}={losses[k]}' for k in bad)} at epoch {epoch} "
+                          f"iteration {i}; trial stopped (lower the learning rates?)")
+                _log(session, status)
+                result = {"epoch": epoch, "diverged": 1, "trial_status": "diverged", "status_detail": status,
+                          **{name: math.nan for name in TRACKED_METRICS}, **best}
+                session.report(result, None)
+                return result
+            for k, v in losses.items():
+                running[k] += v
+            n_steps += 1
+            n_images += _batch_size(batch)
+        train_seconds += time.perf_counter() - tick
+        logged = family.end_epoch(epoch)
+
+        # Evaluate and report.
+        last = epoch + 1 == epochs
+        if (epoch + 1) % cfg.train.eval_every and not last:
+            continue
+        tick = time.perf_counter()
+        scores = M.evaluate(family.generate(cfg.metrics.num_samples, cfg.metrics.batch_size),
+                            reference, cfg.metrics, device=device)
+        extra = family.eval_metrics() if hasattr(family, "eval_metrics") else {}
+        for name in TRACKED_METRICS:
+            if scores[name] < best[f"best_{name}"]:
+                best[f"best_{name}"] = scores[name]
+                if name == cfg.search.metric:
+                    best["best_epoch"] = epoch + 1
+        result = {
+            "epoch": epoch + 1,            # epochs completed: ASHA's time attribute
+            "step": step,
+            **scores, **best, **extra, **logged,
+            **{k: v / max(n_steps, 1) for k, v in running.items()},
+            "images_per_s": n_images / max(train_seconds, 1e-9),
+            "eval_seconds": time.perf_counter() - tick,
+            "diverged": 0,
+            "trial_status": "ok",
+        }
+        if writer is not None:
+            _write_tensorboard(writer, family, result, epoch + 1)
+        _log(session, f"epoch {epoch + 1}/{epochs} {cfg.search.metric}={scores[cfg.search.metric]:.2f} "
+                      f"best={best['best_' + cfg.search.metric]:.2f} ({result['images_per_s']:.1f} img/s)")
+
+        checkpoint_dir = Path(tempfile.mkdtemp(prefix="paintsweep-ckpt-"))
+        torch.save({"family": family.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
+                    "rng": _get_rng_state(), "config": apply_dotted(experiment, searched),
+                    "extractor": scores["extractor"]}, checkpoint_dir / CHECKPOINT_FILE)
+        session.report(result, checkpoint_dir)
+        running.clear()
+        n_steps, train_seconds, n_images = 0, 0.0, 0
+
+    if writer is not None:
+        writer.close()
+    return result
+
+
+# --- Small pieces of the loop -------------------------------------------------------------------
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no GPU is visible to this trial; "
+                           "set search.gpus_per_trial > 0 (or train.device=auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Shuffling depends only on (seed, epoch), so a resumed trial sees the same batches."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def _get_rng_state() -> dict:
+    # Plain tensors and ints only: checkpoints are loaded with weights_only=True.
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2]),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    return int(batch.shape[0])
+
+
+def _log(session, message: str) -> None:
+    print(f"[{session.trial_name}] {message}", flush=True)
+
+
+def _tensorboard_writer(cfg: ExperimentConfig, session):
+    if not cfg.logging.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # One run per trial: `tensorboard --logdir runs/` lists every trial of every experiment.
+    return SummaryWriter(log_dir=str(session.trial_dir), flush_secs=10)
+
+
+def _write_tensorboard(writer, family, result: dict, epoch: int) -> None:
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            writer.add_scalar(_scalar_tag(key), value, epoch)
+    writer.add_text("extractor", str(result["extractor"]), epoch)
+    for name, grid in family.image_grids().items():
+        writer.add_image(f"samples/{name}", grid.clamp(0, 1), epoch)
+    writer.flush()
+
+
+def _scalar_tag(key: str) -> str:
+    if key in (M.FID, M.KID, M.KID_STD, M.MIFID, M.MEMORIZATION) or key.startswith("best_"):
+        return f"metrics/{key}"
+    if key.startswith("loss"):
+        return f"losses/{key}"
+    if key.startswith("lr") or key == "beta":
+        return f"schedule/{key}"
+    return f"train/{key}"

@@ -1,0 +1,109 @@
+"""Run a hyperparameter search.
+
+    python experiments/tune.py --space search_spaces/quickstart.yaml
+    python experiments/tune.py --space search_spaces/cyclegan.yaml --dry-run
+    python experiments/tune.py --space search_spaces/quickstart.yaml --resume      # after Ctrl-C / kill
+    python experiments/tune.py --space search_spaces/cyclegan.yaml --smoke-test    # tiny, offline, ~1 min
+    python experiments/tune.py --space search_spaces/cyclegan.yaml model.ngf=32 train.epochs=50
+
+Results go to <storage>/<name>/ (default runs/<space name>/): `tensorboard --logdir runs/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from core.config import ConfigError, config_to_dict, load_experiment  # noqa: E402
+from core.data import DataError  # noqa: E402
+
+# --smoke-test: tiny everything, offline (builtin data, random-feature extractor), about a minute.
+SMOKE_TEST_OVERRIDES = [
+    "data.source=builtin", "data.image_size=32", "data.load_size=36", "data.builtin_count=16",
+    "data.max_images=16", "train.epochs=2", "train.eval_every=1", "train.iters_per_epoch=2",
+    "train.batch_size=1", "metrics.extractor=random", "metrics.num_samples=8",
+    "metrics.kid_subset_size=4", "metrics.batch_size=8", "search.num_samples=2",
+    "search.max_concurrent=2", "search.cpus_per_trial=1", "search.gpus_per_trial=0",
+    "search.grace_period=1",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", required=True, help="search-space YAML (see search_spaces/)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
+    parser.add_argument("--name", help="experiment name (default: the space's name)")
+    parser.add_argument("--storage", default="runs", help="where experiments are stored (default: runs/)")
+    parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved space and exit")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny everything, offline, to check the setup")
+    args = parser.parse_args(argv)
+
+    overrides = list(args.overrides)
+    if args.smoke_test:
+        overrides = SMOKE_TEST_OVERRIDES + overrides
+    if args.num_samples is not None:
+        overrides.append(f"search.num_samples={args.num_samples}")
+    if args.name:
+        overrides.append(f"name={args.name}")
+    elif args.smoke_test:
+        overrides.append(f"name={Path(args.space).stem}-smoke")
+    try:
+        cfg = load_experiment(args.space, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    if args.dry_run:
+        print_space(cfg)
+        return 0
+
+    from core.search import experiment_dir, format_leaderboard, leaderboard, run_search, save_leaderboard
+
+    exp_dir = experiment_dir(args.storage, cfg.name)
+    try:
+        grid = run_search(cfg, args.storage, resume=args.resume)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    board = leaderboard(grid, cfg)
+    csv_path, txt_path = save_leaderboard(board, exp_dir)
+    print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}):")
+    print(format_leaderboard(board, exp_dir))
+    print(f"\nSaved {csv_path} and {txt_path}")
+    print(f"Compare trials:  tensorboard --logdir {exp_dir}")
+    print(f"Optuna study:    {exp_dir / 'optuna.db'}" if cfg.search.searcher == "optuna" else "")
+    unfinished = len(board) < cfg.search.num_samples or grid.num_errors
+    if unfinished:
+        print(f"\nThe experiment is incomplete ({len(board)}/{cfg.search.num_samples} trials, "
+              f"{grid.num_errors} errors). Continue it with:\n  python experiments/tune.py --space {args.space} "
+              f"{' '.join(args.overrides)} --storage {args.storage}"
+              f"{' --name ' + args.name if args.name else ''}{' --smoke-test' if args.smoke_test else ''} --resume")
+        return 1
+    return 0
+
+
+def print_space(cfg) -> None:
+    import yaml
+
+    from core.search import param_space, search_metric
+
+    tree = config_to_dict(cfg)
+    search = tree.pop("search")
+    print(f"# Experiment {cfg.name!r}: family {cfg.family}, {cfg.search.num_samples} trials")
+    print(yaml.safe_dump(tree, sort_keys=False).rstrip())
+    print("\n# Searched (Ray Tune param space):")
+    for key, domain in param_space(cfg.search.space).items():
+        print(f"  {key}: {cfg.search.space[key]}  -> {type(domain).__name__}")
+    print(f"\n# Search: {cfg.search.searcher} (seed {search['seed']}) minimizing {search_metric(cfg)}, "
+          f"scheduler {cfg.search.scheduler}, {cfg.search.max_concurrent} concurrent trials, "
+          f"{cfg.search.cpus_per_trial} CPU + {cfg.search.gpus_per_trial} GPU each, "
+          f"keep {cfg.search.keep_checkpoints} best checkpoints by {cfg.search.metric}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The search, end to end through the command line: real Ray Tune, real Optuna, real files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
+
+
+def tune(*args, timeout=600, **kwargs):
+    return subprocess.run([*TUNE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+def test_dry_run_prints_the_real_cyclegan_space():
+    out = tune("--space", "search_spaces/cyclegan.yaml", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    for searched in ("model.lr_g", "model.lr_d", "model.lambda_cycle", "model.lambda_identity",
+                     "model.wait_epochs", "model.decay_epochs"):
+        assert searched in out.stdout
+    assert "source: kaggle" in out.stdout and "image_size: 256" in out.stdout
+    assert "optuna" in out.stdout and "asha" in out.stdout
+
+
+def test_bad_space_gives_one_clear_error_and_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_base_: %s\nmodel: {lamda_cycle: 3.0}\n" % (ROOT / "search_spaces/quickstart.yaml"))
+    out = tune("--space", str(bad), "--dry-run")
+    assert out.returncode == 2
+    assert "Did you mean 'lambda_cycle'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_resume_of_a_directory_without_an_experiment_is_refused(tmp_path):
+    out = tune("--space", "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path), "--resume")
+    assert out.returncode == 2
+    assert "Nothing to resume" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_path):
+    out = tune("--space", "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Leaderboard" in out.stdout
+    exp = tmp_path / "quickstart-smoke"
+
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 2
+    assert {"model.lr_g", "model.lr_d", "best_fid", "mifid", "epoch", "checkpoint", "status"} <= set(board.columns)
+    for path in board["checkpoint"]:
+        assert (Path(path) / "state.pt").is_file()
+
+    # The leaderboard's numbers are the trials' own reports.
+    for _, row in board.iterrows():
+        trial_dir = Path(row["checkpoint"]).parent
+        reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert row["best_fid"] == pytest.approx(min(r["fid"] for r in reports))
+
+    import optuna
+
+    study = optuna.load_study(study_name="quickstart-smoke", storage=f"sqlite:///{exp / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2 and all("model.lr_g" in t.params for t in complete)
+
+    events = list(exp.glob("*/events.out.tfevents.*"))
+    assert len({e.parent for e in events}) == 2, "one TensorBoard run per trial"
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_without_losing_finished_trials(tmp_path):
+    args = ["--space", "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path),
+            "--num-samples", "4", "search.max_concurrent=1", "train.epochs=3"]
+    exp = tmp_path / "quickstart-smoke"
+    driver = subprocess.Popen([*TUNE, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    # Wait until one trial has finished all its epochs, then interrupt like Ctrl-C.
+    deadline = time.time() + 300
+    finished_before = None
+    while time.time() < deadline and finished_before is None:
+        time.sleep(1)
+        for result in exp.glob("*/result.json"):
+            lines = result.read_text().splitlines()
+            if lines and json.loads(lines[-1]).get("epoch") == 3:
+                finished_before = result.parent
+    assert finished_before is not None, "no trial finished in time"
+    checkpoints_before = sorted(p.name for p in finished_before.glob("checkpoint_*"))
+    os.killpg(driver.pid, signal.SIGINT)
+    driver.wait(timeout=120)
+
+    out = tune(*args, "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 4 and board["best_fid"].notna().all()
+    assert sorted(p.name for p in finished_before.glob("checkpoint_*")) == checkpoints_before
+    assert finished_before.name in set(board["trial"])

@@ -1,0 +1,104 @@
+"""The trainable, run without Ray (LocalSession): exact resume, divergence, reports, TensorBoard.
+
+Every family is exercised through its builtin search space, shrunk to the session's tiny data."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.config import apply_dotted, build_config, config_to_dict, load_experiment
+from core.metrics import reference_statistics
+from core.trainable import CHECKPOINT_FILE, LocalSession, run_trial
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+BUILTIN_SPACES = [name for name in ("quickstart.yaml", "wgan_gp_builtin.yaml", "vae_builtin.yaml")
+                  if (SPACES / name).exists()]
+
+
+def tiny_experiment(space: str, tiny_data, **extra) -> dict:
+    """The space's fixed settings, at the size of the `tiny_data` fixture, 2 iterations an epoch."""
+    overrides = [f"data.image_size={tiny_data.image_size}", f"data.load_size={tiny_data.load_size}",
+                 "train.epochs=2", "train.eval_every=1", "train.iters_per_epoch=2", "train.batch_size=2",
+                 "metrics.extractor=random", "metrics.num_samples=8", "metrics.kid_subset_size=4",
+                 "metrics.batch_size=4", "logging.image_grid_size=2"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return config_to_dict(load_experiment(SPACES / space, overrides))
+
+
+def run(tree, tiny_data, root, searched=None, **kwargs):
+    cfg = build_config(tree)
+    reference = reference_statistics(tiny_data, cfg.metrics, cfg.cache_path)
+    session = LocalSession(root)
+    run_trial(searched or {}, experiment=tree, prepared_root=tiny_data.root, reference_path=reference,
+              session=session, **kwargs)
+    return session
+
+
+def load_state(session):
+    return torch.load(session.latest_checkpoint() / CHECKPOINT_FILE, weights_only=True)
+
+
+def assert_same_tensors(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where} keys differ"
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("space", BUILTIN_SPACES)
+def test_resume_equals_uninterrupted_training(space, tiny_data, tmp_path):
+    tree = tiny_experiment(space, tiny_data)
+    straight = run(tree, tiny_data, tmp_path / "straight")
+
+    interrupted = run(tree, tiny_data, tmp_path / "resumed", max_epochs=1)
+    assert len(interrupted.results) == 1
+    torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
+    resumed = run(tree, tiny_data, tmp_path / "resumed")  # picks up checkpoint_000001
+    assert [r["epoch"] for r in resumed.results] == [2]
+
+    final_straight, final_resumed = load_state(straight), load_state(resumed)
+    assert final_resumed["epoch"] == final_straight["epoch"] == 2
+    assert_same_tensors(final_straight["family"], final_resumed["family"], "family")
+    assert_same_tensors(final_straight["rng"], final_resumed["rng"], "rng")
+    assert final_straight["best"] == final_resumed["best"]
+
+
+@pytest.mark.parametrize("space", BUILTIN_SPACES)
+def test_reports_metrics_checkpoints_and_tensorboard(space, tiny_data, tmp_path):
+    session = run(tiny_experiment(space, tiny_data), tiny_data, tmp_path)
+    assert [r["epoch"] for r in session.results] == [1, 2]
+    for result in session.results:
+        for key in ("fid", "kid", "mifid", "memorization_distance", "best_fid", "images_per_s"):
+            assert isinstance(result[key], float) and result[key] == result[key], key
+        assert "random" in result["extractor"]  # every result says which extractor produced it
+        assert result["trial_status"] == "ok"
+    assert session.results[1]["best_fid"] == min(r["fid"] for r in session.results)
+    assert len(list(tmp_path.glob("checkpoint_*"))) == 2
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    assert "metrics/fid" in events.Tags()["scalars"]
+    assert any(tag.startswith("samples/") for tag in events.Tags()["images"])
+
+
+def test_diverging_trial_ends_cleanly_and_keeps_earlier_checkpoints(tiny_data, tmp_path):
+    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 3})
+    run(tree, tiny_data, tmp_path, max_epochs=1)           # one good epoch, checkpointed
+    good = load_state(LocalSession(tmp_path))
+    blown = apply_dotted(tree, {"model.lr_g": 1.0e12, "model.lr_d": 1.0e12})
+    session = run(blown, tiny_data, tmp_path)               # resumes, then explodes
+    last = session.results[-1]
+    assert last["trial_status"] == "diverged" and last["diverged"] == 1
+    assert "diverged" in last["status_detail"] and "epoch" in last["status_detail"]
+    assert last["best_fid"] == good["best"]["best_fid"]     # the best before divergence is kept
+    assert_same_tensors(good["family"], load_state(session)["family"], "kept checkpoint")
