@@ -467,8 +467,3 @@ def linear_decay_factor(epoch: int, wait_epochs: int, decay_epochs: int, min_fac
     with its floor 0 generalized to `min_factor`."""
     progress = min(max(epoch + 1 - wait_epochs, 0) / (decay_epochs + 1), 1.0)
     return 1.0 - (1.0 - min_factor) * progress
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float in [-1, 1] -> uint8 in [0, 255] on the CPU (what the metrics take)."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()

@@ -29,7 +29,8 @@ from core.data import ImageDataset, UnpairedDataset, eval_transform, train_trans
 from core.models.base import Family, register_family
 from core.models.blocks import (NORMS, BlockSpecError, ImagePool, PatchDiscriminator, BlockGenerator,
                                 check_block_spec, init_weights, linear_decay_factor, patch_output_size,
-                                resnet_spec, to_uint8)
+                                resnet_spec)
+from core.metrics import to_uint8
 from core.models.losses import GAN_LOSSES, get_gan_loss
 
 GENERATORS = ("resnet", "blocks")
