@@ -139,22 +139,21 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
                 break
             losses = family.train_step(batch)
             step += 1
-            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            bad = [f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)]
             if bad:
-                # Diverged: end this trial cleanly. Checkpoints already written stay valid; the
-                # search continues with the other trials.
-                status = (f"diverged: {', '.join(f'{k}={losses[k]}' for k in bad)} at epoch {epoch} "
-                          f"iteration {i}; trial stopped (lower the learning rates?)")
-                _log(session, status)
-                result = {"epoch": epoch, "diverged": 1, "trial_status": "diverged", "status_detail": status,
-                          **{name: math.nan for name in TRACKED_METRICS}, **best}
-                session.report(result, None)
-                return result
+                return _end_diverged(session, f"{', '.join(bad)} at epoch {epoch + 1} iteration {i + 1}",
+                                     epoch, best)
             for k, v in losses.items():
                 running[k] += v
             n_steps += 1
             n_images += _batch_size(batch)
         train_seconds += time.perf_counter() - tick
+        # Normalization layers can keep losses finite while weights overflow: check those too.
+        bad = [name for name, module in family.modules().items()
+               if not all(torch.isfinite(p).all() for p in module.parameters())]
+        if bad:
+            return _end_diverged(session, f"non-finite weights in {', '.join(bad)} after epoch {epoch + 1}",
+                                 epoch, best)
         logged = family.end_epoch(epoch)
 
         # Evaluate and report.
@@ -199,6 +198,17 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
 
 
 # --- Small pieces of the loop -------------------------------------------------------------------
+
+
+def _end_diverged(session, what: str, epoch: int, best: dict) -> dict:
+    """End a trial whose training blew up, cleanly: checkpoints already written stay valid, the
+    search goes on with the other trials, and the result says what happened."""
+    detail = f"diverged: {what}; trial stopped (try lower learning rates)"
+    _log(session, detail)
+    result = {"epoch": epoch, "diverged": 1, "trial_status": "diverged", "status_detail": detail,
+              **{name: math.nan for name in TRACKED_METRICS}, **best}
+    session.report(result, None)
+    return result
 
 
 def _pick_device(name: str) -> torch.device:
