@@ -338,18 +338,16 @@ def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
 
 
 def _check_space_keys(tree: dict, space: dict) -> list[str]:
-    """Every searched key must name an existing field, and every value it can take must validate."""
+    """Every searched key must name an existing field of its section."""
     errors = []
     for key in space:
         section, _, leaf = key.partition(".")
         if section not in (*SECTIONS, "model") or not leaf or "." in leaf:
             errors.append(f"search.space key {key!r} must be section.field, e.g. model.lr_g")
             continue
-        known = tree.get(section) or {}
         valid = _field_names(section, tree)
         if leaf not in valid:
             errors.extend(_unknown_keys({leaf: None}, valid, f"search.space ({section})"))
-        del known
     return errors
 
 
@@ -384,7 +382,11 @@ def _build_section(cls: type, values: Any, where: str, errors: list[str]):
         try:
             kwargs[key] = _coerce(value, hints[key])
         except (TypeError, ValueError):
-            errors.append(f"{where}.{key} should be {_type_name(hints[key])}, got {value!r}")
+            hint = ""
+            if hints[key] is str and isinstance(value, int):
+                # YAML 1.1 reads an unquoted 1:5 as the base-60 number 65.
+                hint = " (quote the value in YAML, e.g. \"1:5\")"
+            errors.append(f"{where}.{key} should be {_type_name(hints[key])}, got {value!r}{hint}")
     try:
         return cls(**kwargs)
     except TypeError as e:

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import torch
 import yaml
 
 from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict
 from core.data import prepare_data
 from core.metrics import reference_statistics
+from core.models.base import get_family
 
 EXPERIMENT_FILE = "experiment.yaml"
 OPTUNA_FILE = "optuna.db"
@@ -82,8 +84,14 @@ class PreparedExperiment:
 
 
 def prepare_experiment(cfg: ExperimentConfig, progress=print) -> PreparedExperiment:
-    """The driver's once-per-experiment work: data, then reference statistics."""
+    """The driver's once-per-experiment work: data, then reference statistics. Building the family
+    once on the CPU first turns a model/data mismatch (an image size the networks cannot take)
+    into one error here instead of a failure in every trial."""
     prepared = prepare_data(cfg.data, cfg.cache_path, progress=progress)
+    try:
+        get_family(cfg.family)(cfg, prepared, torch.device("cpu"))
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"The {cfg.family} model cannot be built with this configuration: {e}") from None
     reference = reference_statistics(prepared, cfg.metrics, cfg.cache_path, progress=progress)
     return PreparedExperiment(str(prepared.root), str(reference))
 
@@ -107,10 +115,9 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
     elif exp_dir.exists() and any(exp_dir.iterdir()):
         raise ConfigError(f"Experiment directory {exp_dir} already exists. Continue it with --resume, "
                           f"or choose another --name.")
+    ready = prepare_experiment(cfg, progress=progress)   # before any file: a failure leaves nothing behind
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / EXPERIMENT_FILE).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-
-    ready = prepare_experiment(cfg, progress=progress)
     trainable = tune.with_parameters(tune_trainable, experiment=config_to_dict(cfg),
                                      prepared_root=ready.prepared_root, reference_path=ready.reference_path)
     trainable = tune.with_resources(trainable, {"cpu": cfg.search.cpus_per_trial,
