@@ -36,12 +36,14 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from core.config import DataConfig, MetricsConfig
 from core.feature_extractors import Extractor, MetricsError, atomic_torch_save, extractor_identity, get_extractor
 
-__all__ = ["FID", "KID", "KID_STD", "MIFID", "MEMORIZATION", "MetricsError", "Reference", "evaluate",
+__all__ = ["FID", "KID", "KID_STD", "MIFID", "MEMORIZATION", "DIVERSITY", "COLLAPSED", "MetricsError", "Reference", "evaluate",
            "extract_features", "load_reference", "memorization_distance", "mifid_from_fid",
            "reference_path", "reference_statistics", "to_uint8"]
 
 # Keys of the dict `evaluate` returns (and names of the reported metrics).
 FID, KID, KID_STD, MIFID, MEMORIZATION = "fid", "kid", "kid_std", "mifid", "memorization_distance"
+DIVERSITY = "diversity"   # tr(cov generated) / tr(cov reference): 1 ~ as varied as the Monets, 0 = one image
+COLLAPSED = "collapsed"   # 1 when every generated image is the same, pixel for pixel (a saturated generator)
 
 REFERENCE_FORMAT = 1                     # bump when the reference file's contents change
 REFERENCE_SPLIT = "train/monet"          # generated images are scored against the training Monets
@@ -230,6 +232,21 @@ def load_reference(path: str | Path) -> Reference:
 # --- Evaluation --------------------------------------------------------------------------------
 
 
+class _DistinctImages:
+    """Passes image batches through, noting whether any image differs from the first one."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]):
+        self.batches, self.first, self.any_differ = batches, None, False
+
+    def __iter__(self):
+        for batch in self.batches:
+            if self.first is None and len(batch):
+                self.first = batch[0]
+            if not self.any_differ:
+                self.any_differ = bool((batch != self.first).any())
+            yield batch
+
+
 def frechet_distance(features: torch.Tensor, reference: Reference) -> float:
     """FID between generated features (N, D) and the reference statistics.
 
@@ -266,7 +283,8 @@ def evaluate(images: Iterable[torch.Tensor], reference: Reference, metrics_cfg: 
                            f"{reference.extractor_id!r}, but metrics.extractor is {identity!r}: compute the "
                            f"reference with the same metrics config (reference_statistics) before evaluating")
     extractor = get_extractor(metrics_cfg.extractor, metrics_cfg.weights_path, reference.path.parents[1])
-    features = extract_features(images, extractor, metrics_cfg.batch_size, device)     # (N, 2048)
+    distinct = _DistinctImages(images)
+    features = extract_features(distinct, extractor, metrics_cfg.batch_size, device)   # (N, 2048)
     if len(features) < 2:
         raise MetricsError(f"FID needs at least 2 generated images, got {len(features)}")
 
@@ -275,7 +293,10 @@ def evaluate(images: Iterable[torch.Tensor], reference: Reference, metrics_cfg: 
     kid = kid_features_to_metric(features.double(), reference.features.double(),
                                  kid_subset_size=subset_size, verbose=False)
     distance = memorization_distance(features, reference.features)
+    diversity = float(features.double().var(dim=0).sum() / np.trace(reference.sigma))
     return {FID: fid,
+            DIVERSITY: diversity,
+            COLLAPSED: int(not distinct.any_differ),
             KID: kid[KEY_METRIC_KID_MEAN],
             KID_STD: kid[KEY_METRIC_KID_STD],
             MIFID: mifid_from_fid(fid, distance, metrics_cfg.mifid_threshold),

@@ -234,8 +234,8 @@ def leaderboard(grid, cfg: ExperimentConfig):
 def _status(result, last: dict, cfg: ExperimentConfig) -> str:
     if result.error is not None:
         return f"error: {type(result.error).__name__}"
-    if last.get("trial_status") == "diverged":
-        return "diverged"
+    if last.get("trial_status") in ("diverged", "collapsed"):
+        return last["trial_status"]
     epoch = last.get("epoch", 0)
     if epoch < cfg.train.epochs:
         return f"stopped early at epoch {epoch}"

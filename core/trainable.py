@@ -184,6 +184,16 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
         _log(session, f"epoch {epoch + 1}/{epochs} {cfg.search.metric}={scores[cfg.search.metric]:.2f} "
                       f"best={best['best_' + cfg.search.metric]:.2f} ({result['images_per_s']:.1f} img/s)")
 
+        if scores[M.COLLAPSED]:
+            # Every sample is the same image: the generator saturated (typically far too high a
+            # learning rate) and will not recover. Report the scores, keep earlier checkpoints, stop.
+            result |= {"trial_status": "collapsed", "status_detail": (
+                f"collapsed: all {cfg.metrics.num_samples} generated images are identical at epoch {epoch + 1}; "
+                f"trial stopped (try lower learning rates)")}
+            _log(session, result["status_detail"])
+            session.report(result, None)
+            return result
+
         checkpoint_dir = Path(tempfile.mkdtemp(prefix="paintsweep-ckpt-"))
         torch.save({"family": family.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
                     "rng": _get_rng_state(), "config": apply_dotted(experiment, searched),
@@ -284,7 +294,7 @@ def _write_tensorboard(writer, family, result: dict, epoch: int) -> None:
 
 
 def _scalar_tag(key: str) -> str:
-    if key in (M.FID, M.KID, M.KID_STD, M.MIFID, M.MEMORIZATION) or key.startswith("best_"):
+    if key in (M.FID, M.KID, M.KID_STD, M.MIFID, M.MEMORIZATION, M.DIVERSITY) or key.startswith("best_"):
         return f"metrics/{key}"
     if key.startswith("loss"):
         return f"losses/{key}"

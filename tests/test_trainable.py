@@ -114,3 +114,21 @@ def test_diverging_trial_ends_cleanly_and_keeps_earlier_checkpoints(tiny_data, t
         assert networks <= set(state)
         for name in networks:
             assert all(torch.isfinite(t).all() for t in state[name].values()), f"{checkpoint.name}: {name}"
+
+
+def test_saturated_generator_ends_the_trial_as_collapsed(tiny_data, tmp_path):
+    # lr 1.0 drives the WGAN-GP generator's tanh into saturation: every sample becomes one image.
+    tree = tiny_experiment("wgan_gp_builtin.yaml", tiny_data,
+                           **{"model.lr_g": 1.0, "model.lr_d": 1.0, "train.iters_per_epoch": 10, "train.batch_size": 4})
+    session = run(tree, tiny_data, tmp_path)
+    last = session.results[-1]
+    assert last["trial_status"] == "collapsed" and last["collapsed"] == 1
+    assert "identical" in last["status_detail"]
+    assert [r["trial_status"] for r in session.results[:-1]] == ["ok"] * (len(session.results) - 1)
+    # Only the evaluations before the collapse left checkpoints: a collapsed model is not kept.
+    assert len(list(tmp_path.glob("checkpoint_*"))) == len(session.results) - 1
+
+
+def test_healthy_training_is_not_flagged_as_collapsed(tiny_data, tmp_path):
+    session = run(tiny_experiment("quickstart.yaml", tiny_data), tiny_data, tmp_path)
+    assert all(r["collapsed"] == 0 and r["diversity"] > 0 for r in session.results)
