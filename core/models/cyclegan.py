@@ -230,12 +230,14 @@ class CycleGAN(Family):
             yield images   # outside the `with`: the caller runs with its own grad mode meanwhile
 
     def image_grids(self) -> dict[str, torch.Tensor]:
-        """Rows: input, translation, reconstruction, for the first image_grid_size test photos / Monets."""
+        """Rows: input, translation, reconstruction, for image_grid_size test photos / Monets spread
+        evenly over the (class-sorted) files, so every scene kind shows up."""
         k = self.cfg.logging.image_grid_size
         grids = {}
         for name, dataset, forward, backward in (("photo_to_monet", self.test_photos, self.G, self.F),
                                                  ("monet_to_photo", self.monets, self.F, self.G)):
-            x = torch.stack([dataset[i][0] for i in range(min(k, len(dataset)))]).to(self.device)
+            picks = torch.linspace(0, len(dataset) - 1, min(k, len(dataset))).round().long().tolist()
+            x = torch.stack([dataset[i][0] for i in picks]).to(self.device)
             with self._eval(forward, backward):
                 y = forward(x)
                 rows = torch.cat([x, y, backward(y)]).float().cpu()   # (3k, 3, H, W)
