@@ -12,12 +12,20 @@ Experiment directory (`<storage>/<name>/`): Ray Tune's state and one directory p
 (result.json, progress.csv, TensorBoard events, checkpoint_*), plus ours: `experiment.yaml` (the
 resolved config), `optuna.db` (the Optuna study: `optuna-dashboard sqlite:///.../optuna.db`) and
 `leaderboard.csv` / `leaderboard.txt`.
+
+Storage and cluster (core.cluster): `storage_path` may be a URI (s3://, gs://); Ray then writes
+results and checkpoints straight to it, our files live in a local mirror (SQLite needs a real file
+system) and are uploaded next to them, and the prepared data plus reference statistics are uploaded
+once to `<experiment>/assets/` for nodes that lack the driver's cache. `address` joins a running
+Ray cluster; trials are placed by the resources they ask for (search.cpus_per_trial/gpus_per_trial).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
+import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,8 +33,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from core.cluster import SharedAssets, Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict
-from core.data import prepare_data
+from core.data import load_prepared, prepare_data
 from core.metrics import reference_statistics
 from core.models.base import get_family
 
@@ -96,66 +105,138 @@ def prepare_experiment(cfg: ExperimentConfig, progress=print) -> PreparedExperim
     return PreparedExperiment(str(prepared.root), str(reference))
 
 
-def experiment_dir(storage_path: str | os.PathLike, name: str) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(str(storage_path)))) / name
+def experiment_dir(storage_path: str | os.PathLike, name: str, cache_path: Path | None = None) -> Path:
+    """The experiment's local directory: `<storage>/<name>` for a local (or shared file-system)
+    storage path; for a URI, a local mirror in the cache that holds the driver's own files
+    (experiment.yaml, the Optuna SQLite study, the leaderboard), uploaded next to Ray's results
+    by `publish_experiment_files`. SQLite needs a real file system, so the study never lives
+    in the bucket itself."""
+    storage = Storage.parse(storage_path)
+    if not storage.remote:
+        return Path(storage.path) / name
+    cache = cache_path or Path(os.path.expanduser(os.environ.get("PAINTSWEEP_CACHE", "~/.cache/paintsweep")))
+    mirror = storage.given.split("?")[0].replace("://", "/").strip("/")   # s3://bucket/runs -> s3/bucket/runs
+    return cache / "mirrors" / mirror / name
+
+
+MIRRORED_FILES = (EXPERIMENT_FILE, OPTUNA_FILE, "leaderboard.csv", "leaderboard.txt")
+
+
+def publish_experiment_files(cfg: ExperimentConfig, storage_path: str | os.PathLike) -> None:
+    """Remote storage: upload the driver's files from the local mirror next to Ray's results."""
+    storage = Storage.parse(storage_path)
+    if not storage.remote:
+        return
+    local = experiment_dir(storage_path, cfg.name, cfg.cache_path)
+    for name in MIRRORED_FILES:
+        if (local / name).is_file():
+            storage.upload(local / name, storage.join(cfg.name, name))
 
 
 def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", *, resume: bool = False,
-               verbose: int = 1, progress=print):
-    """Run (or resume) the search; returns Ray Tune's ResultGrid."""
+               address: str | None = None, verbose: int = 1, progress=print):
+    """Run (or resume) the search; returns Ray Tune's ResultGrid.
+
+    `storage_path` is a local path, a shared file-system path or a URI (s3://, gs://); `address`
+    joins a running Ray cluster ("auto" or HOST:PORT), None starts Ray on this machine."""
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from core.trainable import tune_trainable
 
-    exp_dir = experiment_dir(storage_path, cfg.name)
+    storage = Storage.parse(storage_path)
+    exp_dir = experiment_dir(storage_path, cfg.name, cfg.cache_path)   # local: ours; remote: the mirror
+    exp_path = storage.join(cfg.name)                                   # where Ray keeps the experiment
     if resume:
-        _check_resumable(cfg, exp_dir)
-    elif exp_dir.exists() and any(exp_dir.iterdir()):
-        raise ConfigError(f"Experiment directory {exp_dir} already exists. Continue it with --resume, "
-                          f"or choose another --name.")
-    ready = prepare_experiment(cfg, progress=progress)   # before any file: a failure leaves nothing behind
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / EXPERIMENT_FILE).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    trainable = tune.with_parameters(tune_trainable, experiment=config_to_dict(cfg),
-                                     prepared_root=ready.prepared_root, reference_path=ready.reference_path)
-    trainable = tune.with_resources(trainable, {"cpu": cfg.search.cpus_per_trial,
-                                                "gpu": cfg.search.gpus_per_trial})
-
-    # Ray's own TensorBoard logger would duplicate our scalars under ray/tune/*: keep only JSON/CSV
-    # (which ResultGrid and the analysis helpers read) and write TensorBoard ourselves.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), *_wandb_callbacks(cfg)]
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-
-    run_config = tune.RunConfig(
-        name=cfg.name, storage_path=str(exp_dir.parent), callbacks=callbacks, verbose=verbose,
-        # Trials write TensorBoard events in their working directory; Ray copies them to storage.
-        sync_config=tune.SyncConfig(sync_artifacts=True),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
-                                                checkpoint_score_attribute=cfg.search.metric,
-                                                checkpoint_score_order="min"),
-        failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-    )
-    if resume:
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(cfg.search.space), run_config=run_config,
-            tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, exp_dir), scheduler=make_scheduler(cfg),
-                                        num_samples=cfg.search.num_samples,
-                                        max_concurrent_trials=cfg.search.max_concurrent,
-                                        trial_name_creator=partial(_trial_name, cfg.family),
-                                        trial_dirname_creator=partial(_trial_name, cfg.family),
-                                        reuse_actors=True))
+        _check_resumable(cfg, storage)
+    elif storage.exists(exp_path) and _non_empty(storage, exp_path):
+        raise ConfigError(f"Experiment directory {storage.given.rstrip('/')}/{cfg.name} already exists. Continue "
+                          f"it with --resume, or choose another --name.")
+    storage.check_writable()
+    connect(address)   # before the long preparation: a bad address or resource request fails at once
     try:
-        return tuner.fit()
+        check_resources(cfg)
+        ready = prepare_experiment(cfg, progress=progress)   # before any file: a failure leaves nothing behind
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        if storage.remote and resume and not (exp_dir / OPTUNA_FILE).is_file() \
+                and storage.exists(storage.join(cfg.name, OPTUNA_FILE)):
+            storage.download(storage.join(cfg.name, OPTUNA_FILE), exp_dir / OPTUNA_FILE)
+        (exp_dir / EXPERIMENT_FILE).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        shared = None
+        if storage.remote:
+            fingerprint = load_prepared(ready.prepared_root).fingerprint
+            shared = SharedAssets.upload(storage, exp_path, ready.prepared_root, ready.reference_path,
+                                         fingerprint, progress=progress)
+        trainable = tune.with_parameters(tune_trainable, experiment=config_to_dict(cfg),
+                                         prepared_root=ready.prepared_root, reference_path=ready.reference_path,
+                                         shared=shared)
+        trainable = tune.with_resources(trainable, {"cpu": cfg.search.cpus_per_trial,
+                                                    "gpu": cfg.search.gpus_per_trial})
+
+        # Ray's own TensorBoard logger would duplicate our scalars under ray/tune/*: keep only JSON/CSV
+        # (which ResultGrid and the analysis helpers read) and write TensorBoard ourselves.
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]  # W&B: one run per trial, core.trainable.TrialLoggers
+        run_config = tune.RunConfig(
+            name=cfg.name, storage_path=storage.path, storage_filesystem=storage.filesystem,
+            callbacks=callbacks, verbose=verbose,
+            # Trials write TensorBoard events in their working directory; Ray copies them to storage.
+            sync_config=tune.SyncConfig(sync_artifacts=True),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
+                                                    checkpoint_score_attribute=cfg.search.metric,
+                                                    checkpoint_score_order="min"),
+            # A crashed trial (its process or node lost) restarts from its last checkpoint. A diverged
+            # or collapsed trial is no failure: it returns normally and is not retried.
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+        )
+        if resume:
+            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=storage.filesystem)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space(cfg.search.space), run_config=run_config,
+                tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, exp_dir), scheduler=make_scheduler(cfg),
+                                            num_samples=cfg.search.num_samples,
+                                            max_concurrent_trials=cfg.search.max_concurrent,
+                                            trial_name_creator=partial(_trial_name, cfg.family),
+                                            trial_dirname_creator=partial(_trial_name, cfg.family),
+                                            reuse_actors=True))
+        try:
+            return tuner.fit()
+        finally:
+            remove_incomplete_checkpoints(storage, exp_path, progress)
+            publish_experiment_files(cfg, storage_path)   # the study so far, even if the search failed
     finally:
-        ray.shutdown()  # stop the trial workers before the interpreter exits
+        ray.shutdown()  # stop the trial workers (or leave the cluster) before the interpreter exits
+
+
+def remove_incomplete_checkpoints(storage: Storage, exp_path: str, progress=print) -> None:
+    """Delete checkpoint directories whose state.pt is missing or truncated.
+
+    Ray registers a checkpoint only after copying it to storage, so it never resumes from a partial
+    one; but a driver or worker killed during that copy leaves the partial directory behind, where
+    the analysis tools and export.py would find it. A torch file is a zip whose directory is written
+    last: a truncated one cannot be opened, which is cheap to check. (Local and shared storage.)"""
+    if storage.remote:
+        return
+    for checkpoint in sorted(Path(exp_path).glob("*/checkpoint_*")):
+        state = checkpoint / "state.pt"
+        try:
+            with zipfile.ZipFile(state):
+                continue
+        except (OSError, zipfile.BadZipFile):
+            progress(f"removing incomplete checkpoint {checkpoint} (its write was interrupted)")
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _non_empty(storage: Storage, path: str) -> bool:
+    if not storage.remote:
+        return any(Path(path).iterdir())
+    import pyarrow.fs
+
+    return bool(storage.filesystem.get_file_info(pyarrow.fs.FileSelector(path)))
 
 
 def _trial_name(family: str, trial) -> str:
@@ -163,19 +244,25 @@ def _trial_name(family: str, trial) -> str:
     return f"{family}_{trial.trial_id}"
 
 
-def _check_resumable(cfg: ExperimentConfig, exp_dir: Path) -> None:
+def _check_resumable(cfg: ExperimentConfig, storage: Storage) -> None:
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(exp_dir)):
-        raise ConfigError(f"Nothing to resume in {exp_dir}: it holds no Ray Tune experiment state. "
+    exp_path = storage.join(cfg.name)
+    shown = f"{storage.given.rstrip('/')}/{cfg.name}"
+    if not tune.Tuner.can_restore(exp_path, storage_filesystem=storage.filesystem):
+        raise ConfigError(f"Nothing to resume in {shown}: it holds no Ray Tune experiment state. "
                           f"Run without --resume to start the experiment (or check --storage/--name).")
-    saved_file = exp_dir / EXPERIMENT_FILE
-    if saved_file.is_file():
-        saved = yaml.safe_load(saved_file.read_text())
+    saved_path = storage.join(cfg.name, EXPERIMENT_FILE)
+    if storage.exists(saved_path):
+        if storage.remote:
+            with storage.filesystem.open_input_stream(saved_path) as f:
+                saved = yaml.safe_load(f.read().decode())
+        else:
+            saved = yaml.safe_load(Path(saved_path).read_text())
         now = config_to_dict(cfg)
         changed = sorted(_diff_keys(saved, now))
         if changed:
-            raise ConfigError(f"The configuration changed since {exp_dir} started ({', '.join(changed)}); "
+            raise ConfigError(f"The configuration changed since {shown} started ({', '.join(changed)}); "
                               f"resume with the original space, or start a new experiment with --name.")
 
 
@@ -184,20 +271,6 @@ def _diff_keys(a, b, prefix="") -> list[str]:
         keys = set(a) | set(b)
         return [k for key in keys for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [] if a == b else [prefix.rstrip(".")]
-
-
-def _wandb_callbacks(cfg: ExperimentConfig) -> list:
-    """Ray's W&B integration, never blocking: offline unless an API key is configured."""
-    if not cfg.logging.wandb:
-        return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
-    mode = cfg.logging.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    # Ray skips its API-key check only when WANDB_MODE is offline/disabled (measured); online
-    # without a reachable server would block for ~100 s per trial.
-    os.environ["WANDB_MODE"] = mode
-    return [WandbLoggerCallback(project=cfg.logging.wandb_project, group=cfg.name, mode=mode,
-                                excludes=["extractor", "trial_status", "status_detail"])]
 
 
 # --- The leaderboard ----------------------------------------------------------------------------

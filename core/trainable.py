@@ -55,13 +55,34 @@ class TuneSession:
         self.trial_name = tune.get_context().get_trial_name()
 
     def latest_checkpoint(self) -> Path | None:
+        """A local copy of the newest checkpoint that holds a state file.
+
+        Ray registers a checkpoint only after copying it to storage completely (the report that
+        names it is sent after the copy), so Ray's latest is normally whole. Should it lack the
+        state file anyway (a storage glitch, a hand-edited experiment), the older checkpoints kept
+        in the trial's storage directory are tried, newest first; with none, training starts over."""
         checkpoint = self._tune.get_checkpoint()
         if checkpoint is None:
             return None
-        # A local copy: Ray may delete/replace the original while we train.
-        local = Path(tempfile.mkdtemp(prefix="paintsweep-restore-"))
-        checkpoint.to_directory(str(local))
-        return local
+        storage = self._tune.get_context().get_storage()
+        fs = storage.storage_filesystem
+        import pyarrow.fs
+
+        found = fs.get_file_info(pyarrow.fs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+        older = sorted((info.path for info in found if info.type == pyarrow.fs.FileType.Directory
+                        and Path(info.path).name.startswith("checkpoint_") and info.path != checkpoint.path),
+                       reverse=True)
+        for path in [checkpoint.path, *older]:
+            if fs.get_file_info(f"{path}/{CHECKPOINT_FILE}").type != pyarrow.fs.FileType.File:
+                print(f"[{self.trial_name}] checkpoint {path} has no {CHECKPOINT_FILE} (incomplete); "
+                      f"trying an older one", flush=True)
+                continue
+            # A local copy: Ray may delete/replace the original while we train.
+            local = Path(tempfile.mkdtemp(prefix="paintsweep-restore-")) / Path(path).name
+            self._tune.Checkpoint(path, filesystem=fs).to_directory(str(local))
+            return local
+        print(f"[{self.trial_name}] no usable checkpoint found; the trial starts from scratch", flush=True)
+        return None
 
     def report(self, result: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = self._tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -92,8 +113,14 @@ class LocalSession:
 # --- The trainable ------------------------------------------------------------------------------
 
 
-def tune_trainable(config: dict, *, experiment: dict, prepared_root: str, reference_path: str) -> None:
-    """Ray Tune function trainable (bound with `tune.with_parameters` by core.search)."""
+def tune_trainable(config: dict, *, experiment: dict, prepared_root: str, reference_path: str,
+                   shared=None) -> None:
+    """Ray Tune function trainable (bound with `tune.with_parameters` by core.search). `shared`
+    (core.cluster.SharedAssets, remote storage only) fetches the data and reference statistics
+    on a node that lacks the driver's files."""
+    if shared is not None:
+        cache = build_config(experiment, source="trial config").cache_path
+        prepared_root, reference_path = shared.localize(cache)
     run_trial(config, experiment=experiment, prepared_root=prepared_root,
               reference_path=reference_path, session=TuneSession())
 
@@ -112,7 +139,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
     data = load_prepared(prepared_root)
     reference = M.load_reference(reference_path)
     family = get_family(cfg.family)(cfg, data, device)
-    writer = _tensorboard_writer(cfg, session)
+    loggers = TrialLoggers(cfg, session, apply_dotted(experiment, searched))
 
     # Resume. Everything a checkpoint holds is restored, so training continues exactly.
     start_epoch, step = 0, 0
@@ -141,7 +168,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
             step += 1
             bad = [f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)]
             if bad:
-                return _end_diverged(session, f"{', '.join(bad)} at epoch {epoch + 1} iteration {i + 1}",
+                return _end_diverged(session, loggers, f"{', '.join(bad)} at epoch {epoch + 1} iteration {i + 1}",
                                      epoch, best)
             for k, v in losses.items():
                 running[k] += v
@@ -152,7 +179,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
         bad = [name for name, module in family.modules().items()
                if not all(torch.isfinite(p).all() for p in module.parameters())]
         if bad:
-            return _end_diverged(session, f"non-finite weights in {', '.join(bad)} after epoch {epoch + 1}",
+            return _end_diverged(session, loggers, f"non-finite weights in {', '.join(bad)} after epoch {epoch + 1}",
                                  epoch, best)
         logged = family.end_epoch(epoch)
 
@@ -179,8 +206,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
             "diverged": 0,
             "trial_status": "ok",
         }
-        if writer is not None:
-            _write_tensorboard(writer, family, result, epoch + 1)
+        loggers.log(family, result, epoch + 1)
         _log(session, f"epoch {epoch + 1}/{epochs} {cfg.search.metric}={scores[cfg.search.metric]:.2f} "
                       f"best={best['best_' + cfg.search.metric]:.2f} ({result['images_per_s']:.1f} img/s)")
 
@@ -191,6 +217,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
                 f"collapsed: all {cfg.metrics.num_samples} generated images are identical at epoch {epoch + 1}; "
                 f"trial stopped (try lower learning rates)")}
             _log(session, result["status_detail"])
+            loggers.close(result)
             session.report(result, None)
             return result
 
@@ -198,25 +225,33 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
         torch.save({"family": family.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
                     "rng": _get_rng_state(), "config": apply_dotted(experiment, searched),
                     "extractor": scores["extractor"]}, checkpoint_dir / CHECKPOINT_FILE)
-        session.report(result, checkpoint_dir)
+        if last:
+            loggers.close(result)   # before the last report: Ray may end this thread inside it
+        try:
+            session.report(result, checkpoint_dir)
+        except BaseException:
+            # A scheduler stopping this trial (ASHA) raises SystemExit inside report; flush the
+            # logs (W&B's offline file) before the process goes away.
+            loggers.close(result | {"trial_status": "stopped early"})
+            raise
         running.clear()
         n_steps, train_seconds, n_images = 0, 0.0, 0
 
-    if writer is not None:
-        writer.close()
+    loggers.close(result)
     return result
 
 
 # --- Small pieces of the loop -------------------------------------------------------------------
 
 
-def _end_diverged(session, what: str, epoch: int, best: dict) -> dict:
+def _end_diverged(session, loggers, what: str, epoch: int, best: dict) -> dict:
     """End a trial whose training blew up, cleanly: checkpoints already written stay valid, the
     search goes on with the other trials, and the result says what happened."""
     detail = f"diverged: {what}; trial stopped (try lower learning rates)"
     _log(session, detail)
     result = {"epoch": epoch, "diverged": 1, "trial_status": "diverged", "status_detail": detail,
               **{name: math.nan for name in TRACKED_METRICS}, **best}
+    loggers.close(result)
     session.report(result, None)
     return result
 
@@ -274,23 +309,69 @@ def _log(session, message: str) -> None:
     print(f"[{session.trial_name}] {message}", flush=True)
 
 
-def _tensorboard_writer(cfg: ExperimentConfig, session):
-    if not cfg.logging.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
+class TrialLoggers:
+    """TensorBoard and Weights & Biases for one trial, under the same names: scalars as
+    `metrics/fid`, `losses/loss_g`, ... (`_scalar_tag`), image grids as `samples/<name>`, x = epoch.
 
-    # One run per trial: `tensorboard --logdir runs/` lists every trial of every experiment.
-    return SummaryWriter(log_dir=str(session.trial_dir), flush_secs=10)
+    W&B: one run per trial, named like the trial directory and grouped by experiment, with the
+    trial's full config. Offline unless an API key is configured (logging.wandb_mode overrides);
+    offline runs are written under the trial directory (`<trial>/wandb/offline-run-*`), and
+    `wandb sync <trial>/wandb/offline-run-*` uploads them later."""
+
+    def __init__(self, cfg: ExperimentConfig, session, config_tree: dict):
+        self.tensorboard = self.wandb = None
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # One run per trial: `tensorboard --logdir runs/` lists every trial of every experiment.
+            self.tensorboard = SummaryWriter(log_dir=str(session.trial_dir), flush_secs=10)
+        if cfg.logging.wandb:
+            self.wandb = _wandb_run(cfg, session, config_tree)
+
+    def log(self, family, result: dict, epoch: int) -> None:
+        scalars = {_scalar_tag(k): v for k, v in result.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        grids = {f"samples/{name}": grid.clamp(0, 1) for name, grid in family.image_grids().items()}  # (3, H, W)
+        if self.tensorboard is not None:
+            for tag, value in scalars.items():
+                self.tensorboard.add_scalar(tag, value, epoch)
+            self.tensorboard.add_text("extractor", str(result["extractor"]), epoch)
+            for tag, grid in grids.items():
+                self.tensorboard.add_image(tag, grid, epoch)
+            self.tensorboard.flush()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.summary["extractor"] = str(result["extractor"])
+            images = {tag: wandb.Image((grid * 255).round().byte().permute(1, 2, 0).numpy())   # (H, W, 3)
+                      for tag, grid in grids.items()}
+            self.wandb.log(scalars | images, step=epoch)
+
+    def close(self, result: dict) -> None:
+        """End of the trial, however it ended: the W&B run's summary says how. Idempotent."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.summary["trial_status"] = result.get("trial_status", "ok")
+            self.wandb.finish()
+        self.tensorboard = self.wandb = None
 
 
-def _write_tensorboard(writer, family, result: dict, epoch: int) -> None:
-    for key, value in result.items():
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            writer.add_scalar(_scalar_tag(key), value, epoch)
-    writer.add_text("extractor", str(result["extractor"]), epoch)
-    for name, grid in family.image_grids().items():
-        writer.add_image(f"samples/{name}", grid.clamp(0, 1), epoch)
-    writer.flush()
+def _wandb_run(cfg: ExperimentConfig, session, config_tree: dict):
+    import wandb
+
+    # Online only with a key: without one (or without network) online mode blocks for ~100 s.
+    mode = cfg.logging.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    settings = wandb.Settings(console="off",        # Ray already captures the trial's output
+                              x_disable_stats=True,  # no CPU/GPU sampling thread per trial
+                              init_timeout=30, silent=True,
+                              # Ray may end a trial's process right after a report (ASHA stops
+                              # it): write the offline run file every second, not every 15 s.
+                              x_transaction_log_flush_interval=1.0)
+    # reinit: with Ray's reuse_actors one process runs several trials, one run each.
+    return wandb.init(project=cfg.logging.wandb_project, group=cfg.name, name=session.trial_name,
+                      job_type=cfg.family, config=config_tree, dir=str(session.trial_dir), mode=mode,
+                      reinit="finish_previous", settings=settings)
 
 
 def _scalar_tag(key: str) -> str:

@@ -5,8 +5,12 @@
     python experiments/tune.py --space search_spaces/quickstart.yaml --resume      # after Ctrl-C / kill
     python experiments/tune.py --space search_spaces/cyclegan.yaml --smoke-test    # tiny, offline, ~1 min
     python experiments/tune.py --space search_spaces/cyclegan.yaml model.ngf=32 train.epochs=50
+    python experiments/tune.py --space search_spaces/cyclegan.yaml --address auto --storage s3://bucket/runs
 
 Results go to <storage>/<name>/ (default runs/<space name>/): `tensorboard --logdir runs/`.
+--address joins a running Ray cluster (`ray start --head` on one machine, `ray start
+--address=HEAD:6379` on the others); on more than one machine --storage must be a path every node
+shares or a cloud URI (s3://, gs://), so results and checkpoints survive the loss of any node.
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", required=True, help="search-space YAML (see search_spaces/)")
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     parser.add_argument("--name", help="experiment name (default: the space's name)")
-    parser.add_argument("--storage", default="runs", help="where experiments are stored (default: runs/)")
+    parser.add_argument("--storage", default="runs",
+                        help="where experiments are stored: a local or shared path, or an s3:// / gs:// URI "
+                             "(default: runs/)")
+    parser.add_argument("--address", help="join a running Ray cluster: 'auto' (started on this machine with "
+                                          "`ray start --head`) or HOST:PORT of its head; default: a local Ray")
     parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and exit")
@@ -62,27 +70,31 @@ def main(argv: list[str] | None = None) -> int:
         print_space(cfg)
         return 0
 
-    from core.search import experiment_dir, format_leaderboard, leaderboard, run_search, save_leaderboard
+    from core.search import (experiment_dir, format_leaderboard, leaderboard, publish_experiment_files,
+                             run_search, save_leaderboard)
 
-    exp_dir = experiment_dir(args.storage, cfg.name)
     try:
-        grid = run_search(cfg, args.storage, resume=args.resume)
+        exp_dir = experiment_dir(args.storage, cfg.name, cfg.cache_path)   # a local mirror for a URI
+        grid = run_search(cfg, args.storage, resume=args.resume, address=args.address)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     board = leaderboard(grid, cfg)
     csv_path, txt_path = save_leaderboard(board, exp_dir)
+    publish_experiment_files(cfg, args.storage)
+    remote = "://" in args.storage
     print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}):")
     print(format_leaderboard(board, exp_dir))
-    print(f"\nSaved {csv_path} and {txt_path}")
-    print(f"Compare trials:  tensorboard --logdir {exp_dir}")
+    print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
+    print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
     print(f"Optuna study:    {exp_dir / 'optuna.db'}" if cfg.search.searcher == "optuna" else "")
     unfinished = len(board) < cfg.search.num_samples or grid.num_errors
     if unfinished:
         print(f"\nThe experiment is incomplete ({len(board)}/{cfg.search.num_samples} trials, "
               f"{grid.num_errors} errors). Continue it with:\n  python experiments/tune.py --space {args.space} "
               f"{' '.join(args.overrides)} --storage {args.storage}"
-              f"{' --name ' + args.name if args.name else ''}{' --smoke-test' if args.smoke_test else ''} --resume")
+              f"{' --name ' + args.name if args.name else ''}{' --address ' + args.address if args.address else ''}"
+              f"{' --smoke-test' if args.smoke_test else ''} --resume")
         return 1
     return 0
 

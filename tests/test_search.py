@@ -100,3 +100,22 @@ def test_interrupted_search_resumes_without_losing_finished_trials(tmp_path):
     assert len(board) == 4 and board["best_fid"].notna().all()
     assert sorted(p.name for p in finished_before.glob("checkpoint_*")) == checkpoints_before
     assert finished_before.name in set(board["trial"])
+
+
+def test_interrupted_checkpoint_copies_are_removed_and_good_ones_kept(tmp_path):
+    import torch
+
+    from core.cluster import Storage
+    from core.search import remove_incomplete_checkpoints
+
+    good, partial, empty = (tmp_path / "trial_a" / f"checkpoint_00000{i}" for i in range(3))
+    for directory in (good, partial, empty):
+        directory.mkdir(parents=True)
+    torch.save({"epoch": 1, "weights": torch.ones(1000)}, good / "state.pt")
+    whole = (good / "state.pt").read_bytes()
+    (partial / "state.pt").write_bytes(whole[: len(whole) // 2])   # a copy cut off halfway
+    messages = []
+    remove_incomplete_checkpoints(Storage.parse(str(tmp_path)), str(tmp_path), messages.append)
+    assert good.is_dir() and not partial.exists() and not empty.exists()
+    assert torch.load(good / "state.pt", weights_only=True)["epoch"] == 1
+    assert len(messages) == 2 and all("incomplete checkpoint" in m for m in messages)

@@ -1,0 +1,345 @@
+"""Faults, injected for real: bad addresses and storage, a killed trial process, a driver killed
+with SIGKILL again and again, a lost worker node, and results kept in an S3-compatible server.
+
+Each fault test ends by printing one summary line: the faults injected and the work lost (zero).
+Every Ray process a test starts lives in a process group (or a ray.cluster_utils.Cluster) the test
+owns and is stopped by it, even when the test fails.
+"""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
+SPACE = ["--space", "search_spaces/quickstart.yaml", "--smoke-test"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+ENV.pop("RAY_ADDRESS", None)
+# Epochs of a few seconds (the smoke test's are a fraction of one), so a fault lands mid-epoch.
+LONGER_EPOCHS = ["data.builtin_count=100", "data.max_images=100", "train.iters_per_epoch=60"]
+
+
+def tune(*args, timeout=600, env=None):
+    return subprocess.run([*TUNE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env or ENV)
+
+
+@contextmanager
+def driver(*args, env=None):
+    """tune.py in its own session: the test can SIGKILL it with every Ray process it started."""
+    proc = subprocess.Popen([*TUNE, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, env=env or ENV)
+    try:
+        yield proc
+    finally:
+        kill_session(proc)
+
+
+def kill_session(proc) -> None:
+    """SIGKILL the driver and everything in its session (Ray's GCS, raylet, workers)."""
+    members = [p for p in psutil.process_iter() if _sid(p) == proc.pid]
+    for p in members:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(members, timeout=30)
+    proc.wait(timeout=30)
+
+
+def _sid(p) -> int | None:
+    try:
+        return os.getsid(p.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def wait_for(condition, what: str, timeout: float = 300, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the driver exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def reports(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def finished_trials(exp: Path, epochs: int) -> dict[str, float]:
+    """Trials whose final-epoch checkpoint is in storage -> the best FID it records. (Checkpoints,
+    not result.json: the driver's JSON logger buffers its lines, and a SIGKILL loses them.)"""
+    done = {}
+    for path in exp.glob("cyclegan_*/checkpoint_*/state.pt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:   # being written right now: not finished yet
+            continue
+        if state["epoch"] == epochs:
+            done[path.parent.parent.name] = state["best"]["best_fid"]
+    return done
+
+
+def checkpoints_load(exp: Path) -> int:
+    """Every kept checkpoint loads (weights_only) and names its own epoch; returns how many there are."""
+    paths = sorted(exp.glob("cyclegan_*/checkpoint_*/state.pt"))
+    for path in paths:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert state["epoch"] >= 1 and "family" in state, path
+    return len(paths)
+
+
+def retried_from_checkpoint(output: str) -> bool:
+    """The driver's table says the trial succeeded after a retry (workers' own log lines, such
+    as the trainable's "resumed from checkpoint_000000", are streamed best-effort and can be
+    missing from the driver's output when a node goes away)."""
+    return "terminated successfully after retrying" in output or "resumed from checkpoint_000000" in output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- Clear messages --------------------------------------------------------------------------------
+
+
+def test_unreachable_cluster_address_is_one_clear_error(tmp_path):
+    port = free_port()   # nothing listens there
+    start = time.time()
+    out = tune(*SPACE, "--storage", str(tmp_path), "--address", f"127.0.0.1:{port}", timeout=120)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"Cannot reach the Ray cluster at --address 127.0.0.1:{port}" in out.stderr
+    assert "ray start --head" in out.stderr and "Traceback" not in out.stderr
+    assert time.time() - start < 60, "an unreachable address must not be waited on"
+    assert not any(tmp_path.iterdir()), "nothing is written for a search that cannot start"
+
+
+def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_path):
+    out = tune(*SPACE, "--storage", str(tmp_path), "search.gpus_per_trial=1", timeout=180)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "asks for 1 GPU" in out.stderr and "no node has a GPU" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_storage_that_cannot_be_written_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = tune(*SPACE, "--storage", str(blocker / "runs"), timeout=120)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Cannot write to --storage" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- A trial process killed mid-epoch ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(tmp_path):
+    epochs = 3
+    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=2",
+            "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
+    exp = tmp_path / "quickstart-smoke"
+    with driver(*args) as proc:
+        # Once epoch 1's checkpoint is in storage (and a moment later registered by the driver),
+        # kill the trial's worker process while it trains epoch 2.
+        first = wait_for(lambda: next(iter(exp.glob("cyclegan_*/checkpoint_000000/state.pt")), None),
+                         "the first checkpoint", proc=proc)
+        trial = first.parent.parent
+        worker = wait_for(lambda: next((p for p in psutil.process_iter(["cmdline"])
+                                        if _sid(p) == proc.pid and "ImplicitFunc" in " ".join(p.info["cmdline"] or [])),
+                                       None), "the trial's worker process", proc=proc)
+        time.sleep(1)
+        assert not (trial / "checkpoint_000001").exists(), "killed too late: epoch 2 already done"
+        worker.kill()
+        output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output[-4000:]
+
+    assert retried_from_checkpoint(output), output[-4000:]
+    epochs_reported = [r["epoch"] for r in reports(trial)]
+    assert epochs_reported == list(range(1, epochs + 1)), f"epochs redone or skipped: {epochs_reported}"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert list(board["status"]) == ["completed"]
+    kept = checkpoints_load(exp)
+    print(f"\nfaults injected: 1 trial process SIGKILLed mid-epoch 2; work lost: 0 epochs "
+          f"(reported {epochs_reported}), {kept} checkpoints load")
+
+
+# --- The driver SIGKILLed at different moments, then resumed ------------------------------------
+
+
+@pytest.mark.slow
+def test_driver_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path):
+    epochs, trials = 3, 4
+    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", str(trials), "search.max_concurrent=1",
+            "search.scheduler=fifo", f"train.epochs={epochs}", "train.iters_per_epoch=6"]
+    exp = tmp_path / "quickstart-smoke"
+
+    def any_checkpoint():
+        return list(exp.glob("cyclegan_*/checkpoint_*/state.pt"))
+
+    # Each kill at a different moment: mid-trial (a checkpoint exists, the trial is running);
+    # right after a resume started (Ray restoring its state); after a trial finished.
+    moments = [
+        ("mid-trial, after the first checkpoint", lambda: any_checkpoint()),
+        ("3 s into a resume", lambda: time.sleep(3) or True),
+        ("just after a trial finished", lambda: len(finished_trials(exp, epochs)) > finished_at_start),
+    ]
+    finished_seen: dict[str, float] = {}
+    kills = []
+    for i, (moment, condition) in enumerate(moments):
+        finished_at_start = len(finished_trials(exp, epochs))
+        with driver(*args, *(["--resume"] if i else [])) as proc:
+            wait_for(condition, moment, proc=proc)
+            kill_session(proc)
+        kills.append(moment)
+        finished_seen |= finished_trials(exp, epochs)
+
+    out = tune(*args, "--resume")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == trials and board["best_fid"].notna().all(), board.to_string()
+    assert set(board["status"]) == {"completed"}, board.to_string()
+    lost = [name for name in finished_seen if name not in set(board["trial"])]
+    assert not lost, f"finished trials lost: {lost}"
+    by_trial = dict(zip(board["trial"], board["best_fid"]))
+    changed = [name for name, fid in finished_seen.items() if by_trial[name] != pytest.approx(fid)]
+    assert not changed, f"finished trials whose results changed: {changed}"
+    kept = checkpoints_load(exp)
+    for _, row in board.iterrows():
+        assert (Path(row["checkpoint"]) / "state.pt").is_file()
+    redone = sum(len(reports(t)) - len({r["epoch"] for r in reports(t)}) for t in exp.glob("cyclegan_*"))
+    print(f"\nfaults injected: {len(kills)} driver SIGKILLs ({'; '.join(kills)}); work lost: 0 finished "
+          f"trials of {len(finished_seen)}, 0 corrupt checkpoints of {kept}; epochs redone after restore: {redone}")
+
+
+# --- A worker node lost mid-trial -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_trial_finishes_on_another_node(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    epochs = 3
+    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=2",
+            "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
+    exp = tmp_path / "quickstart-smoke"
+    # A head without CPUs (it runs only Ray's services), so the trial must start on worker A.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        node_a = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        with driver(*args, "--address", cluster.address) as proc:
+            wait_for(lambda: next(iter(exp.glob("cyclegan_*/checkpoint_000000/state.pt")), None),
+                     "the first checkpoint", proc=proc)
+            time.sleep(1)   # let the driver register it
+            cluster.add_node(num_cpus=1)            # B: where the trial can go on
+            cluster.remove_node(node_a)             # A lost mid-epoch 2, with its trial process
+            output, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, output[-4000:]
+    finally:
+        cluster.shutdown()
+
+    assert retried_from_checkpoint(output), output[-4000:]
+    trial = next(exp.glob("cyclegan_*"))
+    epochs_reported = [r["epoch"] for r in reports(trial)]
+    assert epochs_reported == list(range(1, epochs + 1)), f"epochs redone or skipped: {epochs_reported}"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert list(board["status"]) == ["completed"]
+    kept = checkpoints_load(exp)
+    print(f"\nfaults injected: 1 worker node (of 2, plus a CPU-less head) removed mid-epoch 2; work lost: "
+          f"0 epochs (reported {epochs_reported}), {kept} checkpoints load")
+
+
+# --- Results in S3: an S3-compatible server (moto) on loopback ----------------------------------------
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with one bucket; yields (storage URI base, env for tune.py)."""
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # not one log line per request
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", **{
+            "aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"})
+        client.create_bucket(Bucket="paintsweep")
+        options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        yield client, options, {**ENV, **creds}
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_search_stored_in_s3_keeps_results_study_leaderboard_and_shipped_data(s3_server, tmp_path):
+    client, options, env = s3_server
+    storage = f"s3://paintsweep/runs?{options}"
+    env = {**env, "PAINTSWEEP_CACHE": str(tmp_path / "cache")}   # the mirror and data cache of this driver
+
+    bad = tune(*SPACE, "--storage", f"s3://no-such-bucket/runs?{options}", env=env, timeout=120)
+    assert bad.returncode == 2 and "Cannot write to --storage" in bad.stderr, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr
+    nothing = tune(*SPACE, "--storage", storage, "--resume", env=env, timeout=120)
+    assert nothing.returncode == 2 and "Nothing to resume" in nothing.stderr, nothing.stderr[-2000:]
+
+    out = tune(*SPACE, "--storage", storage, "search.scheduler=fifo", env=env)   # every trial completes
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+
+    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="paintsweep")
+            for o in page.get("Contents", [])}
+    exp = "runs/quickstart-smoke"
+    for name in ("experiment.yaml", "optuna.db", "leaderboard.csv", "leaderboard.txt", "assets/COMPLETE"):
+        assert f"{exp}/{name}" in keys, (name, sorted(keys)[:40])
+    states = sorted(k for k in keys if k.endswith("/state.pt"))
+    trials = {k.split("/")[2] for k in states}
+    assert len(trials) == 2, states
+    for key in states:   # every checkpoint in the bucket is whole
+        path = tmp_path / "dl.pt"
+        client.download_file("paintsweep", key, str(path))
+        assert torch.load(path, map_location="cpu", weights_only=True)["epoch"] >= 1
+    board_path = tmp_path / "board.csv"
+    client.download_file("paintsweep", f"{exp}/leaderboard.csv", str(board_path))
+    board = pd.read_csv(board_path)
+    assert len(board) == 2 and set(board["status"]) == {"completed"}
+    assert all(str(c).startswith(f"paintsweep/{exp}/") for c in board["checkpoint"])
+
+    # A node without the driver's cache fetches the shipped data and reference statistics.
+    from core.cluster import SharedAssets, Storage
+    from core.data import load_prepared
+    from core.metrics import load_reference
+
+    store = Storage.parse(storage)
+    reference_key = next(k for k in keys if k.startswith(f"{exp}/assets/") and k.count("/") == 3
+                         and k.endswith(".pt"))   # assets/<reference statistics>.pt
+    fingerprint = client.get_object(Bucket="paintsweep", Key=f"{exp}/assets/COMPLETE")["Body"].read().decode()
+    elsewhere = SharedAssets(store, f"paintsweep/{exp}/assets", str(tmp_path / "not-here"),
+                             str(tmp_path / "not-here" / Path(reference_key).name), fingerprint)
+    prepared_root, reference_path = elsewhere.localize(tmp_path / "node-cache")
+    assert prepared_root.startswith(str(tmp_path / "node-cache"))
+    assert load_prepared(prepared_root).fingerprint == fingerprint
+    assert load_reference(reference_path).features.shape[0] > 0
+    print(f"\nfaults injected: a storage URI that cannot be written, a resume of an empty prefix (both refused "
+          f"clearly); work lost: 0 ({len(states)} checkpoints in S3 load, {len(board)} trials on the leaderboard)")
