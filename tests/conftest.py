@@ -44,3 +44,31 @@ def tiny_data(tiny_data_cfg, paintsweep_cache) -> PreparedData:
     """The tiny built-in dataset, prepared once per session in the session cache (so code that
     calls prepare_data with the same DataConfig and cache reuses it)."""
     return prepare_data(tiny_data_cfg, paintsweep_cache, progress=lambda message: None)
+
+
+# --- Finished smoke experiments (analysis, export and gallery tests share them) -----------------
+
+SMOKE_SPACES = ("quickstart", "wgan_gp_builtin")   # a CycleGAN and a WGAN-GP search, 2 trials each
+
+
+@pytest.fixture(scope="session")
+def smoke_experiments(tmp_path_factory) -> dict[str, Path]:
+    """{space stem: experiment dir} of `tune.py --smoke-test` runs (about 1 min in all). The
+    quickstart one logs to W&B too (logging.wandb=true), with no API key and WANDB_MODE unset:
+    W&B must then stay offline and never wait for the network."""
+    import subprocess
+    import sys
+
+    storage = tmp_path_factory.mktemp("smoke-runs")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    out = {}
+    for stem in SMOKE_SPACES:
+        extra = ["logging.wandb=true"] if stem == "quickstart" else []
+        done = subprocess.run([sys.executable, str(root / "experiments" / "tune.py"), "--space",
+                               str(root / "search_spaces" / f"{stem}.yaml"), "--smoke-test", "--storage",
+                               str(storage), *extra], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, f"smoke search {stem} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        out[stem] = storage / f"{stem}-smoke"
+    return out

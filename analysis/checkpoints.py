@@ -1,0 +1,83 @@
+"""A kept trial checkpoint -> a live model family, and images from it (export.py, the gallery, notebooks).
+
+    loaded = load_checkpoint("runs/quickstart/cyclegan_3f2a1b7c/checkpoint_000007")
+    batches = loaded.family.generate(16, batch_size=8)          # what the search scored
+    images = sample(loaded, n=8, seed=3)                          # fresh samples, (8, 3, H, W) uint8
+
+A checkpoint's state.pt holds the trial's full config (searched values applied), so the family is
+rebuilt exactly; the prepared data it needs (CycleGAN's test photos, the VAE's class names) is
+rebuilt or reused from the cache by `core.data.prepare_data`, keyed by the data's fingerprint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.config import ExperimentConfig, build_config
+from core.data import PreparedData, prepare_data
+from core.metrics import to_uint8
+from core.models.base import Family, get_family
+from core.trainable import CHECKPOINT_FILE
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path                 # the checkpoint directory
+    cfg: ExperimentConfig      # the trial's config (searched values applied)
+    family: Family             # weights loaded, on `device`
+    data: PreparedData
+    epoch: int                 # epochs trained when it was saved
+    extractor: str             # the feature extractor its scores came from
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CHECKPOINT_FILE).is_file()
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", progress=print) -> LoadedCheckpoint:
+    path = Path(path)
+    if not is_checkpoint_dir(path):
+        raise FileNotFoundError(f"{path} is not a checkpoint directory (no {CHECKPOINT_FILE}); pass a trial's "
+                                f"checkpoint_NNNNNN directory or an experiment directory")
+    state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    cfg = build_config(state["config"], source=str(path / CHECKPOINT_FILE))
+    data = prepare_data(cfg.data, cfg.cache_path, progress=progress)
+    family = get_family(cfg.family)(cfg, data, torch.device(device))
+    family.load_state_dict(state["family"])
+    return LoadedCheckpoint(path, cfg, family, data, int(state["epoch"]), str(state["extractor"]))
+
+
+def sample(loaded: LoadedCheckpoint, n: int, seed: int = 0, label: int | None = None,
+           photos: torch.Tensor | None = None) -> torch.Tensor:
+    """Fresh images as uint8 (n, 3, H, W) on the CPU, reproducible from `seed`.
+
+    wgan_gp: the EMA generator on z ~ N(0, I); vae: the decoder on prior z, with class `label` (an
+    index into data.class_names) when the model is conditional; cyclegan: the photo->Monet
+    generator on `photos` (float (n, 3, H, W) in [-1, 1]) or, without them, on n test photos picked by `seed`."""
+    family, m = loaded.family, loaded.cfg.model
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if loaded.cfg.family == "cyclegan":
+            if photos is None:
+                test = family.test_photos
+                picks = torch.randperm(len(test), generator=generator)[:n].tolist()
+                photos = torch.stack([test[i][0] for i in picks])   # (n, 3, H, W) in [-1, 1]
+            with family._eval(family.G):
+                return to_uint8(family.G(photos.to(family.device))).cpu()
+        z = torch.randn(n, m.latent_dim, generator=generator)      # (n, latent_dim)
+        if loaded.cfg.family == "wgan_gp":
+            family.G_ema.eval()
+            return to_uint8(family.G_ema(z.to(family.device))).cpu()
+        if loaded.cfg.family == "vae":
+            labels = None
+            if family.num_classes:
+                if label is None or not 0 <= label < family.num_classes:
+                    raise ValueError(f"This VAE is conditional: give a class label 0..{family.num_classes - 1} "
+                                     f"({', '.join(loaded.data.class_names)})")
+                labels = torch.full((n,), label, dtype=torch.long)
+            return (family.decode(z, labels) * 255).round().clamp(0, 255).to(torch.uint8)
+    raise ValueError(f"sample() does not know the {loaded.cfg.family!r} family; use family.generate(n, batch_size)")

@@ -1,0 +1,156 @@
+"""Write the Kaggle submission (images.zip: 7,000-10,000 256x256 JPEGs) from a trial checkpoint.
+
+    python experiments/export.py runs/cyclegan                         # the best checkpoint by the leaderboard
+    python experiments/export.py runs/cyclegan/cyclegan_3f2a1b7c/checkpoint_000040 --out images.zip
+    python experiments/export.py runs/wgan_gp --count 10000            # GANs and VAEs sample (default 7,000)
+    python experiments/export.py runs/tiny --count 8 --any-count       # a count Kaggle refuses (tests, trials)
+
+CycleGAN translates each held-out test photo once (the prepared data is rebuilt or reused from the
+checkpoint's own data config: Kaggle's test/photo holds 7,038), so its count is the number of test
+photos. Images are streamed into the zip (bounded memory), then the local FID, MiFID and memorization
+distance of exactly what was written (the JPEGs, decoded again) are printed, with the checkpoint's
+metrics config and reference statistics (computed once, then cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+KAGGLE_IMAGE_SIZE = 256          # px, the competition's image side
+KAGGLE_COUNT = (7_000, 10_000)   # images the competition accepts, inclusive
+DEFAULT_SAMPLES = 7_000          # GANs and VAEs: images to sample when --count is not given
+JPEG_QUALITY = 95               # with 4:4:4 chroma (subsampling=0): colour edges survive
+
+
+class ExportError(ValueError):
+    """The checkpoint or the request cannot make a submission; the message says what to change."""
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory as given, or the best one of an experiment directory (leaderboard order)."""
+    from analysis.checkpoints import is_checkpoint_dir
+    from analysis.experiments import is_experiment_dir, load_experiment_dir
+
+    path = Path(path)
+    if is_checkpoint_dir(path):
+        return path
+    if not is_experiment_dir(path):
+        raise ExportError(f"{path} is neither a checkpoint directory (with state.pt) nor an experiment "
+                          f"directory (with experiment.yaml): pass runs/<experiment> or a trial's checkpoint_NNNNNN")
+    kept = load_experiment_dir(path).trials.dropna(subset=["checkpoint"])
+    if kept.empty:
+        raise ExportError(f"No trial of {path} kept a checkpoint (none reached an evaluation); train longer")
+    return Path(kept["checkpoint"].iloc[0])
+
+
+def check_image_size(image_size: int) -> None:
+    if image_size != KAGGLE_IMAGE_SIZE:
+        raise ExportError(f"This checkpoint makes {image_size}x{image_size} images; Kaggle needs "
+                          f"{KAGGLE_IMAGE_SIZE}x{KAGGLE_IMAGE_SIZE}. Export a trial trained with data.image_size=256.")
+
+
+def check_count(count: int, test_photos: int | None, any_count: bool) -> None:
+    """Refuse, before generating anything, a count Kaggle would reject or that cannot be generated
+    (`test_photos`: CycleGAN's number of test photos, None for sampling families)."""
+    low, high = KAGGLE_COUNT
+    if not any_count and not low <= count <= high:
+        raise ExportError(f"{count} images requested; Kaggle needs {low:,} to {high:,}. Use --count in that range "
+                          f"(or --any-count for a file Kaggle will not accept)."
+                          + (f" This CycleGAN's data holds {test_photos} test photos." if test_photos is not None else ""))
+    if test_photos is not None and count > test_photos:
+        raise ExportError(f"CycleGAN translates each test photo once and this data holds {test_photos}; "
+                          f"--count must be at most {test_photos}")
+    if count < 2:
+        raise ExportError(f"--count must be at least 2 (FID needs two images), got {count}")
+
+
+def write_zip(batches, out: Path, count: int, progress: bool = True):
+    """Write uint8 (B, 3, H, W) batches as 00000.jpg, 00001.jpg, ... into `out` while yielding each
+    batch decoded back from its JPEG bytes (what Kaggle will score). The zip appears complete or not at all."""
+    from tqdm import tqdm
+
+    partial = out.with_name(out.name + ".partial")
+    written = 0
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive, \
+            tqdm(total=count, unit="img", desc=f"writing {out.name}", disable=not progress) as bar:
+        for batch in batches:
+            decoded = []
+            for image in batch:   # (3, H, W) uint8
+                buffer = io.BytesIO()
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+                archive.writestr(f"{written:05d}.jpg", buffer.getvalue())
+                decoded.append(torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1))
+                written += 1
+            bar.update(len(decoded))
+            yield torch.stack(decoded)   # (B, 3, H, W) uint8, as written
+    os.replace(partial, out)
+
+
+def export(checkpoint: Path, out: Path, count: int | None = None, any_count: bool = False, batch_size: int = 32,
+           device: str = "cpu", progress=print) -> dict:
+    """Write the submission from one checkpoint; returns core.metrics.evaluate's scores of it."""
+    from analysis.checkpoints import load_checkpoint
+    from core import metrics as M
+    from core.config import build_config
+    from core.trainable import CHECKPOINT_FILE
+
+    saved = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["config"]
+    cfg = build_config(saved, source=str(checkpoint / CHECKPOINT_FILE))
+    check_image_size(cfg.data.image_size)   # before rebuilding any data
+    loaded = load_checkpoint(checkpoint, device=device, progress=progress)
+    test_photos = loaded.data.count("test/photo") if cfg.family == "cyclegan" else None
+    count = count or test_photos or DEFAULT_SAMPLES
+    check_count(count, test_photos, any_count)
+    if any_count and not KAGGLE_COUNT[0] <= count <= KAGGLE_COUNT[1]:
+        progress(f"Note: {count} images; Kaggle accepts only {KAGGLE_COUNT[0]:,} to {KAGGLE_COUNT[1]:,}.")
+
+    reference = M.load_reference(M.reference_statistics(loaded.data, cfg.metrics, cfg.cache_path, device=device,
+                                                        progress=progress))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        written = write_zip(loaded.family.generate(count, batch_size), out, count)
+        return M.evaluate(written, reference, cfg.metrics, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="experiment directory (its best checkpoint) or a checkpoint_NNNNNN directory")
+    parser.add_argument("--out", default="images.zip", help="the zip to write (default: images.zip)")
+    parser.add_argument("--count", type=int, help=f"images to write (default: CycleGAN every test photo, "
+                                                  f"others {DEFAULT_SAMPLES:,}); Kaggle needs 7,000-10,000")
+    parser.add_argument("--any-count", action="store_true", help="allow a count outside 7,000-10,000 (Kaggle refuses it)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images generated at once")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    from core.data import DataError
+
+    try:
+        checkpoint = resolve_checkpoint(args.path)
+        print(f"Checkpoint: {checkpoint}")
+        scores = export(checkpoint, Path(args.out), args.count, args.any_count, args.batch_size, args.device)
+    except (ExportError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from core import metrics as M
+
+    print(f"Wrote {args.out}")
+    print(f"Local scores of the written images against train/monet ({scores['extractor']}):")
+    print(f"  FID {scores[M.FID]:.4f}   MiFID {scores[M.MIFID]:.4f}   "
+          f"memorization distance {scores[M.MEMORIZATION]:.4f}   KID {scores[M.KID]:.5f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

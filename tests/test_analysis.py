@@ -1,0 +1,160 @@
+"""analysis/: the loaders read real smoke experiments (numbers checked against the trials' own
+result.json/params.json), plots and sample grids work on them, and both notebooks run top to bottom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import nbformat
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from analysis import NotAnExperiment, load_experiment_dir, load_experiments, param_importances  # noqa: E402
+from analysis import plots, samples  # noqa: E402
+from analysis.checkpoints import load_checkpoint, sample  # noqa: E402
+
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+
+
+def reported(trial_dir: Path) -> list[dict]:
+    """What the trial reported, one dict per evaluation, as Ray wrote it."""
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def quickstart(smoke_experiments):
+    return load_experiment_dir(smoke_experiments["quickstart"])
+
+
+def test_trials_table_matches_what_trials_reported(quickstart, smoke_experiments):
+    exp_dir = smoke_experiments["quickstart"]
+    trial_dirs = sorted(p for p in exp_dir.iterdir() if (p / "result.json").is_file())
+    assert sorted(quickstart.trials["trial"]) == [p.name for p in trial_dirs] and len(trial_dirs) == 2
+    for trial_dir in trial_dirs:
+        row = quickstart.trials.set_index("trial").loc[trial_dir.name]
+        results = reported(trial_dir)
+        best = min(results, key=lambda r: r["fid"])
+        assert row["best_fid"] == pytest.approx(best["fid"]) and row["mifid"] == pytest.approx(best["mifid"])
+        assert row["kid"] == pytest.approx(best["kid"]) and row["epoch"] == best["epoch"]
+        assert row["status"] == ("completed" if results[-1]["epoch"] == quickstart.cfg.train.epochs
+                                 else f"stopped early at epoch {results[-1]['epoch']}")
+        params = json.loads((trial_dir / "params.json").read_text())
+        assert {k: row[k] for k in quickstart.searched} == pytest.approx(params)
+        # The checkpoint column is the one saved at the best evaluation.
+        state = torch.load(Path(row["checkpoint"]) / "state.pt", map_location="cpu", weights_only=True)
+        assert state["epoch"] == best["epoch"] and row["trial_dir"] == str(trial_dir)
+    assert list(quickstart.trials["best_fid"]) == sorted(quickstart.trials["best_fid"])   # best first
+
+
+def test_history_has_every_evaluation(quickstart, smoke_experiments):
+    for trial, rows in quickstart.history.groupby("trial"):
+        results = reported(smoke_experiments["quickstart"] / trial)
+        assert list(rows["epoch"]) == [r["epoch"] for r in results]
+        for column in ("fid", "mifid", "kid", "memorization_distance", "loss_g", "lr_g"):
+            assert list(rows[column]) == pytest.approx([r[column] for r in results])
+    assert not any(c.startswith("config/") or c == "hostname" for c in quickstart.history.columns)
+
+
+def test_importances_and_several_experiments(quickstart, smoke_experiments):
+    importances = param_importances(quickstart)
+    assert set(importances.index) == set(quickstart.searched) and importances.sum() == pytest.approx(1.0)
+    trials, history = load_experiments(smoke_experiments.values())
+    assert set(trials["family"]) == {"cyclegan", "wgan_gp"} and len(trials) == 4
+    assert set(history["experiment"]) == {"quickstart-smoke", "wgan_gp_builtin-smoke"}
+    assert trials["model.lr_g"].notna().all() and trials["model.lambda_cycle"].isna().sum() == 2
+
+
+def test_not_an_experiment_is_one_clear_error(tmp_path):
+    with pytest.raises(NotAnExperiment, match="not a paintsweep experiment directory"):
+        load_experiment_dir(tmp_path)
+
+
+def test_plots_draw_one_line_per_trial(quickstart):
+    ax = plots.plot_metric_curves(quickstart.history)
+    assert len(ax.lines) == len(quickstart.trials)
+    ax = plots.plot_parallel_coordinates(quickstart.trials, quickstart.searched)
+    assert len(ax.lines) == len(quickstart.trials) and all(len(line.get_xdata()) == 5 for line in ax.lines)
+    ax = plots.plot_asha(quickstart.history, quickstart.trials)
+    stopped = quickstart.trials["status"].str.startswith("stopped").sum()
+    assert str(stopped) in ax.get_title()
+    png = plots.figure_png(plots.show_image_rows(samples.top_trial_grids(quickstart.trials, k=2)))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_grids_come_from_the_best_evaluation(quickstart):
+    grids = samples.top_trial_grids(quickstart.trials, k=2)
+    assert list(grids) == list(quickstart.trials["trial"][:2])
+    for images in grids.values():
+        grid = images["samples/photo_to_monet"]
+        # CycleGAN rows: input, translation, reconstruction of k 32-px photos, make_grid padding 2.
+        assert grid.shape[0] == 3 * (32 + 2) + 2 and (grid.shape[1] - 2) % 34 == 0 and grid.std() > 1
+
+
+def test_checkpoint_samples_are_the_generator_on_the_photos(quickstart):
+    loaded = load_checkpoint(quickstart.trials["checkpoint"][0], progress=lambda message: None)
+    photos = torch.stack([loaded.family.test_photos[i][0] for i in range(3)])
+    assert torch.equal(sample(loaded, 3, photos=photos), next(iter(loaded.family.generate(3, 3))))
+    a, b, c = sample(loaded, 4, seed=1), sample(loaded, 4, seed=1), sample(loaded, 4, seed=2)
+    assert a.dtype == torch.uint8 and a.shape == (4, 3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def run_notebook(name: str, parameters: dict) -> nbformat.NotebookNode:
+    """Execute analysis/<name> with `parameters` injected after its `parameters` cell (as papermill does)."""
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ANALYSIS / name, as_version=4)
+    index = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
+    injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items()))
+    notebook.cells.insert(index + 1, injected)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ANALYSIS)}}).execute()
+    return notebook
+
+
+@pytest.mark.slow
+def test_notebooks_run_top_to_bottom(smoke_experiments):
+    overview = run_notebook("overview.ipynb", {"EXPERIMENT": str(smoke_experiments["quickstart"])})
+    compare = run_notebook("compare.ipynb", {"EXPERIMENTS": [str(p) for p in smoke_experiments.values()]})
+    for notebook, figures in ((overview, 6), (compare, 3)):   # every plot and sample grid was drawn
+        images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(images) == figures
+    text = "".join(o.get("text", "") for cell in overview.cells for o in cell.get("outputs", []))
+    assert "quickstart-smoke: cyclegan, 2 trials" in text
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in ANALYSIS.glob("*.ipynb"):
+        notebook = nbformat.read(path, as_version=4)
+        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert all(not cell.outputs and cell.execution_count is None for cell in code), path
+        assert any("parameters" in cell.metadata.get("tags", []) for cell in code), path
+
+
+def test_wandb_offline_run_per_trial_with_tensorboard_names(smoke_experiments):
+    """The quickstart smoke search ran with logging.wandb=true, no API key and WANDB_MODE unset:
+    each trial left one offline W&B run holding the same scalar tags as its TensorBoard events,
+    and the sample grids of every evaluation."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trial_dirs = [p for p in smoke_experiments["quickstart"].iterdir() if (p / "result.json").is_file()]
+    for trial_dir in trial_dirs:
+        runs = list((trial_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"{trial_dir.name}: {runs}"
+        record = next(runs[0].glob("run-*.wandb")).read_bytes()
+        assert b"quickstart-smoke" in record   # the group: the experiment's name
+        tags = EventAccumulator(str(trial_dir)).Reload().Tags()["scalars"]
+        assert {"metrics/fid", "metrics/mifid", "losses/loss_g"} <= set(tags)
+        # KNOWN GAP: a trial ASHA stops can be ended by Ray before W&B writes its run file, so the
+        # scalar names are checked on trials that ran to the end (their run is finished before the
+        # last report).
+        if reported(trial_dir)[-1]["epoch"] == 2:
+            for tag in tags:
+                assert tag.encode() in record, f"{tag} is in TensorBoard but not in the W&B run"
+        evaluations = len(reported(trial_dir))
+        images = sorted(p.name for p in (runs[0] / "files" / "media" / "images" / "samples").iterdir())
+        assert len(images) == 2 * evaluations   # photo_to_monet and monet_to_photo at every evaluation
