@@ -54,10 +54,19 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return Path(kept["checkpoint"].iloc[0])
 
 
-def check_image_size(image_size: int) -> None:
-    if image_size != KAGGLE_IMAGE_SIZE:
+def check_image_size(image_size: int, upscale: bool = False) -> None:
+    if image_size != KAGGLE_IMAGE_SIZE and not (upscale and image_size < KAGGLE_IMAGE_SIZE):
         raise ExportError(f"This checkpoint makes {image_size}x{image_size} images; Kaggle needs "
-                          f"{KAGGLE_IMAGE_SIZE}x{KAGGLE_IMAGE_SIZE}. Export a trial trained with data.image_size=256.")
+                          f"{KAGGLE_IMAGE_SIZE}x{KAGGLE_IMAGE_SIZE}. Export a trial trained with data.image_size=256 "
+                          f"(or pass --upscale to resize smaller images, e.g. to try the pipeline on the quickstart).")
+
+
+def upscaled(batches, size: int = KAGGLE_IMAGE_SIZE):
+    """Resize uint8 (B, 3, h, w) batches to (B, 3, size, size), bicubic with antialiasing."""
+    for batch in batches:
+        resized = torch.nn.functional.interpolate(batch.float(), size=(size, size), mode="bicubic",
+                                                  align_corners=False, antialias=True)
+        yield resized.round().clamp(0, 255).to(torch.uint8)
 
 
 def check_count(count: int, test_photos: int | None, any_count: bool) -> None:
@@ -98,7 +107,7 @@ def write_zip(batches, out: Path, count: int, progress: bool = True):
 
 
 def export(checkpoint: Path, out: Path, count: int | None = None, any_count: bool = False, batch_size: int = 32,
-           device: str = "cpu", progress=print) -> dict:
+           device: str = "cpu", progress=print, upscale: bool = False) -> dict:
     """Write the submission from one checkpoint; returns core.metrics.evaluate's scores of it."""
     from analysis.checkpoints import load_checkpoint
     from core import metrics as M
@@ -107,7 +116,7 @@ def export(checkpoint: Path, out: Path, count: int | None = None, any_count: boo
 
     saved = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["config"]
     cfg = build_config(saved, source=str(checkpoint / CHECKPOINT_FILE))
-    check_image_size(cfg.data.image_size)   # before rebuilding any data
+    check_image_size(cfg.data.image_size, upscale)   # before rebuilding any data
     loaded = load_checkpoint(checkpoint, device=device, progress=progress)
     test_photos = loaded.data.count("test/photo") if cfg.family == "cyclegan" else None
     count = count or test_photos or DEFAULT_SAMPLES
@@ -119,7 +128,12 @@ def export(checkpoint: Path, out: Path, count: int | None = None, any_count: boo
                                                         progress=progress))
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        written = write_zip(loaded.family.generate(count, batch_size), out, count)
+        images = loaded.family.generate(count, batch_size)
+        if cfg.data.image_size != KAGGLE_IMAGE_SIZE:
+            progress(f"Upscaling {cfg.data.image_size} px images to {KAGGLE_IMAGE_SIZE} px (--upscale): fine to try the "
+                     f"pipeline, but a model trained at 256 px will score far better.")
+            images = upscaled(images)
+        written = write_zip(images, out, count)
         return M.evaluate(written, reference, cfg.metrics, device=device)
 
 
@@ -132,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--any-count", action="store_true", help="allow a count outside 7,000-10,000 (Kaggle refuses it)")
     parser.add_argument("--batch-size", type=int, default=32, help="images generated at once")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--upscale", action="store_true",
+                        help="resize images of a smaller checkpoint to 256 px (to try the pipeline; scores poorly)")
     args = parser.parse_args(argv)
 
     from core.data import DataError
@@ -139,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint = resolve_checkpoint(args.path)
         print(f"Checkpoint: {checkpoint}")
-        scores = export(checkpoint, Path(args.out), args.count, args.any_count, args.batch_size, args.device)
+        scores = export(checkpoint, Path(args.out), args.count, args.any_count, args.batch_size, args.device,
+                        upscale=args.upscale)
     except (ExportError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -81,3 +81,23 @@ def test_refuses_other_image_sizes_and_non_experiments(smoke_experiments, tmp_pa
     assert "makes 32x32 images; Kaggle needs 256x256" in capsys.readouterr().err
     assert export.main([str(tmp_path), "--out", str(tmp_path / "a.zip")]) == 2
     assert "neither a checkpoint directory" in capsys.readouterr().err and not (tmp_path / "a.zip").exists()
+
+
+def test_upscale_exports_a_smaller_checkpoint_as_valid_256px_jpegs(smoke_experiments, tmp_path, capsys):
+    import zipfile
+
+    from PIL import Image
+
+    out = tmp_path / "images.zip"
+    assert export.main([str(smoke_experiments["quickstart"]), "--out", str(out), "--upscale",
+                        "--count", "3", "--any-count"]) == 0
+    printed = capsys.readouterr().out
+    assert "FID" in printed and "MiFID" in printed and "memorization distance" in printed
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+        assert len(names) == 3
+        for name in names:
+            with archive.open(name) as f:
+                image = Image.open(f)
+                image.load()
+                assert image.format == "JPEG" and image.size == (256, 256) and image.mode == "RGB"
