@@ -294,7 +294,8 @@ def leaderboard(grid, cfg: ExperimentConfig):
             row.update({f"best_{metric}": float(best[metric]), "fid": float(best["fid"]),
                         "mifid": float(best["mifid"]), "kid": float(best["kid"]),
                         "epoch": int(best["epoch"]), "epochs_trained": int(history["epoch"].max())})
-        checkpoint = result.get_best_checkpoint(metric, "min") if evaluated else None
+        # A trial stopped at its first evaluation (collapsed) has scores but no checkpoint.
+        checkpoint = result.get_best_checkpoint(metric, "min") if evaluated and result.best_checkpoints else None
         row["checkpoint"] = checkpoint.path if checkpoint else None
         rows.append(row)
     board = pd.DataFrame(rows)
