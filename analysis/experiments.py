@@ -56,7 +56,7 @@ class Experiment:
 def is_experiment_dir(path: str | os.PathLike) -> bool:
     from ray import tune
 
-    path = Path(path)
+    path = Path(os.path.abspath(os.path.expanduser(str(path))))   # Ray reads a relative path as a URI
     return (path / EXPERIMENT_FILE).is_file() and tune.Tuner.can_restore(str(path))
 
 

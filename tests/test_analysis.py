@@ -13,7 +13,8 @@ import torch
 
 matplotlib.use("Agg")
 
-from analysis import NotAnExperiment, load_experiment_dir, load_experiments, param_importances  # noqa: E402
+from analysis import (NotAnExperiment, is_experiment_dir, load_experiment_dir, load_experiments,  # noqa: E402
+                      param_importances)
 from analysis import plots, samples  # noqa: E402
 from analysis.checkpoints import load_checkpoint, sample  # noqa: E402
 
@@ -158,3 +159,11 @@ def test_wandb_offline_run_per_trial_with_tensorboard_names(smoke_experiments):
         evaluations = len(reported(trial_dir))
         images = sorted(p.name for p in (runs[0] / "files" / "media" / "images" / "samples").iterdir())
         assert len(images) == 2 * evaluations   # photo_to_monet and monet_to_photo at every evaluation
+
+
+def test_relative_experiment_paths_work(smoke_experiments, monkeypatch):
+    # Ray reads a relative path as a URI with an empty scheme; users type runs/quickstart.
+    exp = smoke_experiments["quickstart"]
+    monkeypatch.chdir(exp.parent)
+    assert is_experiment_dir(exp.name)
+    assert len(load_experiment_dir(exp.name).trials) == 2
