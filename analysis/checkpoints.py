@@ -19,7 +19,6 @@ import torch
 
 from core.config import ExperimentConfig, build_config
 from core.data import PreparedData, prepare_data
-from core.metrics import to_uint8
 from core.models.base import Family, get_family
 from core.trainable import CHECKPOINT_FILE
 
@@ -53,31 +52,5 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 def sample(loaded: LoadedCheckpoint, n: int, seed: int = 0, label: int | None = None,
            photos: torch.Tensor | None = None) -> torch.Tensor:
-    """Fresh images as uint8 (n, 3, H, W) on the CPU, reproducible from `seed`.
-
-    wgan_gp: the EMA generator on z ~ N(0, I); vae: the decoder on prior z, with class `label` (an
-    index into data.class_names) when the model is conditional; cyclegan: the photo->Monet
-    generator on `photos` (float (n, 3, H, W) in [-1, 1]) or, without them, on n test photos picked by `seed`."""
-    family, m = loaded.family, loaded.cfg.model
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        if loaded.cfg.family == "cyclegan":
-            if photos is None:
-                test = family.test_photos
-                picks = torch.randperm(len(test), generator=generator)[:n].tolist()
-                photos = torch.stack([test[i][0] for i in picks])   # (n, 3, H, W) in [-1, 1]
-            with family._eval(family.G):
-                return to_uint8(family.G(photos.to(family.device))).cpu()
-        z = torch.randn(n, m.latent_dim, generator=generator)      # (n, latent_dim)
-        if loaded.cfg.family == "wgan_gp":
-            family.G_ema.eval()
-            return to_uint8(family.G_ema(z.to(family.device))).cpu()
-        if loaded.cfg.family == "vae":
-            labels = None
-            if family.num_classes:
-                if label is None or not 0 <= label < family.num_classes:
-                    raise ValueError(f"This VAE is conditional: give a class label 0..{family.num_classes - 1} "
-                                     f"({', '.join(loaded.data.class_names)})")
-                labels = torch.full((n,), label, dtype=torch.long)
-            return (family.decode(z, labels) * 255).round().clamp(0, 255).to(torch.uint8)
-    raise ValueError(f"sample() does not know the {loaded.cfg.family!r} family; use family.generate(n, batch_size)")
+    """Fresh images as uint8 (n, 3, H, W) on the CPU, reproducible from `seed` (Family.sample)."""
+    return loaded.family.sample(n, seed=seed, label=label, photos=photos)

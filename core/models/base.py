@@ -62,6 +62,13 @@ class Family(abc.ABC):
         Monet reference set (CycleGAN: translated held-out photos; GAN/VAE: samples)."""
 
     @abc.abstractmethod
+    def sample(self, n: int, seed: int = 0, label: int | None = None,
+               photos: torch.Tensor | None = None) -> torch.Tensor:
+        """Fresh images for people (gallery, notebooks): uint8 (n, 3, H, W) on the CPU, reproducible
+        from `seed`. `label`: a class index for conditional models; `photos`: float (n, 3, H, W) in
+        [-1, 1] for translation models (without them, test photos picked by `seed`)."""
+
+    @abc.abstractmethod
     def image_grids(self) -> dict[str, torch.Tensor]:
         """Named image grids for TensorBoard, each a float (3, H, W) tensor in [0, 1]."""
 

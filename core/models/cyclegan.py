@@ -229,6 +229,15 @@ class CycleGAN(Family):
                 images = to_uint8(self.G(photos.to(self.device)))   # (b, 3, H, W) uint8, CPU
             yield images   # outside the `with`: the caller runs with its own grad mode meanwhile
 
+    def sample(self, n: int, seed: int = 0, label: int | None = None,
+               photos: torch.Tensor | None = None) -> torch.Tensor:
+        """G on `photos`, or on n test photos picked by `seed`. (`label` is unused.)"""
+        if photos is None:
+            picks = torch.randperm(len(self.test_photos), generator=torch.Generator().manual_seed(seed))[:n]
+            photos = torch.stack([self.test_photos[i][0] for i in picks.tolist()])   # (n, 3, H, W) in [-1, 1]
+        with self._eval(self.G):
+            return to_uint8(self.G(photos.to(self.device)))
+
     def image_grids(self) -> dict[str, torch.Tensor]:
         """Rows: input, translation, reconstruction, for image_grid_size test photos / Monets spread
         evenly over the (class-sorted) files, so every scene kind shows up."""

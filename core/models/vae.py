@@ -322,6 +322,20 @@ class VAE(Family):
         pixels = 3 * self.cfg.data.image_size ** 2
         return {"recon_mse": squared_error / (count * pixels), "kl": kl / count}
 
+    def sample(self, n: int, seed: int = 0, label: int | None = None,
+               photos: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder on prior z drawn from `seed`, with class `label` (an index into
+        data.class_names) when the model is conditional. (`photos` is unused.)"""
+        z = torch.randn(n, self.cfg.model.latent_dim, generator=torch.Generator().manual_seed(seed))  # (n, D)
+        labels = None
+        if self.num_classes:
+            if label is None or not 0 <= label < self.num_classes:
+                raise ValueError(f"This VAE is conditional: give a class label 0..{self.num_classes - 1} "
+                                 f"({', '.join(self.data.class_names)})")
+            labels = torch.full((n,), label, dtype=torch.long)
+        with torch.no_grad():
+            return (self.decode(z, labels) * 255).round().clamp(0, 255).to(torch.uint8)
+
     def image_grids(self) -> dict[str, torch.Tensor]:
         """"prior": prior samples; when conditional, one row per class in class_names order (the
         grid's name lists them), every row decoding the same z, so rows differ by label alone.

@@ -269,6 +269,14 @@ class WGANGP(Family):
                 yield to_uint8(self.G_ema(z.to(self.device)))
 
     @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, label: int | None = None,
+               photos: torch.Tensor | None = None) -> torch.Tensor:
+        """The EMA generator on z ~ N(0, I) drawn from `seed`. (`label`, `photos` are unused.)"""
+        z = torch.randn(n, self.cfg.model.latent_dim, generator=torch.Generator().manual_seed(seed))
+        self.G_ema.eval()
+        with torch.no_grad():
+            return to_uint8(self.G_ema(z.to(self.device)))
+
     def image_grids(self) -> dict[str, torch.Tensor]:
         """{"ema_vs_raw": top row from the EMA generator, bottom row from the raw generator (both in
         eval mode), the same fixed latent vector in each column}."""
