@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,6 +37,7 @@ from core.config import ConfigError, ExperimentConfig, build_config, config_to_d
 from core.data import load_prepared, prepare_data
 from core.metrics import reference_statistics
 from core.models.base import get_family
+from core.trainable import CHECKPOINT_FILE, state_file_is_complete, tune_trainable
 
 EXPERIMENT_FILE = "experiment.yaml"
 OPTUNA_FILE = "optuna.db"
@@ -143,7 +143,6 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from core.trainable import tune_trainable
 
     storage = Storage.parse(storage_path)
     exp_dir = experiment_dir(storage_path, cfg.name, cfg.cache_path)   # local: ours; remote: the mirror
@@ -213,20 +212,18 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
 
 
 def remove_incomplete_checkpoints(storage: Storage, exp_path: str, progress=print) -> None:
-    """Delete checkpoint directories whose state.pt is missing or truncated.
+    """Delete checkpoint directories whose state file is missing or truncated.
 
     Ray registers a checkpoint only after copying it to storage, so it never resumes from a partial
     one; but a driver or worker killed during that copy leaves the partial directory behind, where
-    the analysis tools and export.py would find it. A torch file is a zip whose directory is written
-    last: a truncated one cannot be opened, which is cheap to check. (Local and shared storage.)"""
+    the analysis tools and export.py would find it. (Local and shared storage.)"""
     if storage.remote:
         return
+    import pyarrow.fs
+
+    local = pyarrow.fs.LocalFileSystem()
     for checkpoint in sorted(Path(exp_path).glob("*/checkpoint_*")):
-        state = checkpoint / "state.pt"
-        try:
-            with zipfile.ZipFile(state):
-                continue
-        except (OSError, zipfile.BadZipFile):
+        if not state_file_is_complete(local, str(checkpoint / CHECKPOINT_FILE)):
             progress(f"removing incomplete checkpoint {checkpoint} (its write was interrupted)")
             shutil.rmtree(checkpoint, ignore_errors=True)
 

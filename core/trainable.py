@@ -73,8 +73,8 @@ class TuneSession:
                         and Path(info.path).name.startswith("checkpoint_") and info.path != checkpoint.path),
                        reverse=True)
         for path in [checkpoint.path, *older]:
-            if fs.get_file_info(f"{path}/{CHECKPOINT_FILE}").type != pyarrow.fs.FileType.File:
-                print(f"[{self.trial_name}] checkpoint {path} has no {CHECKPOINT_FILE} (incomplete); "
+            if not state_file_is_complete(fs, f"{path}/{CHECKPOINT_FILE}"):
+                print(f"[{self.trial_name}] checkpoint {path} has no complete {CHECKPOINT_FILE}; "
                       f"trying an older one", flush=True)
                 continue
             # A local copy: Ray may delete/replace the original while we train.
@@ -87,6 +87,19 @@ class TuneSession:
     def report(self, result: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = self._tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         self._tune.report(result, checkpoint=checkpoint)
+
+
+def state_file_is_complete(fs, path: str) -> bool:
+    """Whether a checkpoint's state file exists and was written to the end. A torch file is a zip
+    whose central directory comes last, so a copy cut off midway cannot be opened as a zip: a
+    cheap check (it reads the end, not the tensors). `fs` is a pyarrow filesystem."""
+    import zipfile
+
+    try:
+        with fs.open_input_file(path) as f, zipfile.ZipFile(f):
+            return True
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 class LocalSession:
