@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,7 +400,7 @@ def _coerce(value: Any, hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):   # Optional[int] and int | None
         if value is None and type(None) in args:
             return None
         for arg in args:
