@@ -20,7 +20,7 @@ import torch
 from core.config import ExperimentConfig, build_config
 from core.data import PreparedData, prepare_data
 from core.models.base import Family, get_family
-from core.trainable import CHECKPOINT_FILE
+from core.checkpoints import CHECKPOINT_FILE, checkpoint_problem, load_state
 
 
 @dataclass
@@ -34,15 +34,16 @@ class LoadedCheckpoint:
 
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / CHECKPOINT_FILE).is_file()
+    """A checkpoint directory whose state file is intact (core.checkpoints.checkpoint_problem)."""
+    return (Path(path) / CHECKPOINT_FILE).is_file() and checkpoint_problem(path) is None
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", progress=print) -> LoadedCheckpoint:
     path = Path(path)
-    if not is_checkpoint_dir(path):
+    if not (path / CHECKPOINT_FILE).exists():
         raise FileNotFoundError(f"{path} is not a checkpoint directory (no {CHECKPOINT_FILE}); pass a trial's "
                                 f"checkpoint_NNNNNN directory or an experiment directory")
-    state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    state = load_state(path)   # one clear CheckpointError for a damaged file
     cfg = build_config(state["config"], source=str(path / CHECKPOINT_FILE))
     data = prepare_data(cfg.data, cfg.cache_path, progress=progress)
     family = get_family(cfg.family)(cfg, data, torch.device(device))

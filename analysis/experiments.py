@@ -1,13 +1,13 @@
 """Experiment directories -> pandas DataFrames, straight from what Ray Tune wrote.
 
     exp = load_experiment_dir("runs/quickstart")
-    exp.trials      # one row per trial, best first (core.search.leaderboard) + experiment, family, trial_dir
+    exp.trials      # one row per trial, best first (core.results.leaderboard) + experiment, family, trial_dir
     exp.history     # one row per evaluation of every trial (each trial's progress.csv, via Ray)
     trials, history = load_experiments(["runs/quickstart", "runs/wgan_gp_builtin"])   # stacked
 
 Ray's `ExperimentAnalysis` reads the experiment state and every trial's result.json/progress.csv
 without starting a Ray cluster; `ResultGrid` over it is exactly what `run_search` returned, so the
-trials table is `core.search.leaderboard` itself (one set of status rules).
+trials table is `core.results.leaderboard` itself (one set of status rules).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pandas as pd
 import yaml
 
 from core.config import ExperimentConfig, build_config
-from core.search import EXPERIMENT_FILE, OPTUNA_FILE, leaderboard
+from core.results import leaderboard
+from core.search import EXPERIMENT_FILE, OPTUNA_FILE
 
 # Columns of the history table besides the trial's name: the reported metrics, never Ray's bookkeeping.
 RAY_BOOKKEEPING = ("timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration",

@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-STOPPED = "stopped early"   # prefix of core.search's status for trials ASHA ended before train.epochs
+from core.results import TrialStatus
+
+STOPPED = TrialStatus.STOPPED.value   # trials ASHA ended before train.epochs
 
 
 def _axes(ax, figsize=(6, 4)):

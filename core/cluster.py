@@ -14,6 +14,7 @@ S3-compatible server work everywhere). Credentials come from the usual environme
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -39,6 +40,10 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address is None:
+        # A private cluster of this process: Ray turns on token authentication for it (kept: it
+        # listens on the machine's ports) and announces that in a warning above every run's
+        # first line, which says nothing to act on here.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         # "local", not None: ray.init() alone would join a cluster left running by `ray start`.
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
         return

@@ -239,13 +239,18 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"Circular _base_ inheritance: {chain}")
     if not path.is_file():
+        if _seen:
+            raise ConfigError(f"{_seen[-1]} names _base_ {path}, which does not exist; fix the _base_ path "
+                              f"(it is relative to the file that names it)")
         raise ConfigError(f"Config file not found: {path}")
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}. Fix the syntax at the position shown.") from None
-    raw = {} if raw is None else raw
+    if raw is None:
+        raise ConfigError(f"{path} is empty: a search space needs at least `name:` and `family:` (or a `_base_:` "
+                          f"that sets them); see search_spaces/quickstart.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (name, family, data, model, ...), "
                           f"got a {type(raw).__name__}")

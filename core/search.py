@@ -2,7 +2,7 @@
 
     cfg = load_experiment("search_spaces/quickstart.yaml")
     grid = run_search(cfg, storage_path="runs")         # Ray Tune + Optuna, blocks until done
-    board = leaderboard(grid, cfg)                        # one row per trial, best first
+    board = leaderboard(grid, cfg)                        # core.results: one row per trial, best first
 
 The driver does the once-per-experiment work before any trial starts: it materializes the data
 (`core.data.prepare_data`) and computes the reference statistics (`core.metrics`), whose cache has
@@ -22,7 +22,6 @@ Ray cluster; trials are placed by the resources they ask for (search.cpus_per_tr
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from core.config import ConfigError, ExperimentConfig, build_config, config_to_d
 from core.data import load_prepared, prepare_data
 from core.metrics import reference_statistics
 from core.models.base import get_family
-from core.trainable import CHECKPOINT_FILE, state_file_is_complete, tune_trainable
+from core.checkpoints import checkpoint_problem, remove_staging_leftovers, repair_checkpoint_records
+from core.trainable import tune_trainable
 
 EXPERIMENT_FILE = "experiment.yaml"
 OPTUNA_FILE = "optuna.db"
@@ -93,16 +93,37 @@ class PreparedExperiment:
 
 
 def prepare_experiment(cfg: ExperimentConfig, progress=print) -> PreparedExperiment:
-    """The driver's once-per-experiment work: data, then reference statistics. Building the family
-    once on the CPU first turns a model/data mismatch (an image size the networks cannot take)
-    into one error here instead of a failure in every trial."""
+    """The driver's once-per-experiment work: data, then reference statistics. The family is built
+    once on the CPU first, so a model/data mismatch is one error here instead of one per trial."""
     prepared = prepare_data(cfg.data, cfg.cache_path, progress=progress)
+    check_family_builds(cfg, prepared)
+    reference = reference_statistics(prepared, cfg.metrics, cfg.cache_path, progress=progress)
+    return PreparedExperiment(str(prepared.root), str(reference))
+
+
+def check_family_builds(cfg: ExperimentConfig, prepared) -> None:
+    """Build the family on the prepared data, on the CPU: an image size the networks cannot take,
+    more scored samples than distinct images, ... become one ConfigError before any trial starts."""
     try:
         get_family(cfg.family)(cfg, prepared, torch.device("cpu"))
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"The {cfg.family} model cannot be built with this configuration: {e}") from None
-    reference = reference_statistics(prepared, cfg.metrics, cfg.cache_path, progress=progress)
-    return PreparedExperiment(str(prepared.root), str(reference))
+
+
+DOWNLOADING_SOURCES = ("kaggle", "kaggle_dataset")
+
+
+def check_experiment(cfg: ExperimentConfig, progress=print) -> str:
+    """--dry-run's checks of what the run would refuse before its first trial: the data (prepared
+    and cached as the run would, except a Kaggle download) and the family built on it. Raises the
+    run's own ConfigError/DataError; returns a line saying what was checked."""
+    if cfg.data.source in DOWNLOADING_SOURCES:
+        return (f"data ({cfg.data.source}) not checked: it is downloaded when the run starts "
+                f"(or ahead of it: python experiments/prepare_data.py --space ...)")
+    prepared = prepare_data(cfg.data, cfg.cache_path, progress=progress)
+    check_family_builds(cfg, prepared)
+    return (f"data and model checked: {prepared.count('train/monet')} Monets, {prepared.count('train/photo')} "
+            f"photos, {prepared.count('test/photo')} test photos; the {cfg.family} model builds on them")
 
 
 def experiment_dir(storage_path: str | os.PathLike, name: str, cache_path: Path | None = None) -> Path:
@@ -191,6 +212,10 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         )
         if resume:
+            # Ray restores each unfinished trial from the checkpoint its last snapshot names; a
+            # driver killed at the wrong moment leaves that record naming a deleted checkpoint.
+            remove_damaged_checkpoints(storage, exp_path, progress)
+            repair_checkpoint_records(exp_path, storage.filesystem, progress)
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=storage.filesystem)
         else:
@@ -205,27 +230,37 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         try:
             return tuner.fit()
         finally:
-            remove_incomplete_checkpoints(storage, exp_path, progress)
+            remove_damaged_checkpoints(storage, exp_path, progress)
+            remove_staging_leftovers(_trial_ids(storage, exp_path))
             publish_experiment_files(cfg, storage_path)   # the study so far, even if the search failed
     finally:
         ray.shutdown()  # stop the trial workers (or leave the cluster) before the interpreter exits
 
 
-def remove_incomplete_checkpoints(storage: Storage, exp_path: str, progress=print) -> None:
-    """Delete checkpoint directories whose state file is missing or truncated.
+def remove_damaged_checkpoints(storage: Storage, exp_path: str, progress=print) -> None:
+    """Delete checkpoint directories that `core.checkpoints.checkpoint_problem` rejects, saying why.
 
     Ray registers a checkpoint only after copying it to storage, so it never resumes from a partial
-    one; but a driver or worker killed during that copy leaves the partial directory behind, where
-    the analysis tools and export.py would find it. (Local and shared storage.)"""
+    one; but a driver or worker killed during that copy leaves the partial directory behind, and a
+    disk fault can damage a kept one. Nothing can load them; they would only take space and be
+    offered by the analysis tools. (Local and shared storage.)"""
     if storage.remote:
         return
+    for checkpoint in sorted(Path(exp_path).glob("*/checkpoint_*")):
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            progress(f"removing damaged checkpoint {checkpoint}: {problem}")
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _trial_ids(storage: Storage, exp_path: str) -> list[str]:
+    """The ids of the experiment's trials, from their directory names (`<family>_<trial id>`)."""
     import pyarrow.fs
 
-    local = pyarrow.fs.LocalFileSystem()
-    for checkpoint in sorted(Path(exp_path).glob("*/checkpoint_*")):
-        if not state_file_is_complete(local, str(checkpoint / CHECKPOINT_FILE)):
-            progress(f"removing incomplete checkpoint {checkpoint} (its write was interrupted)")
-            shutil.rmtree(checkpoint, ignore_errors=True)
+    fs = storage.filesystem or pyarrow.fs.LocalFileSystem()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(exp_path, allow_not_found=True))
+    return [Path(info.path).name.rsplit("_", 1)[-1] for info in found
+            if info.type == pyarrow.fs.FileType.Directory and "_" in Path(info.path).name]
 
 
 def _non_empty(storage: Storage, path: str) -> bool:
@@ -268,65 +303,3 @@ def _diff_keys(a, b, prefix="") -> list[str]:
         keys = set(a) | set(b)
         return [k for key in keys for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [] if a == b else [prefix.rstrip(".")]
-
-
-# --- The leaderboard ----------------------------------------------------------------------------
-
-
-def leaderboard(grid, cfg: ExperimentConfig):
-    """One row per trial, best first: searched values, status, best metric and where it is kept."""
-    import pandas as pd
-
-    metric = cfg.search.metric
-    rows = []
-    for result in grid:
-        history = result.metrics_dataframe
-        last = result.metrics or {}
-        row = {"trial": Path(result.path).name}
-        row.update({key: (result.config or {}).get(key) for key in cfg.search.space})
-        row["status"] = _status(result, last, cfg)
-        evaluated = history is not None and metric in history and history[metric].notna().any()
-        if evaluated:
-            best = history.loc[history[metric].idxmin()]
-            row.update({f"best_{metric}": float(best[metric]), "fid": float(best["fid"]),
-                        "mifid": float(best["mifid"]), "kid": float(best["kid"]),
-                        "epoch": int(best["epoch"]), "epochs_trained": int(history["epoch"].max())})
-        # A trial stopped at its first evaluation (collapsed) has scores but no checkpoint.
-        checkpoint = result.get_best_checkpoint(metric, "min") if evaluated and result.best_checkpoints else None
-        row["checkpoint"] = checkpoint.path if checkpoint else None
-        rows.append(row)
-    board = pd.DataFrame(rows)
-    if f"best_{metric}" in board:
-        board = board.sort_values(f"best_{metric}", na_position="last").reset_index(drop=True)
-    return board
-
-
-
-def _status(result, last: dict, cfg: ExperimentConfig) -> str:
-    if result.error is not None:
-        return f"error: {type(result.error).__name__}"
-    if last.get("trial_status") in ("diverged", "collapsed"):
-        return last["trial_status"]
-    epoch = last.get("epoch", 0)
-    if epoch < cfg.train.epochs:
-        return f"stopped early at epoch {epoch}"
-    return "completed"
-
-
-def save_leaderboard(board, exp_dir: Path) -> tuple[Path, Path]:
-    csv_path, txt_path = exp_dir / "leaderboard.csv", exp_dir / "leaderboard.txt"
-    board.to_csv(csv_path, index=False)
-    txt_path.write_text(format_leaderboard(board, exp_dir) + "\n")
-    return csv_path, txt_path
-
-
-def format_leaderboard(board, exp_dir: Path | None = None) -> str:
-    """A fixed-width table; checkpoint paths relative to the experiment directory."""
-    def cell(value):
-        if exp_dir is not None and isinstance(value, str) and value.startswith(str(exp_dir) + os.sep):
-            return os.path.relpath(value, exp_dir)
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    return board.map(cell).to_string(index=False)

@@ -37,21 +37,43 @@ class ExportError(ValueError):
     """The checkpoint or the request cannot make a submission; the message says what to change."""
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory as given, or the best one of an experiment directory (leaderboard order)."""
-    from analysis.checkpoints import is_checkpoint_dir
-    from analysis.experiments import is_experiment_dir, load_experiment_dir
+def resolve_checkpoint(path: str | os.PathLike, progress=print) -> Path:
+    """A checkpoint directory as given (refused with the reason if damaged), or the best intact
+    checkpoint of an experiment directory by its search metric, saying which better ones were
+    skipped and why."""
+    from analysis.experiments import is_experiment_dir
+    from core.checkpoints import CHECKPOINT_FILE, CHECKPOINT_PREFIX, checkpoint_problem
 
     path = Path(path)
-    if is_checkpoint_dir(path):
+    if not path.exists():
+        raise ExportError(f"{path} does not exist: pass runs/<experiment> or a trial's checkpoint_NNNNNN directory")
+    if path.name.startswith(CHECKPOINT_PREFIX) or (path / CHECKPOINT_FILE).exists():
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise ExportError(f"Checkpoint {path} cannot be used: {problem}. Pass the experiment directory "
+                              f"({path.parent.parent}) to export its best intact checkpoint, or another "
+                              f"checkpoint of the trial.")
         return path
     if not is_experiment_dir(path):
-        raise ExportError(f"{path} is neither a checkpoint directory (with state.pt) nor an experiment "
+        raise ExportError(f"{path} is neither a checkpoint directory (with {CHECKPOINT_FILE}) nor an experiment "
                           f"directory (with experiment.yaml): pass runs/<experiment> or a trial's checkpoint_NNNNNN")
-    kept = load_experiment_dir(path).trials.dropna(subset=["checkpoint"])
-    if kept.empty:
-        raise ExportError(f"No trial of {path} kept a checkpoint (none reached an evaluation); train longer")
-    return Path(kept["checkpoint"].iloc[0])
+    import yaml
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from core.config import build_config
+    from core.results import ranked_checkpoints
+    from core.search import EXPERIMENT_FILE
+
+    cfg = build_config(yaml.safe_load((path / EXPERIMENT_FILE).read_text()), source=str(path / EXPERIMENT_FILE))
+    grid = ResultGrid(ExperimentAnalysis(str(path.resolve())))
+    ranked = ranked_checkpoints(grid, cfg.search.metric)
+    for checkpoint, value, fs in ranked:
+        problem = checkpoint_problem(checkpoint, fs)
+        if problem is None:
+            return Path(checkpoint)
+        progress(f"skipping {checkpoint} ({cfg.search.metric} {value:.4g}): {problem}")
+    raise ExportError(f"No trial of {path} kept an intact checkpoint "
+                      + ("(none reached an evaluation); train longer" if not ranked else "; see the lines above"))
 
 
 def check_image_size(image_size: int, upscale: bool = False) -> None:
@@ -111,10 +133,10 @@ def export(checkpoint: Path, out: Path, count: int | None = None, any_count: boo
     """Write the submission from one checkpoint; returns core.metrics.evaluate's scores of it."""
     from analysis.checkpoints import load_checkpoint
     from core import metrics as M
+    from core.checkpoints import CHECKPOINT_FILE, load_state
     from core.config import build_config
-    from core.trainable import CHECKPOINT_FILE
 
-    saved = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["config"]
+    saved = load_state(checkpoint)["config"]
     cfg = build_config(saved, source=str(checkpoint / CHECKPOINT_FILE))
     check_image_size(cfg.data.image_size, upscale)   # before rebuilding any data
     loaded = load_checkpoint(checkpoint, device=device, progress=progress)
@@ -150,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="resize images of a smaller checkpoint to 256 px (to try the pipeline; scores poorly)")
     args = parser.parse_args(argv)
 
+    from core.checkpoints import CheckpointError
     from core.data import DataError
 
     try:
@@ -157,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Checkpoint: {checkpoint}")
         scores = export(checkpoint, Path(args.out), args.count, args.any_count, args.batch_size, args.device,
                         upscale=args.upscale)
-    except (ExportError, DataError, FileNotFoundError) as e:
+    except (ExportError, CheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from core import metrics as M

@@ -68,10 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         print_space(cfg)
+        from core.search import check_experiment
+
+        try:
+            print(f"\n# Checks: {check_experiment(cfg, progress=lambda message: None)}")
+        except (ConfigError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
 
-    from core.search import (experiment_dir, format_leaderboard, leaderboard, publish_experiment_files,
-                             run_search, save_leaderboard)
+    from core.results import format_leaderboard, leaderboard, save_leaderboard
+    from core.search import experiment_dir, publish_experiment_files, run_search
 
     try:
         exp_dir = experiment_dir(args.storage, cfg.name, cfg.cache_path)   # a local mirror for a URI

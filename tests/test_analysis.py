@@ -42,7 +42,8 @@ def test_trials_table_matches_what_trials_reported(quickstart, smoke_experiments
         assert row["best_fid"] == pytest.approx(best["fid"]) and row["mifid"] == pytest.approx(best["mifid"])
         assert row["kid"] == pytest.approx(best["kid"]) and row["epoch"] == best["epoch"]
         assert row["status"] == ("completed" if results[-1]["epoch"] == quickstart.cfg.train.epochs
-                                 else f"stopped early at epoch {results[-1]['epoch']}")
+                                 else "stopped early")
+        assert row["epochs_trained"] == results[-1]["epoch"]
         params = json.loads((trial_dir / "params.json").read_text())
         assert {k: row[k] for k in quickstart.searched} == pytest.approx(params)
         # The checkpoint column is the one saved at the best evaluation.

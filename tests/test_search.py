@@ -102,11 +102,11 @@ def test_interrupted_search_resumes_without_losing_finished_trials(tmp_path):
     assert finished_before.name in set(board["trial"])
 
 
-def test_interrupted_checkpoint_copies_are_removed_and_good_ones_kept(tmp_path):
+def test_damaged_checkpoints_are_removed_with_the_reason_and_good_ones_kept(tmp_path):
     import torch
 
     from core.cluster import Storage
-    from core.search import remove_incomplete_checkpoints
+    from core.search import remove_damaged_checkpoints
 
     good, partial, empty = (tmp_path / "trial_a" / f"checkpoint_00000{i}" for i in range(3))
     for directory in (good, partial, empty):
@@ -115,7 +115,8 @@ def test_interrupted_checkpoint_copies_are_removed_and_good_ones_kept(tmp_path):
     whole = (good / "state.pt").read_bytes()
     (partial / "state.pt").write_bytes(whole[: len(whole) // 2])   # a copy cut off halfway
     messages = []
-    remove_incomplete_checkpoints(Storage.parse(str(tmp_path)), str(tmp_path), messages.append)
+    remove_damaged_checkpoints(Storage.parse(str(tmp_path)), str(tmp_path), messages.append)
     assert good.is_dir() and not partial.exists() and not empty.exists()
     assert torch.load(good / "state.pt", weights_only=True)["epoch"] == 1
-    assert len(messages) == 2 and all("incomplete checkpoint" in m for m in messages)
+    assert messages == [f"removing damaged checkpoint {partial}: state.pt is truncated (not a complete torch file)",
+                        f"removing damaged checkpoint {empty}: state.pt is missing"]

@@ -117,9 +117,11 @@ def test_diverging_trial_ends_cleanly_and_keeps_earlier_checkpoints(tiny_data, t
 
 
 def test_saturated_generator_ends_the_trial_as_collapsed(tiny_data, tmp_path):
-    # lr 1.0 drives the WGAN-GP generator's tanh into saturation: every sample becomes one image.
+    # lr 1.0 drives the WGAN-GP generator's tanh into saturation: every sample becomes one image
+    # (here in epoch 4 of 10 iterations; the epochs before still vary).
     tree = tiny_experiment("wgan_gp_builtin.yaml", tiny_data,
-                           **{"model.lr_g": 1.0, "model.lr_d": 1.0, "train.iters_per_epoch": 10, "train.batch_size": 4})
+                           **{"model.lr_g": 1.0, "model.lr_d": 1.0, "train.iters_per_epoch": 10, "train.batch_size": 4,
+                              "train.epochs": 6})
     session = run(tree, tiny_data, tmp_path)
     last = session.results[-1]
     assert last["trial_status"] == "collapsed" and last["collapsed"] == 1

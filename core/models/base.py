@@ -68,6 +68,10 @@ class Family(abc.ABC):
         from `seed`. `label`: a class index for conditional models; `photos`: float (n, 3, H, W) in
         [-1, 1] for translation models (without them, test photos picked by `seed`)."""
 
+    def eval_metrics(self) -> dict[str, float]:
+        """Family-specific held-out metrics reported beside FID at each evaluation; none by default."""
+        return {}
+
     @abc.abstractmethod
     def image_grids(self) -> dict[str, torch.Tensor]:
         """Named image grids for TensorBoard, each a float (3, H, W) tensor in [0, 1]."""

@@ -1,0 +1,241 @@
+"""Trial checkpoints: how they are written, checked, chosen and kept on record.
+
+A checkpoint is a directory `checkpoint_NNNNNN/` in the trial's storage directory holding one file,
+`state.pt`: everything needed to resume exactly (the family's networks, optimizers and schedules,
+epoch, step, running bests, RNG state) plus the trial's full config and the feature extractor its
+scores came from, so that export, the gallery and the notebooks rebuild the model from it alone.
+
+    with staged_checkpoint(state, trial="3f2a1b7c") as directory:   # a temp dir, removed on any exit
+        tune.report(metrics, checkpoint=Checkpoint.from_directory(directory))   # Ray copies it to storage
+    problem = checkpoint_problem("runs/quickstart/cyclegan_3f2a1b7c/checkpoint_000004")  # None = intact
+    state = load_state(path)                                        # one clear CheckpointError if not
+
+Every place that chooses a checkpoint (the trial's restore, the post-search sweep, the leaderboard,
+export.py, the gallery, the analysis loaders) asks `checkpoint_problem`, so they agree on what is usable.
+
+Ray keeps a trial's best `search.keep_checkpoints` by the search metric plus its latest, and deletes the
+others. Its experiment snapshot names each trial's latest checkpoint; a driver killed after a newer
+evaluation displaced (deleted) that checkpoint but before the next snapshot leaves a record naming a
+checkpoint that is gone, and Ray's own restore then fails on every retry.
+`repair_checkpoint_records` points such records at the trial's newest intact checkpoint before a resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FILE = "state.pt"
+CHECKPOINT_PREFIX = "checkpoint_"
+STAGING_PREFIX = "paintsweep-ckpt-"   # + trial id: temp directories a trial writes checkpoints into
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which, why, and what to do."""
+
+
+# --- Writing ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def staged_checkpoint(state: dict, trial: str):
+    """Write `state` as a checkpoint directory in the system temp directory and yield its path;
+    the directory is removed when the block ends, however it ends (Ray's report copies it to
+    storage and leaves the original, which is ours to delete)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{trial}-"))
+    try:
+        torch.save(state, directory / CHECKPOINT_FILE)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def remove_staging_leftovers(trial_ids, temp_dir: str | None = None) -> int:
+    """Staging directories that a trial process killed outright (SIGKILL, a lost node) could not
+    remove: the driver deletes those of its own trials on this machine after a search. Returns
+    how many it removed."""
+    root = Path(temp_dir or tempfile.gettempdir())
+    removed = 0
+    for trial_id in trial_ids:
+        for leftover in root.glob(f"{STAGING_PREFIX}{trial_id}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, then os.replace: readers (other trials,
+    a second driver) see either no file or the complete file, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer, same filesystem
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- Checking and reading ----------------------------------------------------------------------
+
+
+def _local_fs():
+    import pyarrow.fs
+
+    return pyarrow.fs.LocalFileSystem()
+
+
+def checkpoint_problem(directory: str | os.PathLike, fs=None) -> str | None:
+    """Why a checkpoint directory cannot be used ("state.pt is missing", "state.pt is truncated"),
+    or None when it is intact. Cheap: a torch file is a zip whose central directory comes last, so
+    a file cut short cannot be opened, and a damaged member fails its CRC, which is read without
+    unpickling anything. `fs` is a pyarrow filesystem (default: the local one)."""
+    fs = fs or _local_fs()
+    path = f"{os.fspath(directory)}/{CHECKPOINT_FILE}"
+    try:
+        with fs.open_input_file(path) as f, zipfile.ZipFile(f) as archive:
+            damaged = archive.testzip()
+    except FileNotFoundError:
+        return f"{CHECKPOINT_FILE} is missing"
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        if "not found" in str(e).lower() or "no such file" in str(e).lower():
+            return f"{CHECKPOINT_FILE} is missing"
+        return f"{CHECKPOINT_FILE} is truncated (not a complete torch file)"
+    if damaged is not None:
+        return f"{CHECKPOINT_FILE} is damaged ({damaged} fails its checksum)"
+    return None
+
+
+def load_state(directory: str | os.PathLike, fs=None) -> dict:
+    """A checkpoint's state dict (tensors on the CPU, `weights_only`), or one CheckpointError."""
+    problem = checkpoint_problem(directory, fs)
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {directory} cannot be used: {problem}. Use another checkpoint of the "
+                              f"trial (its directory lists them), or the experiment directory to pick the best "
+                              f"intact one.")
+    path = f"{os.fspath(directory)}/{CHECKPOINT_FILE}"
+    try:
+        if fs is None:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with fs.open_input_file(path) as f:   # remote storage: read in place, no local copy
+            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except Exception as e:   # a file that passes the zip check but not torch's unpickler
+        raise CheckpointError(f"Checkpoint {directory} cannot be loaded ({type(e).__name__}: {e}). Use another "
+                              f"checkpoint of the trial.") from None
+
+
+def trial_checkpoints(trial_dir: str | os.PathLike, fs=None) -> list[str]:
+    """The checkpoint directories in a trial directory, oldest first (Ray numbers them in order)."""
+    import pyarrow.fs
+
+    fs = fs or _local_fs()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(os.fspath(trial_dir), allow_not_found=True))
+    return sorted(info.path for info in found if info.type == pyarrow.fs.FileType.Directory
+                  and Path(info.path).name.startswith(CHECKPOINT_PREFIX))
+
+
+def newest_intact(trial_dir: str | os.PathLike, fs=None, report=None) -> str | None:
+    """The trial's newest checkpoint that `checkpoint_problem` accepts; `report(path, problem)` hears
+    about each one passed over."""
+    for path in reversed(trial_checkpoints(trial_dir, fs)):
+        problem = checkpoint_problem(path, fs)
+        if problem is None:
+            return path
+        if report is not None:
+            report(path, problem)
+    return None
+
+
+# --- Ray's record of a trial's checkpoints -----------------------------------------------------
+
+
+def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> list[str]:
+    """Before `Tuner.restore`: in Ray's newest experiment snapshot, point every trial whose recorded
+    latest checkpoint no longer exists (or is damaged) at its newest intact checkpoint, with the
+    metrics that checkpoint was reported with (from the trial's result.json), and drop kept-checkpoint
+    records that are gone. A trial with no intact checkpoint left restarts from scratch. Returns
+    one line per repaired trial.
+
+    This edits Ray Tune 2.60's own snapshot format (`experiment_state-*.json`: per trial a JSON run
+    metadata whose `checkpoint_manager` is a cloudpickled `_CheckpointManager`), the only place Ray
+    reads the checkpoint to restore from; the file is replaced atomically."""
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+    fs = fs or _local_fs()
+    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    if snapshot is None:
+        return []
+    with fs.open_input_stream(snapshot) as f:
+        state = _loads_with_cloudpickle(f.readall())   # Ray's own file, written by this experiment's driver
+
+    repaired = []
+    for i, (trial_json, metadata_json) in enumerate(state["trial_data"]):
+        metadata = _TrainingRunMetadata.from_json_state(metadata_json)
+        manager = metadata.checkpoint_manager
+        latest = manager.latest_checkpoint_result if manager is not None else None
+        if latest is None:
+            continue
+        trial_dir = f"{experiment_path}/{Path(latest.checkpoint.path).parent.name}"   # the storage may have moved
+        recorded = f"{trial_dir}/{Path(latest.checkpoint.path).name}"
+        problem = checkpoint_problem(recorded, fs)
+        if problem is None:
+            continue
+        replacement = newest_intact(trial_dir, fs)
+        # Kept-checkpoint records whose directory is gone would be "deleted" again and listed as kept.
+        manager._checkpoint_results = [r for r in manager._checkpoint_results
+                                       if checkpoint_problem(f"{trial_dir}/{Path(r.checkpoint.path).name}", fs) is None]
+        if replacement is None:
+            manager._latest_checkpoint_result = None
+            repaired.append(f"{Path(trial_dir).name}: {Path(recorded).name} ({problem.replace(CHECKPOINT_FILE, 'its ' + CHECKPOINT_FILE)}) "
+                            f"and no intact checkpoint is left; the trial starts over")
+        else:
+            metrics = _reported_metrics(trial_dir, Path(replacement).name, fs)
+            result = _TrainingResult(checkpoint=Checkpoint(replacement, filesystem=fs), metrics=metrics)
+            manager._latest_checkpoint_result = result
+            if all(Path(r.checkpoint.path).name != Path(replacement).name for r in manager._checkpoint_results):
+                _insert_into_sorted_list(manager._checkpoint_results, result, key=manager._get_checkpoint_score)
+            what = "is gone" if "missing" in problem else problem.replace(CHECKPOINT_FILE, "its " + CHECKPOINT_FILE)
+            repaired.append(f"{Path(trial_dir).name}: recorded {Path(recorded).name} {what}; "
+                            f"resuming from {Path(replacement).name}, its newest intact checkpoint")
+        metadata.invalidate_cache()
+        state["trial_data"][i] = [trial_json, metadata.get_json_state()]
+
+    if repaired:
+        partial = f"{snapshot}.partial"
+        with fs.open_output_stream(partial) as f:
+            f.write(json.dumps(state, cls=TuneFunctionEncoder).encode())
+        fs.move(partial, snapshot)
+        for line in repaired:
+            progress(f"resume: {line}")
+    return repaired
+
+
+def _reported_metrics(trial_dir: str, checkpoint_name: str, fs) -> dict:
+    """The result a checkpoint was reported with (Ray's result.json names it in checkpoint_dir_name)."""
+    try:
+        with fs.open_input_stream(f"{trial_dir}/result.json") as f:
+            lines = f.readall().decode().splitlines()
+    except (FileNotFoundError, OSError):
+        return {}
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:   # the last line of a driver killed mid-write
+            continue
+        if row.get("checkpoint_dir_name") == checkpoint_name:
+            return row
+    return {}

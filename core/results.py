@@ -1,0 +1,110 @@
+"""A search's results: how each trial ended, and the leaderboard.
+
+    board = leaderboard(grid, cfg)            # grid: Ray Tune's ResultGrid; one row per trial, best first
+    save_leaderboard(board, exp_dir)          # leaderboard.csv + leaderboard.txt
+    print(format_leaderboard(board, exp_dir))
+
+Rows are built from Ray's own records (`Result.metrics_dataframe`, `Result.best_checkpoints`). The
+`checkpoint` column names the trial's best kept checkpoint that `core.checkpoints` finds intact, so a
+record never points at a deleted or damaged file.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from pathlib import Path
+
+from core.checkpoints import checkpoint_problem
+from core.config import ExperimentConfig
+
+
+class TrialStatus(str, enum.Enum):
+    """How a trial ended, as the leaderboard, the analysis tools and the plots name it."""
+
+    COMPLETED = "completed"        # trained all train.epochs
+    STOPPED = "stopped early"      # the scheduler (ASHA) ended it before train.epochs
+    DIVERGED = "diverged"          # non-finite losses or weights; ended by the trainable
+    COLLAPSED = "collapsed"        # every sample the same image; ended by the trainable
+    ERROR = "error"                # crashed (after search.max_failures retries)
+    UNFINISHED = "unfinished"      # never reported (pending, or the search was interrupted)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def trial_status(result, cfg: ExperimentConfig) -> TrialStatus:
+    """A Ray Tune Result -> how its trial ended."""
+    last = result.metrics or {}
+    if result.error is not None:
+        return TrialStatus.ERROR
+    if last.get("trial_status") in (TrialStatus.DIVERGED, TrialStatus.COLLAPSED):
+        return TrialStatus(last["trial_status"])
+    if "epoch" not in last:
+        return TrialStatus.UNFINISHED
+    return TrialStatus.COMPLETED if last["epoch"] >= cfg.train.epochs else TrialStatus.STOPPED
+
+
+def ranked_checkpoints(results, metric: str) -> list[tuple[str, float, object]]:
+    """Every kept checkpoint of the given Ray Results as (path, its `metric`, filesystem), best
+    first (NaN last), intact or not: `best_intact_checkpoint` and export.py choose from it."""
+    ranked = [(checkpoint.path, float(metrics.get(metric, math.nan)), checkpoint.filesystem)
+              for result in results for checkpoint, metrics in (result.best_checkpoints or [])]
+    return sorted(ranked, key=lambda item: math.inf if math.isnan(item[1]) else item[1])
+
+
+def best_intact_checkpoint(result, metric: str) -> str | None:
+    """The trial's kept checkpoint with the lowest `metric` that is intact, or None."""
+    for path, _, fs in ranked_checkpoints([result], metric):
+        if checkpoint_problem(path, fs) is None:
+            return path
+    return None
+
+
+def leaderboard(grid, cfg: ExperimentConfig):
+    """One row per trial, best first: searched values, status, best metric and where it is kept."""
+    import pandas as pd
+
+    metric = cfg.search.metric
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        row = {"trial": Path(result.path).name}
+        row.update({key: (result.config or {}).get(key) for key in cfg.search.space})
+        status = trial_status(result, cfg)
+        row["status"] = status.value
+        row["status_detail"] = (type(result.error).__name__ if status is TrialStatus.ERROR
+                                else (result.metrics or {}).get("status_detail", ""))
+        evaluated = history is not None and metric in history and history[metric].notna().any()
+        if evaluated:
+            best = history.loc[history[metric].idxmin()]
+            row.update({f"best_{metric}": float(best[metric]), "fid": float(best["fid"]),
+                        "mifid": float(best["mifid"]), "kid": float(best["kid"]),
+                        "epoch": int(best["epoch"]), "epochs_trained": int(history["epoch"].max())})
+        # A trial stopped at its first evaluation (collapsed) has scores but no checkpoint.
+        row["checkpoint"] = best_intact_checkpoint(result, metric) if evaluated else None
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    if f"best_{metric}" in board:
+        board = board.sort_values(f"best_{metric}", na_position="last", kind="stable").reset_index(drop=True)
+    return board
+
+
+def save_leaderboard(board, exp_dir: Path) -> tuple[Path, Path]:
+    csv_path, txt_path = exp_dir / "leaderboard.csv", exp_dir / "leaderboard.txt"
+    board.to_csv(csv_path, index=False)
+    txt_path.write_text(format_leaderboard(board, exp_dir) + "\n")
+    return csv_path, txt_path
+
+
+def format_leaderboard(board, exp_dir: Path | None = None) -> str:
+    """A fixed-width table; checkpoint paths relative to the experiment directory."""
+    def cell(value):
+        if exp_dir is not None and isinstance(value, str) and value.startswith(str(exp_dir) + os.sep):
+            return os.path.relpath(value, exp_dir)
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    return board.map(cell).to_string(index=False)

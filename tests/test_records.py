@@ -1,0 +1,201 @@
+"""Bounded disk and intact records: a killed search always finishes, nothing is left in the temp
+directory, a trial keeps what its config says, damaged checkpoints are named and passed over, and
+every trial is one W&B run and one TensorBoard HParams session."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from core.checkpoints import checkpoint_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
+EXPORT = [sys.executable, str(ROOT / "experiments" / "export.py")]
+SMOKE = ["--space", "search_spaces/quickstart.yaml", "--smoke-test"]
+
+
+def run(cmd, env=None, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def reports(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def fid_by_epoch(trial_dir: Path) -> dict[int, float]:
+    """The FID each epoch reported (a resumed trial that redid an epoch reports it again, the same)."""
+    return {r["epoch"]: r["fid"] for r in reports(trial_dir)}
+
+
+def recorded_latest_checkpoint(exp: Path) -> dict[str, str]:
+    """trial directory name -> the latest checkpoint Ray's newest experiment snapshot names."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    state = _loads_with_cloudpickle(Path(_find_newest_experiment_checkpoint(str(exp))).read_text())
+    named = {}
+    for _, metadata_json in state["trial_data"]:
+        latest = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager.latest_checkpoint_result
+        if latest is not None:
+            path = Path(latest.checkpoint.path)
+            named[path.parent.name] = path.name
+    return named
+
+
+# --- A search killed in the window where its record names a deleted checkpoint ------------------
+
+
+@pytest.mark.slow
+def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterrupted_run(tmp_path):
+    """The sequence from the field: Ray's snapshot names checkpoint N as a trial's latest, a better
+    evaluation N+1 then displaced it and keep-top-k deleted it, and the driver died before the next
+    snapshot. Reproduced exactly: the driver is killed once three evaluations are in storage, and
+    the checkpoint the snapshot names is deleted."""
+    from test_faults import driver, kill_session, wait_for
+
+    epochs = 5
+    args = [*SMOKE, "--num-samples", "1", "search.scheduler=fifo", f"train.epochs={epochs}",
+            "search.keep_checkpoints=3", "train.iters_per_epoch=4"]
+    uninterrupted = tmp_path / "a"
+    out = run([*TUNE, *args, "--storage", str(uninterrupted)])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (expected_trial,) = (uninterrupted / "quickstart-smoke").glob("cyclegan_*")
+    expected = fid_by_epoch(expected_trial)
+    assert sorted(expected) == list(range(1, epochs + 1))
+
+    storage = tmp_path / "b"
+    exp = storage / "quickstart-smoke"
+    with driver(*args, "--storage", str(storage)) as proc:
+        wait_for(lambda: len(list(exp.glob("cyclegan_*/checkpoint_00000[2-9]/state.pt"))), "three evaluations",
+                 proc=proc)
+        kill_session(proc)
+    named = recorded_latest_checkpoint(exp)
+    assert len(named) == 1, f"the snapshot records no checkpoint yet: {named}"
+    (trial, checkpoint), = named.items()
+    shutil.rmtree(exp / trial / checkpoint)   # what keep-top-k did after the snapshot was written
+    assert any(p.name != checkpoint for p in (exp / trial).glob("checkpoint_*")), "no other checkpoint to resume"
+
+    out = run([*TUNE, *args, "--storage", str(storage), "--resume"])
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert f"{trial}: recorded {checkpoint} is gone; resuming from checkpoint_" in out.stdout + out.stderr
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert list(board["status"]) == ["completed"], board.to_string()
+    assert fid_by_epoch(exp / trial) == pytest.approx(expected), "the resumed trial's evaluations differ"
+    assert checkpoint_problem(board["checkpoint"][0]) is None
+
+
+# --- The temp directory and the disk ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_search_leaves_nothing_in_tmpdir_and_keeps_only_what_the_config_says(tmp_path):
+    # A short fresh TMPDIR: Ray puts its session (with unix sockets of at most 107 bytes) there too.
+    temp = Path(tempfile.mkdtemp(prefix="pst-", dir="/tmp"))
+    keep, epochs = 2, 5
+    try:
+        out = run([*TUNE, *SMOKE, "--storage", str(tmp_path / "runs"), "search.scheduler=fifo",
+                   f"train.epochs={epochs}", f"search.keep_checkpoints={keep}"], env={"TMPDIR": str(temp)})
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        left = sorted(p.name for p in temp.iterdir() if p.name.startswith("paintsweep-"))
+        assert not left, f"left in TMPDIR: {left}"
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+    trials = sorted((tmp_path / "runs" / "quickstart-smoke").glob("cyclegan_*"))
+    assert len(trials) == 2
+    for trial in trials:
+        results = reports(trial)
+        assert len(results) == epochs > keep + 1, "the run must evaluate more often than it keeps"
+        # Ray numbers checkpoints by report: the best `keep` by FID, plus the latest, survive.
+        by_fid = sorted(range(epochs), key=lambda i: results[i]["fid"])
+        expected = {f"checkpoint_{i:06d}" for i in by_fid[:keep]} | {f"checkpoint_{epochs - 1:06d}"}
+        assert {p.name for p in trial.glob("checkpoint_*")} == expected
+        assert len(expected) <= keep + 1
+
+
+# --- A damaged kept checkpoint ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_damaged_best_checkpoint_export_falls_back_and_resume_tells_the_truth(smoke_experiments, tmp_path):
+    exp = tmp_path / "quickstart-smoke"
+    shutil.copytree(smoke_experiments["quickstart"], exp)
+    board = pd.read_csv(exp / "leaderboard.csv")
+    best = exp / os.path.relpath(board["checkpoint"][0], smoke_experiments["quickstart"])
+    state = best / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])   # a copy cut short
+
+    zip_args = ["--count", "4", "--any-count", "--upscale"]
+    out = run([*EXPORT, str(best), "--out", str(tmp_path / "a.zip"), *zip_args])
+    assert out.returncode == 2 and "state.pt is truncated" in out.stderr, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "a.zip").exists()
+
+    out = run([*EXPORT, str(exp), "--out", str(tmp_path / "b.zip"), *zip_args])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"skipping {best}" in out.stdout and "state.pt is truncated" in out.stdout
+    assert (tmp_path / "b.zip").is_file()
+
+    # --resume of the finished search: says what it found, and the leaderboard names only intact files.
+    out = run([*TUNE, *SMOKE, "--storage", str(tmp_path), "--resume", "logging.wandb=true"],
+              env={"WANDB_MODE": "offline"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"removing damaged checkpoint {best}: state.pt is truncated" in out.stdout
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 2 and board["checkpoint"].notna().all()
+    for path in board["checkpoint"]:
+        assert checkpoint_problem(path) is None, path
+    assert str(best) not in (exp / "leaderboard.txt").read_text().replace("\n", "")
+    out = run([*EXPORT, str(exp), "--out", str(tmp_path / "c.zip"), *zip_args])
+    assert out.returncode == 0 and (tmp_path / "c.zip").is_file(), out.stderr[-3000:]
+
+
+def test_export_of_a_path_that_does_not_exist_says_so(tmp_path):
+    out = run([*EXPORT, str(tmp_path / "nope"), "--out", str(tmp_path / "a.zip")])
+    assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- One W&B run and one HParams session per trial -------------------------------------------------
+
+
+def test_a_resumed_trial_logs_to_the_same_wandb_run_and_records_its_hparams(tiny_data, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from test_trainable import run as run_local
+    from test_trainable import tiny_experiment
+
+    from core.tracking import wandb_run_id
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"logging.wandb": "true", "logging.wandb_mode": "offline"})
+    searched = {"model.lr_g": 3.0e-4, "model.lambda_cycle": 7.5}
+    run_local(tree, tiny_data, tmp_path, searched=searched, max_epochs=1)   # then "crashed"
+    run_local(tree, tiny_data, tmp_path, searched=searched)                # retried from its checkpoint
+
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2, runs
+    expected_id = wandb_run_id(tree["name"], "local")
+    assert all(p.name.endswith(f"-{expected_id}") for p in runs), [p.name for p in runs]
+
+    starts, ends = [], []
+    for events in tmp_path.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    starts.append({k: v.number_value for k, v in data.session_start_info.hparams.items()})
+                elif value.tag == "_hparams_/session_end_info":
+                    ends.append(value)
+    assert starts == [searched, searched] and len(ends) == 2
