@@ -34,16 +34,17 @@ class TrialStatus(str, enum.Enum):
         return self.value
 
 
-def trial_status(result, cfg: ExperimentConfig) -> TrialStatus:
-    """A Ray Tune Result -> how its trial ended."""
-    last = result.metrics or {}
-    if result.error is not None:
+def trial_status(last: dict | None, errored: bool, epochs: int) -> TrialStatus:
+    """How a trial ended, from its last report (Ray's Result.metrics or Trial.last_result), whether
+    it errored, and train.epochs."""
+    last = last or {}
+    if errored:
         return TrialStatus.ERROR
     if last.get("trial_status") in (TrialStatus.DIVERGED, TrialStatus.COLLAPSED):
         return TrialStatus(last["trial_status"])
     if "epoch" not in last:
         return TrialStatus.UNFINISHED
-    return TrialStatus.COMPLETED if last["epoch"] >= cfg.train.epochs else TrialStatus.STOPPED
+    return TrialStatus.COMPLETED if last["epoch"] >= epochs else TrialStatus.STOPPED
 
 
 def ranked_checkpoints(results, metric: str) -> list[tuple[str, float, object]]:
@@ -72,7 +73,7 @@ def leaderboard(grid, cfg: ExperimentConfig):
         history = result.metrics_dataframe
         row = {"trial": Path(result.path).name}
         row.update({key: (result.config or {}).get(key) for key in cfg.search.space})
-        status = trial_status(result, cfg)
+        status = trial_status(result.metrics, result.error is not None, cfg.train.epochs)
         row["status"] = status.value
         row["status_detail"] = (type(result.error).__name__ if status is TrialStatus.ERROR
                                 else (result.metrics or {}).get("status_detail", ""))

@@ -22,6 +22,8 @@ Ray cluster; trials are placed by the resources they ask for (search.cpus_per_tr
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,12 +32,14 @@ from pathlib import Path
 
 import torch
 import yaml
+from ray.tune import Callback
 
 from core.cluster import SharedAssets, Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict
 from core.data import load_prepared, prepare_data
 from core.metrics import reference_statistics
 from core.models.base import get_family
+from core.results import trial_status
 from core.checkpoints import checkpoint_problem, remove_staging_leftovers, repair_checkpoint_records
 from core.trainable import tune_trainable
 
@@ -198,7 +202,11 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         # (which ResultGrid and the analysis helpers read) and write TensorBoard ourselves.
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-        callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]  # W&B: one run per trial, core.trainable.TrialLoggers
+        # W&B: one run per trial, core.tracking.TrialLoggers.
+        callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
+        # A trial that had not reported before an interruption has no result files yet: Ray warns
+        # about each on every resume, though nothing is wrong.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         run_config = tune.RunConfig(
             name=cfg.name, storage_path=storage.path, storage_filesystem=storage.filesystem,
             callbacks=callbacks, verbose=verbose,
@@ -235,6 +243,30 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             publish_experiment_files(cfg, storage_path)   # the study so far, even if the search failed
     finally:
         ray.shutdown()  # stop the trial workers (or leave the cluster) before the interpreter exits
+
+
+class TrialEndLine(Callback):
+    """A Ray Tune callback: one console line per finished trial, its status and best score.
+    (Ray's table shows each running trial's epoch, running best and last score: the first
+    numbers of its reports, see core.trainable.)"""
+
+    def __init__(self, metric: str, epochs: int):
+        self.metric, self.epochs = metric, epochs
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._say(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._say(trial, errored=True)
+
+    def _say(self, trial, errored: bool) -> None:
+        last = trial.last_result or {}
+        status = trial_status(last, errored, self.epochs)
+        best = last.get(f"best_{self.metric}")
+        finite = best is not None and math.isfinite(best)
+        score = f", best {self.metric} {best:.4g} at epoch {last.get('best_epoch')}" if finite else ""
+        print(f"Trial {trial} {status}{score} after {last.get('epoch', 0)}/{self.epochs} epochs"
+              + (f" ({last['status_detail']})" if last.get("status_detail") else ""), flush=True)
 
 
 def remove_damaged_checkpoints(storage: Storage, exp_path: str, progress=print) -> None:

@@ -203,8 +203,11 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
                     best[f"best_{name}"] = scores[name]
                     if name == cfg.search.metric:
                         best["best_epoch"] = epoch + 1
+            metric = cfg.search.metric
             result = {
+                # First the columns of Ray's console table (it shows the first few numbers).
                 "epoch": epoch + 1,            # epochs completed: ASHA's time attribute
+                f"best_{metric}": best[f"best_{metric}"], metric: scores[metric],
                 "step": step,
                 **scores, **best, **family.eval_metrics(), **logged,
                 **{k: v / max(n_steps, 1) for k, v in running.items()},

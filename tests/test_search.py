@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +51,12 @@ def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_pa
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Leaderboard" in out.stdout
     exp = tmp_path / "quickstart-smoke"
+    # The console: Ray's trial table leads with the epoch and the running best, and each finished
+    # trial gets one line with its status and best.
+    header = [line for line in out.stdout.splitlines() if "Trial name" in line][-1].strip("│ ")
+    assert header.split()[-4:] == ["epoch", "best_fid", "fid", "step"], header
+    ended = re.findall(r"^Trial (cyclegan_\w+) (completed|stopped early), best fid [\d.]+ at epoch \d", out.stdout, re.M)
+    assert len(ended) == 2, out.stdout[-3000:]
 
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(board) == 2
