@@ -212,7 +212,7 @@ def test_folder_errors_name_the_directory_and_the_layout(tmp_path):
         prepare_data(cfg, tmp_path / "cache", progress=quiet)
 
     (root / "test/photo/broken.jpg").write_bytes(b"\xff\xd8\xff")
-    with pytest.raises(DataError, match=r"None of the 1 files of test/photo could be read"):
+    with pytest.raises(DataError, match=r"None of the 1 files of test/photo could be used \(1 unreadable, 0 smaller than 8 px"):
         prepare_data(cfg, tmp_path / "cache", progress=quiet)
     assert not list((tmp_path / "cache/prepared").iterdir())  # nothing half-prepared left behind
 
@@ -408,7 +408,7 @@ def test_kaggle_unreachable_explains_the_manual_route(tmp_path):
         port = probe.getsockname()[1]
     result = _download_in_subprocess(tmp_path, port)
     assert result.returncode == 0, result.stderr
-    assert "DataError: Kaggle could not be reached to download gan-getting-started" in result.stdout
+    assert "DataError: Kaggle could not be reached to download the competition gan-getting-started" in result.stdout
     assert "gan-getting-started.zip" in result.stdout and "data.source=folder" in result.stdout
 
 
