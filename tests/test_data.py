@@ -370,14 +370,19 @@ class _Kaggle(http.server.BaseHTTPRequestHandler):
     dataset whose terms) were not accepted (403), or for a name it does not know (404)."""
 
     status = 403
+    archive = b""  # status 200: the zip to serve
     requests: list[tuple[str, str]] = []
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         _Kaggle.requests.append((self.path, self.headers.get("Authorization", "")))
-        body = json.dumps({"code": self.status, "message": "You must accept this competition's rules."}).encode()
+        if self.status == 200:
+            body, kind = self.archive, "application/zip"
+        else:
+            body = json.dumps({"code": self.status, "message": "You must accept this competition's rules."}).encode()
+            kind = "application/json"
         self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -449,6 +454,25 @@ def test_kaggle_dataset_403_and_404_say_accept_the_terms_or_check_the_name(tmp_p
 
     result = _against_local_kaggle(tmp_path / "b", 404, "dataset")
     assert result.stdout.startswith("DataError: Kaggle has no dataset 'steubk/wikiart' (HTTP 404). Check data.dataset")
+
+
+def test_kaggle_dataset_zip_is_downloaded_by_the_client_then_used_offline(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("Impressionism/a.jpg", _jpeg_bytes())
+    _Kaggle.archive = buffer.getvalue()
+    result = _against_local_kaggle(tmp_path, 200, "dataset")
+    assert "DataError" not in result.stdout
+    (path, _), = _Kaggle.requests
+    assert path.endswith("/datasets.DatasetApiService/DownloadDataset")
+    download = tmp_path / "download"
+    assert sorted(p.name for p in download.iterdir()) == ["wikiart.zip"]  # no .kaggle-partial marker left
+    assert (download / "wikiart.zip").read_bytes() == _Kaggle.archive
+    messages = []
+    from core.data.kaggle import fetch_dataset
+
+    assert fetch_dataset("steubk/wikiart", download, progress=messages.append) == download / "wikiart.zip"
+    assert messages == [f"Using the Kaggle dataset zip already in {download / 'wikiart.zip'}"]
 
 
 def test_kaggle_unreachable_explains_the_manual_route(tmp_path):

@@ -442,7 +442,10 @@ def _materialize(plan: dict[str, list[_Item]], class_names: tuple[str, ...], roo
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
             for split in SPLITS:
                 items = plan[split]
-                progress(f"Preparing {len(items)} images for {split} ({load_size} px) in {root}")
+                if not items:  # kaggle_dataset without data.photos: paintings only
+                    progress(f"No images for {split}: the data section selects none (data.photos)")
+                else:
+                    progress(f"Preparing {len(items)} images for {split} ({load_size} px) in {root}")
                 write = partial(_write_image, folder=tmp, load_size=load_size, min_side=min_side)
                 # A progress bar on a terminal only (tqdm's disable=None): silent in logs and tests.
                 results = list(tqdm(pool.map(write, items), total=len(items), desc=f"  {split}", unit="img",
