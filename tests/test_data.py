@@ -232,7 +232,8 @@ def test_images_far_below_the_training_size_are_skipped_and_counted(tmp_path, ca
     _save(root / "test/photo/tiny.jpg", Image.new("RGB", (3, 90)))
     cfg = DataConfig(source="folder", root=str(root), image_size=64)  # load_size 72; minimum 16 px
     data = prepare_data(cfg, tmp_path / "cache")
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert err == ""  # no progress bar when stderr is not a terminal
     assert "skipped 2 images smaller than 16 px (shorter side; a quarter of data.image_size) in train/monet: " \
            "dot.png, strip.png" in out
     assert "skipped 1 images smaller than 16 px" in out and "in test/photo: tiny.jpg" in out

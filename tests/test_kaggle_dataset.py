@@ -205,6 +205,11 @@ def test_selection_errors_name_what_exists(wikiart, tmp_path):
     with pytest.raises(DataError, match=r"has no labels\.csv \(data.label_csv\); its CSV files: classes.csv, wclasses.csv"):
         prepare_data(_wikiart_cfg(folder, "data.label_csv=labels.csv").data, tmp_path / "cache", progress=quiet)
 
+    with pytest.raises(DataError, match=r"data.classes 'nudes' gets no images from wikiart.zip \(by wclasses.csv "
+                                        r"column 'genre'"):
+        prepare_data(_wikiart_cfg(folder, "data.classes={portrait: [6], nudes: [55]}").data, tmp_path / "cache",
+                     progress=quiet)
+
     with pytest.raises(ConfigError, match="needs data.dataset as owner/name"):
         _wikiart_cfg(folder, "data.dataset=wikiart")
     with pytest.raises(ConfigError, match="under more than one class"):

@@ -146,6 +146,9 @@ def _prepare(data_cfg, cache_dir: Path, progress: Callable[[str], None],
         plan, class_names, identity = _kaggle_plan(folder.resolve(), data_cfg)
         parent = cache_dir / "prepared"
     elif data_cfg.source == "kaggle_dataset":
+        errors = data_cfg._validate_dataset_selection()  # also when the DataConfig was built in code
+        if errors:
+            raise DataError("; ".join(errors))
         folder = (Path(data_cfg.root).expanduser() if data_cfg.root
                   else cache_dir / "kaggle" / "datasets" / data_cfg.dataset)
         archive = fetch_dataset(data_cfg.dataset, folder, data_cfg.force_download, progress)
@@ -292,20 +295,18 @@ def _dataset_plan(archive: Path, cfg, open_files: contextlib.ExitStack,
     else:
         paintings = sorted({m for folder in cfg.include for m in under(folder)} - photo_set)
 
-    # Class labels: each painting's (one) class name, or None when it belongs to none (left out).
+    # Class labels: painting -> the set of class names it falls into (exactly one: kept).
     if cfg.label_csv:
         by_path = _csv_labels(zf, archive, cfg)
         value_to_class = ({str(value): name for name, values in cfg.classes.items() for value in _as_list(values)}
                           if cfg.classes else None)
-        unlisted, labels = 0, {}
+        labels = {}
         for m in paintings:
             values = by_path.get(m.as_posix())
-            if values is None:
-                unlisted += 1
-                continue
-            labels[m] = {value_to_class.get(v) for v in values} - {None} if value_to_class else set(values)
-        if unlisted:
-            progress(f"left out {unlisted} images that {cfg.label_csv} does not list")
+            if values is not None:
+                labels[m] = {value_to_class.get(v) for v in values} - {None} if value_to_class else set(values)
+        if len(labels) < len(paintings):
+            progress(f"left out {len(paintings) - len(labels)} images that {cfg.label_csv} does not list")
     elif cfg.classes:
         for folder in (f for values in cfg.classes.values() for f in _as_list(values)):
             under(folder)  # every folder a class names must exist
@@ -317,18 +318,25 @@ def _dataset_plan(archive: Path, cfg, open_files: contextlib.ExitStack,
             base = next((PurePosixPath(f) for f in cfg.include or [] if _is_under(m, f)), PurePosixPath())
             rest = m.relative_to(base).parts
             labels[m] = {rest[0] if len(rest) > 1 else base.name} - {""}
-    ambiguous = [m for m in paintings if len(labels.get(m, ())) > 1]
+    ambiguous = [m for m, names in labels.items() if len(names) > 1]
     if ambiguous:
         progress(f"left out {len(ambiguous)} images that fall into more than one class, e.g. {ambiguous[0]} "
                  f"({', '.join(sorted(labels[ambiguous[0]]))})")
-    chosen = {m: next(iter(labels[m])) for m in paintings if len(labels.get(m, ())) == 1}
-    unlabelled = [m for m in paintings if m not in labels or not labels[m]] if not (cfg.classes or cfg.label_csv) else []
+    chosen = {m: next(iter(names)) for m, names in labels.items() if len(names) == 1}
+    # Without a class rule, an image at the zip's top level has no folder to name its class: it is
+    # unlabelled (-1), like a file outside the class sub-folders of a folder source.
+    unlabelled = [m for m, names in labels.items() if not names] if not (cfg.classes or cfg.label_csv) else []
+    if cfg.classes:
+        empty = [name for name in cfg.classes if name not in chosen.values()]
+        if empty:
+            rule = f"{cfg.label_csv} column {cfg.label_column!r}" if cfg.label_csv else "the folders data.classes names"
+            raise DataError(f"data.classes {', '.join(map(repr, empty))} gets no images from {archive.name} "
+                            f"(by {rule}, among the images under data.include). Check its folders or values "
+                            f"against the dataset's files.")
+    elif not chosen and not unlabelled:
+        raise DataError(f"{archive.name} has no images to take as paintings (data.include, data.label_csv). "
+                        f"Check them against the dataset's files.")
     class_names = tuple(sorted(set(chosen.values())))
-    if not chosen and not unlabelled:
-        raise DataError(f"The data section selects no paintings from {archive.name}: no image under "
-                        f"data.include falls into a class of data.classes"
-                        f"{' (by ' + cfg.label_csv + ' column ' + cfg.label_column + ')' if cfg.label_csv else ''}. "
-                        f"Check the folder names and class values against the dataset's files.")
 
     # Per-class cap: a seeded pick from each class, kept in sorted order.
     by_class: dict[int, list[PurePosixPath]] = {}
