@@ -64,7 +64,7 @@ class DataConfig:
         if self.source == "folder" and not self.root:
             errors.append("data.source 'folder' needs data.root: a directory with train/monet, train/photo, test/photo")
         if self.source == "kaggle_dataset":
-            errors.extend(self._validate_dataset_selection())
+            errors.extend(self.dataset_selection_errors())
         if self.image_size < 16 or self.image_size % 4:
             errors.append(f"data.image_size must be a multiple of 4 and >= 16, got {self.image_size}")
         if self.load_size is not None and self.load_size < self.image_size:
@@ -75,7 +75,7 @@ class DataConfig:
             errors.append(f"data.builtin_count must be >= 8, got {self.builtin_count}")
         return errors
 
-    def _validate_dataset_selection(self) -> list[str]:
+    def dataset_selection_errors(self) -> list[str]:
         errors = []
         if not self.dataset or self.dataset.count("/") != 1 or not all(self.dataset.split("/")):
             errors.append(f"data.source 'kaggle_dataset' needs data.dataset as owner/name (the end of the dataset's "

@@ -146,7 +146,7 @@ def _prepare(data_cfg, cache_dir: Path, progress: Callable[[str], None],
         plan, class_names, identity = _kaggle_plan(folder.resolve(), data_cfg)
         parent = cache_dir / "prepared"
     elif data_cfg.source == "kaggle_dataset":
-        errors = data_cfg._validate_dataset_selection()  # also when the DataConfig was built in code
+        errors = data_cfg.dataset_selection_errors()  # also when the DataConfig was built in code
         if errors:
             raise DataError("; ".join(errors))
         folder = (Path(data_cfg.root).expanduser() if data_cfg.root
@@ -355,9 +355,9 @@ def _dataset_plan(archive: Path, cfg, open_files: contextlib.ExitStack,
                 for (m, label), dest in zip(pairs, dests)]
 
     monet = sorted([(m, label) for label, ms in by_class.items() for m in ms] + [(m, -1) for m in unlabelled])
-    test = set(_test_indices(len(photos), cfg.test_fraction, cfg.split_seed)) if len(photos) >= 2 else set()
     if len(photos) == 1:
         raise DataError(f"data.photos selects a single photo in {archive.name}; a train/test split needs at least 2.")
+    test = set(_test_indices(len(photos), cfg.test_fraction, cfg.split_seed)) if photos else set()
     plan = {"train/monet": items("train/monet", monet),
             "train/photo": items("train/photo", [(m, -1) for i, m in enumerate(photos) if i not in test]),
             "test/photo": items("test/photo", [(m, -1) for i, m in enumerate(photos) if i in test])}
