@@ -37,23 +37,23 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     source: str = "builtin"              # builtin | folder | kaggle | kaggle_dataset
-    root: str | None = None              # folder: dir with train/monet, train/photo, test/photo; kaggle, kaggle_dataset: download dir
-    image_size: int = 256                # px, square side the networks see (sources skip images under a quarter of it)
+    root: str | None = None              # folder: dir with train/monet, train/photo, test/photo; kaggle*: download dir
+    image_size: int = 256                # px, square side the networks see (images under a quarter of it are skipped)
     load_size: int | None = None         # px, resize before the random crop; None = image_size * 286/256 (paper)
     random_crop: bool = True             # augmentation: resize to load_size, random crop to image_size
     flip: bool = True                    # augmentation: random horizontal flip
-    test_fraction: float = 0.1           # kaggle/builtin/kaggle_dataset: share of photos held out as test/photo (scored)
+    test_fraction: float = 0.1           # kaggle*, builtin: share of photos held out as test/photo (scored)
     split_seed: int = 0                  # seed of the reproducible train/test split (and of every capped pick)
     max_images: int | None = None        # cap per domain after the split (smoke tests); None = all
     builtin_count: int = 300             # builtin: images per domain (photos and paintings)
     competition: str = "gan-getting-started"  # kaggle: competition slug
     dataset: str | None = None           # kaggle_dataset: owner/name as in kaggle.com/datasets/owner/name
-    include: list[str] | None = None     # kaggle_dataset: folders in the dataset whose images are the paintings; None = all
-    classes: dict | None = None          # kaggle_dataset: class label -> folder(s), or label_column value(s); None = sub-folders
+    include: list[str] | None = None     # kaggle_dataset: folders of the dataset holding the paintings; None = all
+    classes: dict | None = None          # kaggle_dataset: label -> folder(s) or label_column values; None = sub-folders
     label_csv: str | None = None         # kaggle_dataset: CSV in the dataset that labels the images (e.g. wclasses.csv)
     label_column: str = "genre"          # kaggle_dataset: the column of label_csv holding the label
     photos: list[str] | None = None      # kaggle_dataset: folders of photos (split by test_fraction); None = no photos
-    per_class: int | None = None         # kaggle_dataset: at most this many paintings per class (seeded pick); None = all
+    per_class: int | None = None         # kaggle_dataset: at most this many paintings per class (seeded); None = all
     force_download: bool = False         # kaggle, kaggle_dataset: download again even if present
     num_workers: int = 0                 # DataLoader worker processes per trial
 

@@ -447,7 +447,8 @@ def test_kaggle_403_explains_how_to_accept_the_rules(tmp_path):
 def test_kaggle_dataset_403_and_404_say_accept_the_terms_or_check_the_name(tmp_path):
     result = _against_local_kaggle(tmp_path / "a", 403, "dataset")
     assert result.stdout.startswith("DataError: Kaggle refused to download the dataset steubk/wikiart (HTTP 403)")
-    assert "accepted the dataset's terms" in result.stdout and "https://www.kaggle.com/datasets/steubk/wikiart" in result.stdout
+    assert "accepted the dataset's terms" in result.stdout
+    assert "Open https://www.kaggle.com/datasets/steubk/wikiart" in result.stdout
     (path, auth), = _Kaggle.requests
     assert path.endswith("/datasets.DatasetApiService/DownloadDataset")
     assert base64.b64decode(auth.removeprefix("Basic ")).decode() == f"painter:{SECRET}"

@@ -119,7 +119,8 @@ def test_wikiart_genres_become_labelled_folders_and_the_conditional_vae_trains_o
     weights = [*family.encoder.parameters(), *family.decoder.parameters()]
     before = [w.detach().clone() for w in weights]
     losses = family.train_step((images, labels))
-    assert set(losses) >= {"loss", "loss_recon", "loss_kl"} and all(map(torch.isfinite, torch.tensor(list(losses.values()))))
+    assert set(losses) >= {"loss", "loss_recon", "loss_kl"}
+    assert torch.isfinite(torch.tensor(list(losses.values()))).all()
     assert all(not torch.equal(a, b) for a, b in zip(before, weights) if a.dim() > 1)  # every conv/linear moved
     samples = family.sample(3, label=chosen.index("landscape"))
     assert samples.shape == (3, 3, 32, 32) and samples.dtype == torch.uint8
@@ -202,7 +203,8 @@ def test_selection_errors_name_what_exists(wikiart, tmp_path):
         prepare_data(_wikiart_cfg(folder, "data.label_column=genres").data, tmp_path / "cache", progress=quiet)
     assert "no column 'genres' (data.label_column); its columns: file, artist, genre, style" in str(column.value)
 
-    with pytest.raises(DataError, match=r"has no labels\.csv \(data.label_csv\); its CSV files: classes.csv, wclasses.csv"):
+    with pytest.raises(DataError, match=r"has no labels\.csv \(data.label_csv\); its CSV files: classes.csv, "
+                                        r"wclasses.csv"):
         prepare_data(_wikiart_cfg(folder, "data.label_csv=labels.csv").data, tmp_path / "cache", progress=quiet)
 
     with pytest.raises(DataError, match=r"data.classes 'nudes' gets no images from wikiart.zip \(by wclasses.csv "
