@@ -36,26 +36,35 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    source: str = "builtin"              # builtin | folder | kaggle
-    root: str | None = None              # folder: dir with train/monet, train/photo, test/photo; kaggle: download dir
-    image_size: int = 256                # px, square side the networks see
+    source: str = "builtin"              # builtin | folder | kaggle | kaggle_dataset
+    root: str | None = None              # folder: dir with train/monet, train/photo, test/photo; kaggle*: download dir
+    image_size: int = 256                # px, square side the networks see (images under a quarter of it are skipped)
     load_size: int | None = None         # px, resize before the random crop; None = image_size * 286/256 (paper)
     random_crop: bool = True             # augmentation: resize to load_size, random crop to image_size
     flip: bool = True                    # augmentation: random horizontal flip
-    test_fraction: float = 0.1           # kaggle/builtin: share of photos held out as test/photo (scored)
-    split_seed: int = 0                  # seed of the reproducible train/test split
+    test_fraction: float = 0.1           # kaggle*, builtin: share of photos held out as test/photo (scored)
+    split_seed: int = 0                  # seed of the reproducible train/test split (and of every capped pick)
     max_images: int | None = None        # cap per domain after the split (smoke tests); None = all
     builtin_count: int = 300             # builtin: images per domain (photos and paintings)
     competition: str = "gan-getting-started"  # kaggle: competition slug
-    force_download: bool = False         # kaggle: download again even if present
+    dataset: str | None = None           # kaggle_dataset: owner/name as in kaggle.com/datasets/owner/name
+    include: list[str] | None = None     # kaggle_dataset: folders of the dataset holding the paintings; None = all
+    classes: dict | None = None          # kaggle_dataset: label -> folder(s) or label_column values; None = sub-folders
+    label_csv: str | None = None         # kaggle_dataset: CSV in the dataset that labels the images (e.g. wclasses.csv)
+    label_column: str = "genre"          # kaggle_dataset: the column of label_csv holding the label
+    photos: list[str] | None = None      # kaggle_dataset: folders of photos (split by test_fraction); None = no photos
+    per_class: int | None = None         # kaggle_dataset: at most this many paintings per class (seeded); None = all
+    force_download: bool = False         # kaggle, kaggle_dataset: download again even if present
     num_workers: int = 0                 # DataLoader worker processes per trial
 
     def validate(self) -> list[str]:
         errors = []
-        if self.source not in ("builtin", "folder", "kaggle"):
-            errors.append(f"data.source must be builtin, folder or kaggle, got {self.source!r}")
+        if self.source not in ("builtin", "folder", "kaggle", "kaggle_dataset"):
+            errors.append(f"data.source must be builtin, folder, kaggle or kaggle_dataset, got {self.source!r}")
         if self.source == "folder" and not self.root:
             errors.append("data.source 'folder' needs data.root: a directory with train/monet, train/photo, test/photo")
+        if self.source == "kaggle_dataset":
+            errors.extend(self.dataset_selection_errors())
         if self.image_size < 16 or self.image_size % 4:
             errors.append(f"data.image_size must be a multiple of 4 and >= 16, got {self.image_size}")
         if self.load_size is not None and self.load_size < self.image_size:
@@ -64,6 +73,29 @@ class DataConfig:
             errors.append(f"data.test_fraction must be between 0 and 1, got {self.test_fraction}")
         if self.builtin_count < 8:
             errors.append(f"data.builtin_count must be >= 8, got {self.builtin_count}")
+        return errors
+
+    def dataset_selection_errors(self) -> list[str]:
+        errors = []
+        if not self.dataset or self.dataset.count("/") != 1 or not all(self.dataset.split("/")):
+            errors.append(f"data.source 'kaggle_dataset' needs data.dataset as owner/name (the end of the dataset's "
+                          f"address kaggle.com/datasets/owner/name, e.g. steubk/wikiart), got {self.dataset!r}")
+        for key in ("include", "photos"):
+            folders = getattr(self, key)
+            if folders is not None and (not folders or not all(isinstance(f, str) and f.strip("/") for f in folders)):
+                errors.append(f"data.{key} must be a non-empty list of folder names in the dataset, got {folders!r}")
+        if self.classes is not None:
+            values = [v for vs in self.classes.values() for v in (vs if isinstance(vs, list) else [vs])]
+            bad = [str(name) for name in self.classes if not isinstance(name, str) or not name
+                   or "/" in name or name.startswith(".")]
+            if not self.classes or bad:
+                errors.append(f"data.classes must map class labels (folder-safe names: no '/', not starting with "
+                              f"'.') to folders or label values, got {self.classes!r}")
+            elif len(values) != len(set(map(str, values))):
+                errors.append("data.classes names a folder or label value under more than one class; give each "
+                              "to one class")
+        if self.per_class is not None and self.per_class < 1:
+            errors.append(f"data.per_class must be >= 1 or null, got {self.per_class}")
         return errors
 
     @property

@@ -2,6 +2,7 @@
 
     python experiments/prepare_data.py --space search_spaces/quickstart.yaml
     python experiments/prepare_data.py --space search_spaces/cyclegan.yaml --force-download data.max_images=50
+    python experiments/prepare_data.py --space search_spaces/vae_wikiart.yaml   # a Kaggle dataset, by genre
 
 Running it before a search is optional (the search prepares the data too), but it surfaces data
 problems (credentials, rules, unreadable files) before any trial starts.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -22,7 +24,8 @@ from core.data import SPLITS, DataError, prepare_data  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", required=True, help="experiment YAML, e.g. search_spaces/quickstart.yaml")
-    parser.add_argument("--force-download", action="store_true", help="kaggle: download the competition again")
+    parser.add_argument("--force-download", action="store_true",
+                        help="kaggle, kaggle_dataset: download the competition or dataset again")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.image_size=64")
     args = parser.parse_args(argv)
 
@@ -38,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  fingerprint {data.fingerprint}, images {data.load_size} px (short side), "
           f"networks see {data.image_size} px crops")
     for split in SPLITS:
-        skipped = f", {data.skipped[split]} unreadable files skipped" if data.skipped[split] else ""
+        skipped = f", {data.skipped[split]} files skipped (unreadable or too small)" if data.skipped[split] else ""
         print(f"  {split:12s} {data.count(split):6d} images{skipped}")
-    print(f"  classes: {', '.join(data.class_names) if data.class_names else 'none (flat folders)'}")
+    if data.class_names:
+        counts = Counter(label for _, label in data.files["train/monet"])
+        print("  classes (train/monet): " + ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data.class_names)))
+    else:
+        print("  classes: none (flat folders)")
     return 0
 
 

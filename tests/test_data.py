@@ -212,12 +212,39 @@ def test_folder_errors_name_the_directory_and_the_layout(tmp_path):
         prepare_data(cfg, tmp_path / "cache", progress=quiet)
 
     (root / "test/photo/broken.jpg").write_bytes(b"\xff\xd8\xff")
-    with pytest.raises(DataError, match=r"None of the 1 files of test/photo could be read"):
+    with pytest.raises(DataError, match=r"None of the 1 files of test/photo could be used \(1 unreadable, 0 smaller than 8 px"):
         prepare_data(cfg, tmp_path / "cache", progress=quiet)
     assert not list((tmp_path / "cache/prepared").iterdir())  # nothing half-prepared left behind
 
     with pytest.raises(DataError, match="has no manifest.json"):
         load_prepared(root)
+
+
+def test_images_far_below_the_training_size_are_skipped_and_counted(tmp_path, capsys):
+    """Below a quarter of data.image_size (at least 8 px) on the shorter side, an image would be
+    upscaled into a blur: skipped and counted like an unreadable file, in every split."""
+    root = tmp_path / "data"
+    _save(root / "train/monet/dot.png", Image.new("RGB", (1, 1), (200, 0, 0)))
+    _save(root / "train/monet/strip.png", Image.new("RGB", (64, 15), (0, 200, 0)))  # 15 < 64 / 4
+    _save(root / "train/monet/ok.png", Image.new("RGB", (16, 40), (0, 0, 200)))      # exactly 16: kept
+    _save(root / "train/photo/p.jpg", Image.new("RGB", (70, 70)))
+    _save(root / "test/photo/t.jpg", Image.new("RGB", (70, 70)))
+    _save(root / "test/photo/tiny.jpg", Image.new("RGB", (3, 90)))
+    cfg = DataConfig(source="folder", root=str(root), image_size=64)  # load_size 72; minimum 16 px
+    data = prepare_data(cfg, tmp_path / "cache")
+    out, err = capsys.readouterr()
+    assert err == ""  # no progress bar when stderr is not a terminal
+    assert "skipped 2 images smaller than 16 px (shorter side; a quarter of data.image_size) in train/monet: " \
+           "dot.png, strip.png" in out
+    assert "skipped 1 images smaller than 16 px" in out and "in test/photo: tiny.jpg" in out
+    assert data.skipped == {"train/monet": 2, "train/photo": 0, "test/photo": 1}
+    assert data.files["train/monet"] == [("train/monet/ok.png", -1)]
+    assert data.files["test/photo"] == [("test/photo/t.png", -1)]
+
+    (root / "train/monet/ok.png").unlink()
+    with pytest.raises(DataError, match=r"None of the 2 files of train/monet could be used \(0 unreadable, 2 "
+                                        r"smaller than 16 px"):
+        prepare_data(cfg, tmp_path / "cache", progress=quiet)
 
 
 # --- transforms and datasets -----------------------------------------------------------------------
@@ -339,17 +366,24 @@ def test_kaggle_credential_sources(no_kaggle_credentials, monkeypatch):
     assert credential_source() == "the KAGGLE_API_TOKEN environment variable"
 
 
-class _Forbidden(http.server.BaseHTTPRequestHandler):
-    """Answers every request like Kaggle does for a competition whose rules were not accepted."""
+class _Kaggle(http.server.BaseHTTPRequestHandler):
+    """Answers every request with `status`, like Kaggle does for a competition whose rules (or a
+    dataset whose terms) were not accepted (403), or for a name it does not know (404)."""
 
+    status = 403
+    archive = b""  # status 200: the zip to serve
     requests: list[tuple[str, str]] = []
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        _Forbidden.requests.append((self.path, self.headers.get("Authorization", "")))
-        body = json.dumps({"code": 403, "message": "You must accept this competition's rules."}).encode()
-        self.send_response(403)
-        self.send_header("Content-Type", "application/json")
+        _Kaggle.requests.append((self.path, self.headers.get("Authorization", "")))
+        if self.status == 200:
+            body, kind = self.archive, "application/zip"
+        else:
+            body = json.dumps({"code": self.status, "message": "You must accept this competition's rules."}).encode()
+            kind = "application/json"
+        self.send_response(self.status)
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -358,13 +392,13 @@ class _Forbidden(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _download_in_subprocess(tmp: Path, proxy_port: int) -> subprocess.CompletedProcess:
-    """Run fetch_competition in a fresh interpreter with the real kaggle client and credentials
-    from a temporary KAGGLE_CONFIG_DIR. KAGGLE_API_ENVIRONMENT=LOCALHOST (read by the client when
-    it is imported, hence the subprocess) makes it call http://localhost, and HTTP_PROXY sends
-    that plain-HTTP request to 127.0.0.1:proxy_port: no network, no patching."""
+def _download_in_subprocess(tmp: Path, proxy_port: int, fetch: str = "competition") -> subprocess.CompletedProcess:
+    """Run fetch_competition (or fetch_dataset) in a fresh interpreter with the real kaggle client
+    and credentials from a temporary KAGGLE_CONFIG_DIR. KAGGLE_API_ENVIRONMENT=LOCALHOST (read by
+    the client when it is imported, hence the subprocess) makes it call http://localhost, and
+    HTTP_PROXY sends that plain-HTTP request to 127.0.0.1:proxy_port: no network, no patching."""
     config = tmp / "kaggle-config"
-    config.mkdir()
+    config.mkdir(parents=True)
     (config / "kaggle.json").write_text(json.dumps({"username": "painter", "key": SECRET}))
     (config / "kaggle.json").chmod(0o600)
     (tmp / "home").mkdir()
@@ -372,34 +406,75 @@ def _download_in_subprocess(tmp: Path, proxy_port: int) -> subprocess.CompletedP
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp / "home"), "PYTHONPATH": str(REPO),
            "KAGGLE_CONFIG_DIR": str(config), "KAGGLE_API_ENVIRONMENT": "LOCALHOST",
            "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+    call = {"competition": "fetch_competition('gan-getting-started', Path(sys.argv[1]), progress=lambda m: None)",
+            "dataset": "fetch_dataset('steubk/wikiart', Path(sys.argv[1]), progress=lambda m: None)"}[fetch]
     script = ("import sys; from pathlib import Path\n"
               "from core.data import DataError\n"
-              "from core.data.kaggle import fetch_competition\n"
+              "from core.data.kaggle import fetch_competition, fetch_dataset\n"
               "try:\n"
-              "    fetch_competition('gan-getting-started', Path(sys.argv[1]), progress=lambda m: None)\n"
+              f"    {call}\n"
               "except DataError as e:\n"
               "    print('DataError:', e)\n")
     return subprocess.run([sys.executable, "-c", script, str(tmp / "download")], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
-def test_kaggle_403_explains_how_to_accept_the_rules(tmp_path):
-    _Forbidden.requests.clear()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forbidden)
+def _against_local_kaggle(tmp: Path, status: int, fetch: str) -> subprocess.CompletedProcess:
+    _Kaggle.status = status
+    _Kaggle.requests.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Kaggle)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        result = _download_in_subprocess(tmp_path, server.server_address[1])
+        result = _download_in_subprocess(tmp, server.server_address[1], fetch)
     finally:
         server.shutdown()
     assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    return result
+
+
+def test_kaggle_403_explains_how_to_accept_the_rules(tmp_path):
+    result = _against_local_kaggle(tmp_path, 403, "competition")
     assert "DataError:" in result.stdout and "HTTP 403" in result.stdout
     assert "https://www.kaggle.com/competitions/gan-getting-started/rules" in result.stdout
     assert "accept the rules" in result.stdout
-    assert SECRET not in result.stdout + result.stderr
     # The real client made the download call, authenticated with the key from KAGGLE_CONFIG_DIR.
-    (path, auth), = _Forbidden.requests
+    (path, auth), = _Kaggle.requests
     assert path.endswith("/competitions.CompetitionApiService/DownloadDataFiles")
     assert base64.b64decode(auth.removeprefix("Basic ")).decode() == f"painter:{SECRET}"
+
+
+def test_kaggle_dataset_403_and_404_say_accept_the_terms_or_check_the_name(tmp_path):
+    result = _against_local_kaggle(tmp_path / "a", 403, "dataset")
+    assert result.stdout.startswith("DataError: Kaggle refused to download the dataset steubk/wikiart (HTTP 403)")
+    assert "accepted the dataset's terms" in result.stdout
+    assert "Open https://www.kaggle.com/datasets/steubk/wikiart" in result.stdout
+    (path, auth), = _Kaggle.requests
+    assert path.endswith("/datasets.DatasetApiService/DownloadDataset")
+    assert base64.b64decode(auth.removeprefix("Basic ")).decode() == f"painter:{SECRET}"
+    assert not (tmp_path / "a/download/wikiart.zip").exists()
+
+    result = _against_local_kaggle(tmp_path / "b", 404, "dataset")
+    assert result.stdout.startswith("DataError: Kaggle has no dataset 'steubk/wikiart' (HTTP 404). Check data.dataset")
+
+
+def test_kaggle_dataset_zip_is_downloaded_by_the_client_then_used_offline(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("Impressionism/a.jpg", _jpeg_bytes())
+    _Kaggle.archive = buffer.getvalue()
+    result = _against_local_kaggle(tmp_path, 200, "dataset")
+    assert "DataError" not in result.stdout
+    (path, _), = _Kaggle.requests
+    assert path.endswith("/datasets.DatasetApiService/DownloadDataset")
+    download = tmp_path / "download"
+    assert sorted(p.name for p in download.iterdir()) == ["wikiart.zip"]  # no .kaggle-partial marker left
+    assert (download / "wikiart.zip").read_bytes() == _Kaggle.archive
+    messages = []
+    from core.data.kaggle import fetch_dataset
+
+    assert fetch_dataset("steubk/wikiart", download, progress=messages.append) == download / "wikiart.zip"
+    assert messages == [f"Using the Kaggle dataset zip already in {download / 'wikiart.zip'}"]
 
 
 def test_kaggle_unreachable_explains_the_manual_route(tmp_path):
@@ -408,7 +483,7 @@ def test_kaggle_unreachable_explains_the_manual_route(tmp_path):
         port = probe.getsockname()[1]
     result = _download_in_subprocess(tmp_path, port)
     assert result.returncode == 0, result.stderr
-    assert "DataError: Kaggle could not be reached to download gan-getting-started" in result.stdout
+    assert "DataError: Kaggle could not be reached to download the competition gan-getting-started" in result.stdout
     assert "gan-getting-started.zip" in result.stdout and "data.source=folder" in result.stdout
 
 

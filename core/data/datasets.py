@@ -58,6 +58,11 @@ class ImageDataset(Dataset):
         if split not in SPLITS:
             raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if not prepared.files[split]:
+            if split != "train/monet" and not any(prepared.files[s] for s in SPLITS if s != "train/monet"):
+                # kaggle_dataset without data.photos: paintings only, which CycleGAN cannot translate from.
+                raise DataError(f"The data in {prepared.root} has no photos, which this model family translates. "
+                                f"With data.source kaggle_dataset, name the dataset's photo folders in "
+                                f"data.photos; or use data.source kaggle or folder.")
             raise DataError(f"{prepared.root / split} has no images; prepare the data again.")
         self.root = prepared.root
         self.split = split

@@ -1,11 +1,15 @@
-"""Download and unzip a Kaggle competition's files (by default gan-getting-started: 300 Monet
-paintings and 7038 photos, 256 x 256 JPEG, in monet_jpg/ and photo_jpg/).
+"""Download Kaggle files: a competition's (by default gan-getting-started: 300 Monet paintings and
+7038 photos, 256 x 256 JPEG, in monet_jpg/ and photo_jpg/), unzipped; or a dataset's zip (e.g.
+steubk/wikiart), which is read in place by core/data/prepare.py (WikiArt's is about 30 GB:
+unzipping it would double that on disk).
 
     folder = fetch_competition("gan-getting-started", Path("~/.cache/paintsweep/kaggle/gan-getting-started"))
+    archive = fetch_dataset("steubk/wikiart", Path("~/.cache/paintsweep/kaggle/datasets/steubk/wikiart"))
 
-Every failure becomes a DataError that says what to do: no credentials, competition rules not
-accepted (HTTP 403; only the website can accept them), Kaggle unreachable. A zip already in the
-folder is unzipped without any network access, so a manual download works too.
+Every failure becomes a DataError that says what to do: no credentials, rules or terms not
+accepted (HTTP 403; only the website can accept them), no such competition or dataset (HTTP 404),
+Kaggle unreachable. A zip already in the folder is used without any network access, so a manual
+download works too. On a terminal the client's own download progress bar is shown.
 
 Facts about the `kaggle` package (2.2.4) this module relies on, read in its source:
 - `import kaggle` (also implied by importing `kaggle.api...`) authenticates at import time and
@@ -28,6 +32,7 @@ import os
 import shutil
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -49,9 +54,24 @@ def fetch_competition(competition: str, folder: Path, force_download: bool = Fal
         progress(f"Using the Kaggle files already in {folder}")
         return folder
     if force_download or not archive.is_file():
-        download(competition, folder, progress)
+        download(Source("competition", competition), folder, progress)
     extract(archive, folder, progress)
     return folder
+
+
+def fetch_dataset(dataset: str, folder: Path, force_download: bool = False,
+                  progress: Callable[[str], None] = print) -> Path:
+    """Make sure `folder` holds the complete zip of Kaggle dataset `dataset` ("owner/name"); return
+    its path, `<folder>/<name>.zip`. Downloads it unless it is there already (or `force_download`);
+    a zip the client left half-written (its `.kaggle-partial` marker beside it) is downloaded again."""
+    folder = Path(folder).expanduser()
+    archive = folder / f"{dataset.split('/')[-1]}.zip"
+    partial = archive.with_name(archive.name + ".kaggle-partial")  # written by the client until the download completes
+    if archive.is_file() and not partial.exists() and not force_download:
+        progress(f"Using the Kaggle dataset zip already in {archive}")
+        return archive
+    download(Source("dataset", dataset), folder, progress)
+    return archive
 
 
 def extract(archive: Path, folder: Path, progress: Callable[[str], None] = print) -> None:
@@ -74,52 +94,86 @@ def extract(archive: Path, folder: Path, progress: Callable[[str], None] = print
     (folder / EXTRACTED_MARKER).write_text("complete\n")
 
 
-def download(competition: str, folder: Path, progress: Callable[[str], None] = print) -> None:
-    """Download `<folder>/<competition>.zip` with the official client, translating its failures."""
-    rules = f"https://www.kaggle.com/competitions/{competition}/rules"
-    manual = (f"Or download the zip by hand from https://www.kaggle.com/competitions/{competition}/data "
-              f"and save it as {folder / (competition + '.zip')}: the next run unzips it without network. "
-              f"Or arrange any images as train/monet, train/photo, test/photo and use data.source=folder "
-              f"data.root=<that folder>.")
-    source = credential_source()
-    if source is None:
+@dataclass(frozen=True)
+class Source:
+    """What to download from Kaggle: a competition (slug) or a dataset ("owner/name")."""
+
+    kind: str   # "competition" | "dataset"
+    name: str
+
+    @property
+    def page(self) -> str:
+        return f"https://www.kaggle.com/{self.kind}s/{self.name}"
+
+    @property
+    def zip_name(self) -> str:  # what the client saves it as
+        return self.name.split("/")[-1] + ".zip"
+
+
+def download(source: Source, folder: Path, progress: Callable[[str], None] = print) -> None:
+    """Download `<folder>/<name>.zip` of a competition or dataset with the official client,
+    translating its failures. On a terminal the client prints its own progress bar."""
+    what = f"the {source.kind} {source.name}"
+    manual = (f"Or download the zip by hand from {source.page}"
+              f"{'/data' if source.kind == 'competition' else ''} and save it as {folder / source.zip_name}: "
+              f"the next run uses it without network. Or arrange any images as train/monet, train/photo, "
+              f"test/photo and use data.source=folder data.root=<that folder>.")
+    credentials = credential_source()
+    if credentials is None:
         config = Path(os.environ.get("KAGGLE_CONFIG_DIR") or "~/.kaggle")
         raise DataError(
-            f"No Kaggle credentials found, so {competition} cannot be downloaded. Create an API token on "
+            f"No Kaggle credentials found, so {what} cannot be downloaded. Create an API token on "
             f"kaggle.com -> Settings -> API -> Create New Token, save the downloaded kaggle.json as "
             f"{config / 'kaggle.json'} and run `chmod 600 {config / 'kaggle.json'}` (KAGGLE_CONFIG_DIR "
             f"moves that folder); or set the environment variables KAGGLE_USERNAME and KAGGLE_KEY; or "
             f"set KAGGLE_API_TOKEN to a new-style access token. " + manual)
 
     folder.mkdir(parents=True, exist_ok=True)
-    progress(f"Downloading {competition} from Kaggle into {folder} (credentials: {source}) ...")
+    progress(f"Downloading {what} from Kaggle into {folder} (credentials: {credentials}) ...")
     from requests.exceptions import HTTPError, RequestException  # installed with kaggle
 
+    # The client prints banners on import and authentication: always hidden. Its download
+    # progress bar (tqdm, on stderr) is let through when someone is watching a terminal.
+    terminal = sys.stderr.isatty()
     try:
-        with _quiet():  # the client prints banners and progress bars; we report ourselves
+        with _quiet():
             from kaggle.api.kaggle_api_extended import KaggleApi
 
             api = KaggleApi()
             api.config_dir = str(_config_dir())
             api.config = os.path.join(api.config_dir, api.config_file)
             api.authenticate()
-            api.competition_download_files(competition, path=str(folder), force=True, quiet=True)
+        with contextlib.nullcontext() if terminal else _quiet():
+            if source.kind == "competition":
+                api.competition_download_files(source.name, path=str(folder), force=True, quiet=not terminal)
+            else:
+                api.dataset_download_files(source.name, path=str(folder), force=True, quiet=not terminal)
     except SystemExit:  # authenticate() exits when it accepts none of the credentials it found
-        raise DataError(f"Kaggle did not accept the credentials from {source}. Create a new token on "
+        raise DataError(f"Kaggle did not accept the credentials from {credentials}. Create a new token on "
                         f"kaggle.com -> Settings -> API and replace them. " + manual) from None
     except HTTPError as e:
         status = e.response.status_code if e.response is not None else None
         if status == 403:
-            raise DataError(f"Kaggle refused to download {competition} (HTTP 403): this account has not "
-                            f"accepted the competition's rules, which only the website can do. Open "
-                            f"{rules}, sign in as the account of your API token, accept the rules, and "
-                            f"rerun.") from None
+            if source.kind == "competition":
+                accept = f"the competition's rules, which only the website can do. Open {source.page}/rules"
+            else:
+                accept = (f"the dataset's terms, which only the website can do. Open {source.page} (its "
+                          f"Download button asks for them)")
+            raise DataError(f"Kaggle refused to download {what} (HTTP 403): this account has not accepted "
+                            f"{accept}, sign in as the account of your API token, accept the "
+                            f"{'rules' if source.kind == 'competition' else 'terms'}, and rerun.") from None
         if status == 401:
-            raise DataError(f"Kaggle rejected the credentials from {source} (HTTP 401). Create a new token "
+            raise DataError(f"Kaggle rejected the credentials from {credentials} (HTTP 401). Create a new token "
                             f"on kaggle.com -> Settings -> API and replace them. " + manual) from None
-        raise DataError(f"Kaggle could not serve {competition}: {e}. Try again later. " + manual) from None
+        if status == 404:
+            key = "data.competition" if source.kind == "competition" else "data.dataset"
+            raise DataError(f"Kaggle has no {source.kind} {source.name!r} (HTTP 404). Check {key}: it is the "
+                            f"part of the {source.kind}'s address after kaggle.com/{source.kind}s/"
+                            f"{' (owner/name)' if source.kind == 'dataset' else ''}; open {source.page} "
+                            f"to see whether it exists.") from None
+        raise DataError(f"Kaggle could not serve {what}: {e}. Try again later. " + manual) from None
     except RequestException as e:
-        raise DataError(f"Kaggle could not be reached to download {competition}: {e}. Check the network "
+        raise DataError(f"Kaggle could not be reached to download {what}: {e}. Check the network "
                         f"connection (or the HTTPS_PROXY setting). " + manual) from None
 
 

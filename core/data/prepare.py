@@ -33,6 +33,19 @@ Sources (DataConfig.source):
 - kaggle: the competition zip, downloaded to DataConfig.root (default cache_dir/kaggle/<competition>)
   and unzipped (core/data/kaggle.py); its photos are split into train/test with split_seed and
   test_fraction; then prepared like a folder.
+- kaggle_dataset: a Kaggle dataset's zip (DataConfig.dataset, e.g. steubk/wikiart), downloaded to
+  DataConfig.root (default cache_dir/kaggle/datasets/<owner>/<name>) and read in place, never
+  unzipped. DataConfig.include picks the folders whose images are the paintings (train/monet);
+  their class labels are the sub-folders below the included folders, or DataConfig.classes maps
+  labels to folders, or to values of DataConfig.label_column in the dataset's DataConfig.label_csv
+  (WikiArt's wclasses.csv codes the genre of every painting). DataConfig.photos, if given, picks
+  folders of photos, split into train/test like the competition's; without it the photo splits
+  are empty (the VAE and WGAN-GP use paintings alone). DataConfig.per_class caps each class with a
+  seeded pick.
+
+Every source skips, and counts, files that cannot be decoded and images too small to train on:
+shorter side below min_source_side(image_size) = a quarter of data.image_size, at least 8 px
+(upscaled four times or more, an image is a blur, not a painting).
 
 DataConfig.max_images caps every split at that many images, picked by a shuffle seeded with
 split_seed (a representative subset of every class, the same on every run), for smoke tests.
@@ -40,24 +53,29 @@ split_seed (a representative subset of every class, the same on every run), for 
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import csv
 import hashlib
 import io
 import json
 import os
 import shutil
+import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from core.data import builtin
 from core.data.errors import DataError
-from core.data.kaggle import fetch_competition
+from core.data.kaggle import fetch_competition, fetch_dataset
 
 SPLITS = ("train/monet", "train/photo", "test/photo")
 MANIFEST = "manifest.json"
@@ -98,13 +116,23 @@ class _Unreadable(Exception):
     """A source file that cannot be decoded as an image."""
 
 
+def min_source_side(image_size: int) -> int:
+    """px: the shortest side a source image may have; smaller ones are skipped (see the top)."""
+    return max(image_size // 4, 8)
+
+
 # --- Entry points --------------------------------------------------------------------------------
 
 
 def prepare_data(data_cfg, cache_dir: Path, progress: Callable[[str], None] = print) -> PreparedData:
     """Materialize the data `data_cfg` (core.config.DataConfig) describes under `cache_dir`, or
     reuse it; return its description. Raises DataError for problems the user must fix."""
-    cache_dir = Path(cache_dir).expanduser()
+    with contextlib.ExitStack() as open_files:  # a kaggle_dataset's zip stays open while it is read
+        return _prepare(data_cfg, Path(cache_dir).expanduser(), progress, open_files)
+
+
+def _prepare(data_cfg, cache_dir: Path, progress: Callable[[str], None],
+             open_files: contextlib.ExitStack) -> PreparedData:
     load_size = data_cfg.resolved_load_size
     if data_cfg.source == "builtin":
         plan, class_names, identity = _builtin_plan(data_cfg)
@@ -117,20 +145,30 @@ def prepare_data(data_cfg, cache_dir: Path, progress: Callable[[str], None] = pr
         fetch_competition(data_cfg.competition, folder, data_cfg.force_download, progress)
         plan, class_names, identity = _kaggle_plan(folder.resolve(), data_cfg)
         parent = cache_dir / "prepared"
+    elif data_cfg.source == "kaggle_dataset":
+        errors = data_cfg.dataset_selection_errors()  # also when the DataConfig was built in code
+        if errors:
+            raise DataError("; ".join(errors))
+        folder = (Path(data_cfg.root).expanduser() if data_cfg.root
+                  else cache_dir / "kaggle" / "datasets" / data_cfg.dataset)
+        archive = fetch_dataset(data_cfg.dataset, folder, data_cfg.force_download, progress)
+        plan, class_names, identity = _dataset_plan(archive.resolve(), data_cfg, open_files, progress)
+        parent = cache_dir / "prepared"
     else:
-        raise DataError(f"data.source must be builtin, folder or kaggle, got {data_cfg.source!r}")
+        raise DataError(f"data.source must be builtin, folder, kaggle or kaggle_dataset, got {data_cfg.source!r}")
 
     cap = data_cfg.max_images
     if cap is not None:
         plan = {split: _cap(items, cap, data_cfg.split_seed, split) for split, items in plan.items()}
     key = _hash({"version": MANIFEST_VERSION, "source": data_cfg.source, "inputs": identity,
                  "load_size": load_size, "image_size": data_cfg.image_size,
+                 "min_side": min_source_side(data_cfg.image_size),
                  "cap": [cap, data_cfg.split_seed] if cap is not None else None})
     root = parent / key
     if (root / MANIFEST).is_file():
         prepared = load_prepared(root)
         skipped = sum(prepared.skipped.values())
-        note = f" ({skipped} unreadable source files were skipped when it was prepared)" if skipped else ""
+        note = f" ({skipped} unreadable or too small source files were skipped when it was prepared)" if skipped else ""
         progress(f"Reusing prepared data in {root}{note}")
         return prepared
     return _materialize(plan, class_names, root, data_cfg.image_size, load_size, data_cfg.source, progress)
@@ -195,14 +233,10 @@ def _folder_plan(root: Path) -> tuple[dict[str, list[_Item]], tuple[str, ...], l
 
     plan, identity = {}, []
     for split, rels in listing.items():
-        # a.jpg and a.png would both become a.png: such files keep their full name (a.jpg.png).
-        clashes = Counter(rel.with_suffix(".png") for rel in rels)
         plan[split] = []
-        for rel in rels:
-            dest = rel.with_suffix(".png") if clashes[rel.with_suffix(".png")] == 1 else rel.with_name(rel.name + ".png")
+        for rel, dest in zip(rels, _png_names(rels)):
             label = class_names.index(rel.parts[0]) if len(rel.parts) > 1 and rel.parts[0] in class_names else -1
-            plan[split].append(_Item(f"{split}/{dest.as_posix()}", label, partial(_read_file, root / split / rel),
-                                     rel.as_posix()))
+            plan[split].append(_Item(f"{split}/{dest}", label, partial(_read_file, root / split / rel), rel.as_posix()))
             stat = (root / split / rel).stat()
             identity.append([split, rel.as_posix(), stat.st_size, stat.st_mtime_ns])
     return plan, class_names, [str(root), identity]
@@ -226,6 +260,159 @@ def _kaggle_plan(folder: Path, cfg) -> tuple[dict[str, list[_Item]], tuple[str, 
     stats = [[sub, rel.as_posix(), (folder / sub / rel).stat().st_size, (folder / sub / rel).stat().st_mtime_ns]
              for sub, rels in (("monet_jpg", monets), ("photo_jpg", photos)) for rel in rels]
     return plan, (), [str(folder), cfg.split_seed, cfg.test_fraction, stats]
+
+
+def _dataset_plan(archive: Path, cfg, open_files: contextlib.ExitStack,
+                  progress: Callable[[str], None]) -> tuple[dict[str, list[_Item]], tuple[str, ...], list]:
+    """A kaggle_dataset selection, read from the dataset's zip in place: the paintings under
+    cfg.include (all, if None) labelled by folder, by cfg.classes or by cfg.label_csv, capped per
+    class -> train/monet/<class>/; the photos under cfg.photos split into train/test like the
+    competition's. Member paths are the zip's ("Impressionism/claude-monet_water-lilies.jpg")."""
+    try:
+        zf = open_files.enter_context(zipfile.ZipFile(archive))
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{archive} is not a valid zip ({e}); the download was probably interrupted. "
+                        f"Rerun with data.force_download=true (or --force-download).") from None
+    members = [PurePosixPath(name) for name in zf.namelist() if not name.endswith("/")
+               and not any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))]
+    image_suffixes = set(Image.registered_extensions())  # ".jpg", ".png", ... : every format PIL reads
+    images = sorted(m for m in members if m.suffix.lower() in image_suffixes)
+    folders = sorted({m.parts[0] for m in images if len(m.parts) > 1})
+
+    def under(folder: str) -> list[PurePosixPath]:
+        found = [m for m in images if _is_under(m, folder)]
+        if not found:
+            shown = ", ".join(folders[:40]) + (", ..." if len(folders) > 40 else "")
+            raise DataError(f"{archive.name} has no images under {folder!r} (named in the data section). "
+                            f"Folder names are paths inside the dataset, as on its Kaggle page; its top-level "
+                            f"folders with images: {shown or 'none'}.")
+        return found
+
+    photos = sorted({m for folder in cfg.photos or [] for m in under(folder)})
+    photo_set = set(photos)
+    if cfg.include is None:
+        paintings = [m for m in images if m not in photo_set]
+    else:
+        paintings = sorted({m for folder in cfg.include for m in under(folder)} - photo_set)
+
+    # Class labels: painting -> the set of class names it falls into (exactly one: kept).
+    if cfg.label_csv:
+        by_path = _csv_labels(zf, archive, cfg)
+        value_to_class = ({str(value): name for name, values in cfg.classes.items() for value in _as_list(values)}
+                          if cfg.classes else None)
+        labels = {}
+        for m in paintings:
+            values = by_path.get(m.as_posix())
+            if values is not None:
+                labels[m] = {value_to_class.get(v) for v in values} - {None} if value_to_class else set(values)
+        if len(labels) < len(paintings):
+            progress(f"left out {len(paintings) - len(labels)} images that {cfg.label_csv} does not list")
+    elif cfg.classes:
+        for folder in (f for values in cfg.classes.values() for f in _as_list(values)):
+            under(folder)  # every folder a class names must exist
+        labels = {m: {name for name, values in cfg.classes.items() if any(_is_under(m, f) for f in _as_list(values))}
+                  for m in paintings}
+    else:  # the folder below the included one ("Apple Golden 1"), or the included folder itself ("Impressionism")
+        labels = {}
+        for m in paintings:
+            base = next((PurePosixPath(f) for f in cfg.include or [] if _is_under(m, f)), PurePosixPath())
+            rest = m.relative_to(base).parts
+            labels[m] = {rest[0] if len(rest) > 1 else base.name} - {""}
+    ambiguous = [m for m, names in labels.items() if len(names) > 1]
+    if ambiguous:
+        progress(f"left out {len(ambiguous)} images that fall into more than one class, e.g. {ambiguous[0]} "
+                 f"({', '.join(sorted(labels[ambiguous[0]]))})")
+    chosen = {m: next(iter(names)) for m, names in labels.items() if len(names) == 1}
+    # Without a class rule, an image at the zip's top level has no folder to name its class: it is
+    # unlabelled (-1), like a file outside the class sub-folders of a folder source.
+    unlabelled = [m for m, names in labels.items() if not names] if not (cfg.classes or cfg.label_csv) else []
+    if cfg.classes:
+        empty = [name for name in cfg.classes if name not in chosen.values()]
+        if empty:
+            rule = f"{cfg.label_csv} column {cfg.label_column!r}" if cfg.label_csv else "the folders data.classes names"
+            raise DataError(f"data.classes {', '.join(map(repr, empty))} gets no images from {archive.name} "
+                            f"(by {rule}, among the images under data.include). Check its folders or values "
+                            f"against the dataset's files.")
+    elif not chosen and not unlabelled:
+        raise DataError(f"{archive.name} has no images to take as paintings (data.include, data.label_csv). "
+                        f"Check them against the dataset's files.")
+    class_names = tuple(sorted(set(chosen.values())))
+
+    # Per-class cap: a seeded pick from each class, kept in sorted order.
+    by_class: dict[int, list[PurePosixPath]] = {}
+    for m in sorted(chosen):
+        by_class.setdefault(class_names.index(chosen[m]), []).append(m)
+    if cfg.per_class is not None:
+        for label, ms in by_class.items():
+            if len(ms) > cfg.per_class:
+                keep = np.random.default_rng([cfg.split_seed, label]).permutation(len(ms))[:cfg.per_class]
+                by_class[label] = [ms[i] for i in sorted(keep)]
+
+    def items(split: str, pairs: list[tuple[PurePosixPath, int]]) -> list[_Item]:
+        dests = _png_names([m for m, _ in pairs])
+        return [_Item(f"{split}/{class_names[label] + '/' if label >= 0 else ''}{dest}", label,
+                      partial(_read_member, zf, m.as_posix()), m.as_posix())
+                for (m, label), dest in zip(pairs, dests)]
+
+    monet = sorted([(m, label) for label, ms in by_class.items() for m in ms] + [(m, -1) for m in unlabelled])
+    if len(photos) == 1:
+        raise DataError(f"data.photos selects a single photo in {archive.name}; a train/test split needs at least 2.")
+    test = set(_test_indices(len(photos), cfg.test_fraction, cfg.split_seed)) if photos else set()
+    plan = {"train/monet": items("train/monet", monet),
+            "train/photo": items("train/photo", [(m, -1) for i, m in enumerate(photos) if i not in test]),
+            "test/photo": items("test/photo", [(m, -1) for i, m in enumerate(photos) if i in test])}
+    stat = archive.stat()
+    selection = {key: getattr(cfg, key) for key in ("dataset", "include", "classes", "label_csv", "label_column",
+                                                    "photos", "per_class", "split_seed", "test_fraction")}
+    return plan, class_names, [str(archive), stat.st_size, stat.st_mtime_ns, selection]
+
+
+def _csv_labels(zf: zipfile.ZipFile, archive: Path, cfg) -> dict[str, list[str]]:
+    """{member path: label values} from cfg.label_csv inside the zip. A cell may hold one value
+    ("4") or a Python-style list ("['landscape', 'portrait']"). The column naming the image is
+    the first of filename / file / path / image the CSV has."""
+    try:
+        raw = zf.read(cfg.label_csv)
+    except KeyError:
+        csvs = sorted(name for name in zf.namelist() if name.lower().endswith(".csv"))
+        raise DataError(f"{archive.name} has no {cfg.label_csv} (data.label_csv); its CSV files: "
+                        f"{', '.join(csvs) or 'none'}.") from None
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))
+    columns = reader.fieldnames or []
+    path_column = next((c for c in ("filename", "file", "path", "image") if c in columns), None)
+    if path_column is None or cfg.label_column not in columns:
+        missing = (f"no column {cfg.label_column!r} (data.label_column)" if path_column else
+                   "no column naming the image files (filename, file, path or image)")
+        raise DataError(f"{cfg.label_csv} in {archive.name} has {missing}; its columns: {', '.join(columns)}.")
+    labels = {}
+    for row in reader:
+        cell = (row.get(cfg.label_column) or "").strip()
+        if cell.startswith("["):
+            try:
+                values = [str(v).strip() for v in ast.literal_eval(cell)]
+            except (ValueError, SyntaxError):
+                values = [cell]
+        else:
+            values = [cell] if cell else []
+        labels[(row.get(path_column) or "").strip().lstrip("/")] = values
+    return labels
+
+
+def _is_under(member: PurePosixPath, folder: str) -> bool:
+    folder = folder.strip("/")
+    return member.as_posix().startswith(folder + "/") if folder else True
+
+
+def _as_list(values) -> list:
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def _png_names(rels: list[PurePosixPath] | list[Path]) -> list[str]:
+    """The prepared name of each source file: its path with .png for its suffix, except that a.jpg
+    and a.png (which would both become a.png) keep their full names (a.jpg.png)."""
+    clashes = Counter(rel.with_suffix(".png") for rel in rels)
+    return [(rel.with_suffix(".png") if clashes[rel.with_suffix(".png")] == 1 else rel.with_name(rel.name + ".png"))
+            .as_posix() for rel in rels]
 
 
 def _list_files(folder: Path) -> list[Path]:
@@ -256,24 +443,38 @@ def _materialize(plan: dict[str, list[_Item]], class_names: tuple[str, ...], roo
     """Write every image of `plan` under a temporary folder, then rename it to `root`."""
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    min_side = min_source_side(image_size)
     try:
         files, skipped, digests = {}, {}, []
         # PIL decodes, resizes and encodes with the GIL released, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
             for split in SPLITS:
                 items = plan[split]
-                progress(f"Preparing {len(items)} images for {split} ({load_size} px) in {root}")
-                results = list(pool.map(partial(_write_image, folder=tmp, load_size=load_size), items))
-                bad = [item.name for item, digest in zip(items, results) if digest is None]
-                if bad:
-                    shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
-                    progress(f"skipped {len(bad)} unreadable files in {split}: {shown}")
-                if len(bad) == len(items):
-                    raise DataError(f"None of the {len(items)} files of {split} could be read as an image "
-                                    f"(for example {bad[0]}). Replace them with JPEG or PNG images. {LAYOUT}")
-                files[split] = sorted((item.dest, item.label) for item, d in zip(items, results) if d is not None)
-                skipped[split] = len(bad)
-                digests += [(item.dest, d) for item, d in zip(items, results) if d is not None]
+                if not items:  # kaggle_dataset without data.photos: paintings only
+                    progress(f"No images for {split}: the data section selects none (data.photos)")
+                else:
+                    progress(f"Preparing {len(items)} images for {split} ({load_size} px) in {root}")
+                write = partial(_write_image, folder=tmp, load_size=load_size, min_side=min_side)
+                # A progress bar on a terminal only (tqdm's disable=None): silent in logs and tests.
+                results = list(tqdm(pool.map(write, items), total=len(items), desc=f"  {split}", unit="img",
+                                    disable=None, leave=False))
+                for reason in ("unreadable", "too small"):
+                    bad = [item.name for item, (_, why) in zip(items, results) if why == reason]
+                    if bad:
+                        shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+                        what = ("unreadable files" if reason == "unreadable" else
+                                f"images smaller than {min_side} px (shorter side; a quarter of data.image_size)")
+                        progress(f"skipped {len(bad)} {what} in {split}: {shown}")
+                kept = [(item, digest) for item, (digest, _) in zip(items, results) if digest is not None]
+                if items and not kept:
+                    small = sum(why == "too small" for _, why in results)
+                    raise DataError(f"None of the {len(items)} files of {split} could be used ({len(items) - small} "
+                                    f"unreadable, {small} smaller than {min_side} px; for example {items[0].name}). "
+                                    f"Replace them with JPEG or PNG images of at least {min_side} px."
+                                    + (f" {LAYOUT}" if source == "folder" else ""))
+                files[split] = sorted((item.dest, item.label) for item, _ in kept)
+                skipped[split] = len(items) - len(kept)
+                digests += [(item.dest, digest) for item, digest in kept]
         manifest = {"version": MANIFEST_VERSION, "source": source, "fingerprint": _hash(sorted(digests)),
                     "image_size": image_size, "load_size": load_size, "class_names": list(class_names),
                     "files": files, "skipped": skipped}
@@ -295,23 +496,36 @@ def _publish(tmp: Path, root: Path) -> None:
         os.replace(tmp, root)
 
 
-def _write_image(item: _Item, folder: Path, load_size: int) -> str | None:
-    """Write one prepared PNG under `folder`; return the hash of its size and bytes, or None when
-    the source is unreadable."""
+def _write_image(item: _Item, folder: Path, load_size: int, min_side: int) -> tuple[str | None, str | None]:
+    """Write one prepared PNG under `folder`; return (hash of its size and bytes, None), or (None,
+    why it was skipped: "unreadable" | "too small")."""
     try:
-        image = _resize_short_side(item.load(load_size), load_size)
+        image = item.load(load_size)
     except _Unreadable:
-        return None
+        return None, "unreadable"
+    # A JPEG's draft decode never goes below load_size, so a short side under min_side is the source's own.
+    if min(image.size) < min_side:
+        return None, "too small"
+    image = _resize_short_side(image, load_size)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)  # level 3: about as small as 6, much faster
     data = buffer.getvalue()
     path = folder / item.dest
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    return f"{len(data)}:{hashlib.sha256(data).hexdigest()}"
+    return f"{len(data)}:{hashlib.sha256(data).hexdigest()}", None
 
 
-def _read_file(path: Path, load_size: int) -> Image.Image:
+def _read_member(zf: zipfile.ZipFile, name: str, load_size: int) -> Image.Image:
+    """Decode one image of a zip (ZipFile reads are safe from several threads) as RGB."""
+    try:
+        data = zf.read(name)
+    except (OSError, zipfile.BadZipFile, EOFError) as e:  # a damaged member: a CRC or header error
+        raise _Unreadable(str(e)) from e
+    return _read_file(io.BytesIO(data), load_size)
+
+
+def _read_file(path: Path | io.BytesIO, load_size: int) -> Image.Image:
     """Decode an image file of any mode as RGB; raise _Unreadable if it is not a readable image."""
     try:
         with Image.open(path) as image:
