@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -168,19 +169,56 @@ class LoggingConfig:
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 METRICS = ("fid", "mifid", "kid")
+SCHEDULERS = ("asha", "fifo", "pbt")
+
+
+@dataclass
+class OptunaOptions:
+    """`search.optuna:`, how Optuna's TPE sampler runs (searcher: optuna)."""
+    n_startup_trials: int | None = None  # trials proposed at random before TPE models; None = max(3, num_samples // 4)
+    multivariate: bool = True            # model the hyperparameters jointly, not one by one
+    constant_liar: bool | None = None    # keep concurrent proposals apart; None = on when max_concurrent > 1
+
+    def validate(self) -> list[str]:
+        if self.n_startup_trials is not None and self.n_startup_trials < 0:
+            return [f"search.optuna.n_startup_trials must be >= 0 or null, got {self.n_startup_trials}"]
+        return []
+
+
+@dataclass
+class PBTOptions:
+    """`search.pbt:`, Population Based Training (scheduler: pbt)."""
+    perturbation_interval: int | None = None  # epochs between exploit/explore rounds; None = 2 * train.eval_every
+    quantile_fraction: float = 0.25      # the bottom fraction copies the top fraction's weights and values
+    resample_probability: float = 0.25   # explore: chance of resampling a value instead of perturbing it x0.8/x1.2
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.perturbation_interval is not None and self.perturbation_interval < 1:
+            errors.append(f"search.pbt.perturbation_interval must be >= 1 epoch, got {self.perturbation_interval}")
+        if not 0.0 < self.quantile_fraction <= 0.5:
+            errors.append(f"search.pbt.quantile_fraction must be in (0, 0.5], got {self.quantile_fraction}")
+        if not 0.0 <= self.resample_probability <= 1.0:
+            errors.append(f"search.pbt.resample_probability must be in [0, 1], got {self.resample_probability}")
+        return errors
 
 
 @dataclass
 class SearchConfig:
-    space: dict = field(default_factory=dict)  # dotted key -> {loguniform|uniform|int: [low, high]} or {choice: [...]}
+    space: dict = field(default_factory=dict)  # dotted key -> {loguniform|uniform|int: [low, high]} or {choice: [...]},
+                                         #   optionally `when: {other.key: value or [values]}` (core/space.py)
     metric: str = "fid"                  # fid | mifid | kid: what the search minimizes
     searcher: str = "optuna"             # optuna (TPE, seeded, study on disk) | random
     seed: int = 0                        # searcher seed
-    scheduler: str = "asha"              # asha (stops bad trials early) | fifo (runs every trial to the end)
+    baseline: bool = True                # the first trial trains the space's own values of the searched keys
+    optuna: dict = field(default_factory=dict)  # OptunaOptions: n_startup_trials, multivariate, constant_liar
+    scheduler: str = "asha"              # asha (stops bad trials early) | fifo (runs every trial to the end) | pbt
     grace_period: int = 1                # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2            # ASHA: keep 1/reduction_factor of trials at each rung
+    pbt: dict = field(default_factory=dict)  # PBTOptions: perturbation_interval, quantile_fraction, resample_probability
     num_samples: int = 8                 # trials
     max_concurrent: int = 2              # trials running at once
+    time_budget: str | float | None = None  # wall-clock budget of the whole search: "6h", "90m" or hours; None = none
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0            # fractional values share one GPU between trials
     keep_checkpoints: int = 3            # per trial, the best by the metric (the latest is always kept too)
@@ -192,8 +230,11 @@ class SearchConfig:
             errors.append(f"search.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.searcher not in ("optuna", "random"):
             errors.append(f"search.searcher must be optuna or random, got {self.searcher!r}")
-        if self.scheduler not in ("asha", "fifo"):
-            errors.append(f"search.scheduler must be asha or fifo, got {self.scheduler!r}")
+        if self.scheduler not in SCHEDULERS:
+            errors.append(f"search.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler == "pbt" and self.searcher != "random":
+            errors.append("search.scheduler pbt needs search.searcher: random (PBT evolves a population of "
+                          "randomly started trials; Optuna's TPE would propose into it blind)")
         for name, value in [("num_samples", self.num_samples), ("max_concurrent", self.max_concurrent),
                             ("grace_period", self.grace_period), ("keep_checkpoints", self.keep_checkpoints)]:
             if value < 1:
@@ -202,18 +243,56 @@ class SearchConfig:
             errors.append(f"search.reduction_factor must be >= 2, got {self.reduction_factor}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
             errors.append("search.cpus_per_trial must be > 0 and search.gpus_per_trial >= 0")
+        for name, cls in (("optuna", OptunaOptions), ("pbt", PBTOptions)):
+            options = _build_section(cls, getattr(self, name) or {}, f"search.{name}", errors)
+            if options is not None:
+                errors.extend(options.validate())
+        try:
+            self.time_budget_s
+        except ValueError as e:
+            errors.append(str(e))
         if not isinstance(self.space, dict):
             errors.append("search.space must be a mapping of dotted keys to distributions")
         else:
             for key, spec in self.space.items():
-                errors.extend(_validate_distribution(key, spec))
+                errors.extend(_validate_distribution(key, spec, self.space))
         return errors
 
+    @property
+    def optuna_options(self) -> OptunaOptions:
+        return OptunaOptions(**(self.optuna or {}))
 
-def _validate_distribution(key: str, spec: Any) -> list[str]:
+    @property
+    def pbt_options(self) -> PBTOptions:
+        return PBTOptions(**(self.pbt or {}))
+
+    @property
+    def time_budget_s(self) -> float | None:
+        """search.time_budget in seconds: "6h", "90m", "45s" or a number of hours."""
+        budget = self.time_budget
+        if budget is None:
+            return None
+        units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+        text = str(budget).strip().lower()
+        try:
+            seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text) * 3600.0
+        except ValueError:
+            seconds = math.nan
+        if not seconds > 0:
+            raise ValueError(f"search.time_budget must be a positive duration such as \"6h\", \"90m\" or a number "
+                             f"of hours, got {budget!r}")
+        return seconds
+
+
+def _validate_distribution(key: str, spec: Any, space: dict | None = None) -> list[str]:
     where = f"search.space.{key}"
+    if isinstance(spec, dict) and "when" in spec:
+        errors = _validate_when(key, spec["when"], space or {})
+        if errors:
+            return errors
+        spec = {k: v for k, v in spec.items() if k != "when"}
     if not isinstance(spec, dict) or len(spec) != 1:
-        return [f"{where} must be one of {{{' | '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}"]
+        return [f"{where} must be one of {{{' | '.join(DISTRIBUTIONS)}: ...}} (plus an optional when: ...), got {spec!r}"]
     (kind, args), = spec.items()
     if kind not in DISTRIBUTIONS:
         close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
@@ -233,6 +312,34 @@ def _validate_distribution(key: str, spec: Any) -> list[str]:
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         return [f"{where}: int needs whole-number bounds, got {args!r}"]
     return []
+
+
+def _validate_when(key: str, when: Any, space: dict) -> list[str]:
+    """`when: {model.loss: wgan-gp}` or `{model.beta_schedule: [linear, cyclic]}`: the key is searched only
+    while every named key has one of the given values. The named keys must be `choice` keys of the same
+    space that are not themselves conditional (one level, so the order of sampling is plain)."""
+    where = f"search.space.{key}.when"
+    if not isinstance(when, dict) or not when:
+        return [f"{where} must map other searched keys to a value or a list of values, e.g. "
+                f"when: {{model.loss: wgan-gp}}; got {when!r}"]
+    errors = []
+    for other, values in when.items():
+        parent = space.get(other)
+        if other == key or not isinstance(parent, dict) or "choice" not in parent:
+            choices = [k for k, v in space.items() if isinstance(v, dict) and "choice" in v and k != key]
+            errors.append(f"{where}: {other!r} must be another `choice` key of search.space "
+                          f"(choice keys: {', '.join(choices) or 'none'})")
+            continue
+        if "when" in parent:
+            errors.append(f"{where}: {other!r} is itself conditional; a condition may only name "
+                          f"unconditional keys")
+            continue
+        wanted = values if isinstance(values, list) else [values]
+        unknown = [v for v in wanted if v not in parent["choice"]]
+        if unknown:
+            errors.append(f"{where}: {other} never takes {', '.join(map(repr, unknown))} (its choices: "
+                          f"{', '.join(map(repr, parent['choice']))})")
+    return errors
 
 
 @dataclass
@@ -487,4 +594,12 @@ def config_to_dict(cfg: ExperimentConfig) -> dict:
 def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, merge, override and validate an experiment YAML file."""
     tree = apply_dotted(read_yaml(path), parse_overrides(overrides or []))
-    return build_config(tree, source=str(path))
+    cfg = build_config(tree, source=str(path))
+    if cfg.search.baseline and cfg.search.space:
+        from core.space import baseline_point
+
+        try:
+            baseline_point(cfg)   # a search space whose own values it cannot represent
+        except ConfigError as e:
+            raise ConfigError(f"Invalid configuration in {path}:\n  - {e}") from None
+    return cfg

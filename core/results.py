@@ -64,15 +64,22 @@ def best_intact_checkpoint(result, metric: str) -> str | None:
 
 
 def leaderboard(grid, cfg: ExperimentConfig):
-    """One row per trial, best first: searched values, status, best metric and where it is kept."""
+    """One row per trial, best first: searched values, status, best metric and where it is kept.
+    `baseline` marks the trial(s) that trained the space's own values (core.space); `schedule`
+    says, for a PBT trial, which trial it copied when and which values changed."""
     import pandas as pd
 
+    from core.space import applicable, baseline_point, is_baseline
+
     metric = cfg.search.metric
+    baseline = baseline_point(cfg) if cfg.search.baseline and cfg.search.space else None
     rows = []
     for result in grid:
         history = result.metrics_dataframe
+        config = applicable(result.config or {}, cfg.search.space)
         row = {"trial": Path(result.path).name}
-        row.update({key: (result.config or {}).get(key) for key in cfg.search.space})
+        row.update({key: config.get(key) for key in cfg.search.space})
+        row["baseline"] = baseline is not None and is_baseline(config, baseline, cfg.search.space)
         status = trial_status(result.metrics, result.error is not None, cfg.train.epochs)
         row["status"] = status.value
         row["status_detail"] = (type(result.error).__name__ if status is TrialStatus.ERROR
@@ -83,6 +90,11 @@ def leaderboard(grid, cfg: ExperimentConfig):
             row.update({f"best_{metric}": float(best[metric]), "fid": float(best["fid"]),
                         "mifid": float(best["mifid"]), "kid": float(best["kid"]),
                         "epoch": int(best["epoch"]), "epochs_trained": int(history["epoch"].max())})
+        if history is not None and "exploited_from" in history:
+            exploits = history.dropna(subset=["exploited_from"])
+            row["schedule"] = " | ".join(f"epoch {int(e['exploited_at_epoch'])}: copied {e['exploited_from']}"
+                                         + (f", {e['exploit_changes']}" if e.get("exploit_changes") else "")
+                                         for _, e in exploits.iterrows())
         # A trial stopped at its first evaluation (collapsed) has scores but no checkpoint.
         row["checkpoint"] = best_intact_checkpoint(result, metric) if evaluated else None
         rows.append(row)
@@ -92,10 +104,29 @@ def leaderboard(grid, cfg: ExperimentConfig):
     return board
 
 
-def save_leaderboard(board, exp_dir: Path) -> tuple[Path, Path]:
+def versus_baseline(board, metric: str) -> str:
+    """One line: the best trial's score and its ratio to the baseline's ("best: fid 0.79, 0.68x the
+    defaults (baseline fid 1.16)"), or why there is no ratio."""
+    column = f"best_{metric}"
+    if board.empty or column not in board or board[column].isna().all():
+        return "best: no trial reached an evaluation"
+    best = board.iloc[0]
+    line = f"best: {metric} {best[column]:.4g} ({best['trial']})"
+    if "baseline" not in board or not board["baseline"].any():
+        return line + "; no baseline trial (search.baseline: false)"
+    base = board[board["baseline"]].iloc[0]
+    if bool(best["baseline"]):
+        return line + ", the baseline itself: no searched setting beat the defaults"
+    if base["status"] != TrialStatus.COMPLETED or not math.isfinite(base.get(column, math.nan)):
+        return line + f"; the baseline trial {base['trial']} did not complete ({base['status']}), so no ratio"
+    return line + f", {best[column] / base[column]:.2f}x the defaults (baseline {metric} {base[column]:.4g})"
+
+
+def save_leaderboard(board, exp_dir: Path, metric: str | None = None) -> tuple[Path, Path]:
     csv_path, txt_path = exp_dir / "leaderboard.csv", exp_dir / "leaderboard.txt"
     board.to_csv(csv_path, index=False)
-    txt_path.write_text(format_leaderboard(board, exp_dir) + "\n")
+    header = f"{versus_baseline(board, metric)}\n\n" if metric else ""
+    txt_path.write_text(header + format_leaderboard(board, exp_dir) + "\n")
     return csv_path, txt_path
 
 

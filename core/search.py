@@ -22,10 +22,14 @@ Ray cluster; trials are placed by the resources they ask for (search.cpus_per_tr
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
+import signal
+import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,6 +37,7 @@ from pathlib import Path
 import torch
 import yaml
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
 from core.cluster import SharedAssets, Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict
@@ -40,6 +45,8 @@ from core.data import load_prepared, prepare_data
 from core.metrics import reference_statistics
 from core.models.base import get_family
 from core.results import trial_status
+from core.space import (baseline_point, is_baseline, is_conditional, optuna_space, pbt_mutations,
+                        ray_param_space)
 from core.checkpoints import checkpoint_problem, remove_staging_leftovers, repair_checkpoint_records
 from core.trainable import tune_trainable
 
@@ -47,47 +54,122 @@ EXPERIMENT_FILE = "experiment.yaml"
 OPTUNA_FILE = "optuna.db"
 
 
-def param_space(space: dict) -> dict:
-    """search.space (validated by core.config) -> Ray Tune sampling objects, same dotted keys."""
-    from ray import tune
-
-    builders = {"loguniform": tune.loguniform, "uniform": tune.uniform,
-                "int": lambda low, high: tune.randint(int(low), int(high) + 1),  # inclusive high
-                "choice": tune.choice}
-    out = {}
-    for key, spec in space.items():
-        (kind, args), = spec.items()
-        out[key] = builders[kind](args) if kind == "choice" else builders[kind](*args)
-    return out
-
-
 def search_metric(cfg: ExperimentConfig) -> str:
-    """What the searcher and ASHA compare: the trial's running best of the chosen metric."""
-    return f"best_{cfg.search.metric}"
+    """What the searcher and ASHA compare: the trial's running best of the chosen metric (OptunaSearch
+    sees only a trial's last report, and a GAN's FID jumps between evaluations). PBT compares the
+    current value instead: it must see a trial that got worse."""
+    return cfg.search.metric if cfg.search.scheduler == "pbt" else f"best_{cfg.search.metric}"
+
+
+def tpe_settings(cfg: ExperimentConfig) -> dict:
+    """Optuna TPESampler's settings for this search (search.optuna, with budget-scaled defaults)."""
+    options = cfg.search.optuna_options
+    startup = options.n_startup_trials if options.n_startup_trials is not None else max(3, cfg.search.num_samples // 4)
+    liar = options.constant_liar if options.constant_liar is not None else cfg.search.max_concurrent > 1
+    # `group`: multivariate TPE over a space whose keys come and go (when: clauses) models each
+    # set of keys that occur together.
+    return {"n_startup_trials": startup, "multivariate": options.multivariate, "constant_liar": liar,
+            "group": options.multivariate and is_conditional(cfg.search.space)}
+
+
+def baseline_points(cfg: ExperimentConfig) -> list[dict]:
+    return [baseline_point(cfg)] if cfg.search.baseline and cfg.search.space else []
 
 
 def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
+    """Ray Tune's searcher: Optuna's TPE (its study stored in <experiment>/optuna.db) or random search;
+    either first trains the baseline (`points_to_evaluate`)."""
     from ray.tune.search import BasicVariantGenerator
 
+    points = baseline_points(cfg) or None
     if cfg.search.searcher == "random":
-        return BasicVariantGenerator(random_state=cfg.search.seed)
+        return BasicVariantGenerator(random_state=cfg.search.seed, points_to_evaluate=points)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     # An RDBStorage instance (not a URL string): the study outlives the run and optuna-dashboard opens it.
     storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_FILE}")
-    return OptunaSearch(metric=search_metric(cfg), mode="min", study_name=cfg.name, storage=storage,
-                        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed))
+    with warnings.catch_warnings():   # multivariate, group and constant_liar are "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, **tpe_settings(cfg))
+    return OptunaSearch(space=optuna_space(cfg.search.space), metric=search_metric(cfg), mode="min",
+                        study_name=cfg.name, storage=storage, sampler=sampler, points_to_evaluate=points)
+
+
+def tuner_param_space(cfg: ExperimentConfig) -> dict:
+    """What Tuner(param_space=...) gets: Optuna samples through its own define-by-run space."""
+    return {} if cfg.search.searcher == "optuna" else ray_param_space(cfg.search.space)
+
+
+def perturbation_interval(cfg: ExperimentConfig) -> int:
+    """PBT's interval in epochs: a multiple of train.eval_every, so every round finds a fresh checkpoint."""
+    every = cfg.train.eval_every
+    interval = cfg.search.pbt_options.perturbation_interval or 2 * every
+    return max(every, interval // every * every)
 
 
 def make_scheduler(cfg: ExperimentConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
+    baseline = baseline_points(cfg)
+    baseline = baseline[0] if baseline else None
     if cfg.search.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", metric=search_metric(cfg), mode="min", max_t=cfg.train.epochs,
-                         grace_period=min(cfg.search.grace_period, cfg.train.epochs),
-                         reduction_factor=cfg.search.reduction_factor)
+    if cfg.search.scheduler == "pbt":
+        options = cfg.search.pbt_options
+        return BaselineKeepingPBT(baseline, cfg.search.space, time_attr="epoch", metric=search_metric(cfg), mode="min",
+                                  perturbation_interval=perturbation_interval(cfg),
+                                  hyperparam_mutations=pbt_mutations(cfg.search.space),
+                                  quantile_fraction=options.quantile_fraction,
+                                  resample_probability=options.resample_probability, log_config=True)
+    return BaselineKeepingASHA(baseline, cfg.search.space, time_attr="epoch", metric=search_metric(cfg), mode="min",
+                               max_t=cfg.train.epochs, grace_period=min(cfg.search.grace_period, cfg.train.epochs),
+                               reduction_factor=cfg.search.reduction_factor)
+
+
+class BaselineKeepingASHA(ASHAScheduler):
+    """ASHA that never stops the baseline trial early, so that the best trial is compared with the
+    defaults at the same budget. (The baseline's results still count in ASHA's rungs.)"""
+
+    def __init__(self, baseline: dict | None, space: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.baseline, self.space = baseline, space
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP and result.get("epoch", 0) < self._max_t and self._is_baseline(trial):
+            return self.CONTINUE
+        return decision
+
+    def _is_baseline(self, trial) -> bool:
+        return self.baseline is not None and is_baseline(trial.config, self.baseline, self.space)
+
+
+class BaselineKeepingPBT(PopulationBasedTraining):
+    """Ray's PBT, with the baseline never exploited (it trains the defaults, unmutated, to the end) and
+    with Ray's pitfall of exploiting a checkpoint that keep-top-k already deleted mended: the donor's
+    current latest checkpoint (always kept) is copied instead."""
+
+    def __init__(self, baseline: dict | None, space: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.baseline, self.space = baseline, space
+
+    def _quantiles(self):
+        lower, upper = super()._quantiles()
+        return [t for t in lower if not self._is_baseline(t)], upper
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        donor = self._trial_state[trial_to_clone]
+        recorded = donor.last_checkpoint
+        if recorded is not None and hasattr(recorded, "path") and \
+                checkpoint_problem(recorded.path, recorded.filesystem) is not None:
+            latest = trial_to_clone.checkpoint
+            if latest is None or checkpoint_problem(latest.path, latest.filesystem) is not None:
+                return   # nothing intact to copy: no exploit this round
+            donor.last_checkpoint, donor.last_result = latest, trial_to_clone.last_result
+        super()._exploit(tune_controller, trial, trial_to_clone)
+
+    _is_baseline = BaselineKeepingASHA._is_baseline
 
 
 @dataclass
@@ -144,7 +226,7 @@ def experiment_dir(storage_path: str | os.PathLike, name: str, cache_path: Path 
     return cache / "mirrors" / mirror / name
 
 
-MIRRORED_FILES = (EXPERIMENT_FILE, OPTUNA_FILE, "leaderboard.csv", "leaderboard.txt")
+MIRRORED_FILES = (EXPERIMENT_FILE, OPTUNA_FILE, "leaderboard.csv", "leaderboard.txt", "search_time.json")
 
 
 def publish_experiment_files(cfg: ExperimentConfig, storage_path: str | os.PathLike) -> None:
@@ -172,8 +254,9 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
     storage = Storage.parse(storage_path)
     exp_dir = experiment_dir(storage_path, cfg.name, cfg.cache_path)   # local: ours; remote: the mirror
     exp_path = storage.join(cfg.name)                                   # where Ray keeps the experiment
+    grow_to = None
     if resume:
-        _check_resumable(cfg, storage)
+        grow_to = _check_resumable(cfg, storage)
     elif storage.exists(exp_path) and _non_empty(storage, exp_path):
         raise ConfigError(f"Experiment directory {storage.given.rstrip('/')}/{cfg.name} already exists. Continue "
                           f"it with --resume, or choose another --name.")
@@ -183,9 +266,9 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         check_resources(cfg)
         ready = prepare_experiment(cfg, progress=progress)   # before any file: a failure leaves nothing behind
         exp_dir.mkdir(parents=True, exist_ok=True)
-        if storage.remote and resume and not (exp_dir / OPTUNA_FILE).is_file() \
-                and storage.exists(storage.join(cfg.name, OPTUNA_FILE)):
-            storage.download(storage.join(cfg.name, OPTUNA_FILE), exp_dir / OPTUNA_FILE)
+        for name in (OPTUNA_FILE, TimeBudget.FILE):   # a resume from another machine: the driver's own files
+            if storage.remote and resume and not (exp_dir / name).is_file() and storage.exists(storage.join(cfg.name, name)):
+                storage.download(storage.join(cfg.name, name), exp_dir / name)
         (exp_dir / EXPERIMENT_FILE).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         shared = None
         if storage.remote:
@@ -224,19 +307,28 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             # driver killed at the wrong moment leaves that record naming a deleted checkpoint.
             remove_damaged_checkpoints(storage, exp_path, progress)
             repair_checkpoint_records(exp_path, storage.filesystem, progress)
+            if grow_to:
+                _grow_search(storage, exp_path, grow_to, progress)
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=storage.filesystem)
+            # Tuner.restore keeps the first run's TuneConfig; the trial count is the one setting a
+            # resume may raise (Ray 2.60 reads it from here when the run continues).
+            tuner._local_tuner._tune_config.num_samples = cfg.search.num_samples
         else:
             tuner = tune.Tuner(
-                trainable, param_space=param_space(cfg.search.space), run_config=run_config,
+                trainable, param_space=tuner_param_space(cfg), run_config=run_config,
                 tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, exp_dir), scheduler=make_scheduler(cfg),
                                             num_samples=cfg.search.num_samples,
                                             max_concurrent_trials=cfg.search.max_concurrent,
                                             trial_name_creator=partial(_trial_name, cfg.family),
                                             trial_dirname_creator=partial(_trial_name, cfg.family),
                                             reuse_actors=True))
+        budget = TimeBudget(cfg, exp_dir, progress)
         try:
-            return tuner.fit()
+            with budget:
+                grid = tuner.fit()
+            grid.stopped_by_time_budget = budget.expired
+            return grid
         finally:
             remove_damaged_checkpoints(storage, exp_path, progress)
             remove_staging_leftovers(_trial_ids(storage, exp_path))
@@ -308,7 +400,12 @@ def _trial_name(family: str, trial) -> str:
     return f"{family}_{trial.trial_id}"
 
 
-def _check_resumable(cfg: ExperimentConfig, storage: Storage) -> None:
+# What a resume may change: more trials (with the optuna searcher), and a new time budget.
+RESUMABLE_CHANGES = ("search.num_samples", "search.time_budget")
+
+
+def _check_resumable(cfg: ExperimentConfig, storage: Storage) -> int | None:
+    """Refuse a resume that cannot work; return the new trial count when --num-samples grows the search."""
     from ray import tune
 
     exp_path = storage.join(cfg.name)
@@ -317,17 +414,99 @@ def _check_resumable(cfg: ExperimentConfig, storage: Storage) -> None:
         raise ConfigError(f"Nothing to resume in {shown}: it holds no Ray Tune experiment state. "
                           f"Run without --resume to start the experiment (or check --storage/--name).")
     saved_path = storage.join(cfg.name, EXPERIMENT_FILE)
-    if storage.exists(saved_path):
-        if storage.remote:
-            with storage.filesystem.open_input_stream(saved_path) as f:
-                saved = yaml.safe_load(f.read().decode())
-        else:
-            saved = yaml.safe_load(Path(saved_path).read_text())
-        now = config_to_dict(cfg)
-        changed = sorted(_diff_keys(saved, now))
-        if changed:
-            raise ConfigError(f"The configuration changed since {shown} started ({', '.join(changed)}); "
-                              f"resume with the original space, or start a new experiment with --name.")
+    if not storage.exists(saved_path):
+        return None
+    if storage.remote:
+        with storage.filesystem.open_input_stream(saved_path) as f:
+            saved = yaml.safe_load(f.read().decode())
+    else:
+        saved = yaml.safe_load(Path(saved_path).read_text())
+    now = config_to_dict(cfg)
+    changed = sorted(k for k in _diff_keys(saved, now) if k not in RESUMABLE_CHANGES)
+    if changed:
+        lines = "; ".join(f"{k}: {_dotted(saved, k)!r} then, {_dotted(now, k)!r} now" for k in changed)
+        raise ConfigError(f"The configuration changed since {shown} started ({lines}). A resume may only raise "
+                          f"--num-samples or change search.time_budget: resume with the original space, or "
+                          f"start a new experiment with --name.")
+    before = saved["search"]["num_samples"]
+    if cfg.search.num_samples < before:
+        raise ConfigError(f"{shown} was started with {before} trials; --num-samples {cfg.search.num_samples} "
+                          f"cannot shrink it (leave it out to continue, or raise it to extend the search)")
+    if cfg.search.num_samples > before:
+        if cfg.search.searcher != "optuna":
+            raise ConfigError(f"Extending a search to more trials needs search.searcher: optuna (the study "
+                              f"continues); {shown} uses {cfg.search.searcher}. Start a new experiment with --name.")
+        return cfg.search.num_samples
+    return None
+
+
+def _grow_search(storage: Storage, exp_path: str, num_samples: int, progress=print) -> None:
+    """Raise the trial count in Ray's saved search state (`search_gen_state-*.json`, Ray 2.60's
+    SearchGenerator: counter, total_samples, finished), so that a finished search proposes more
+    trials in the same Optuna study."""
+    import pyarrow.fs
+    import ray.cloudpickle as cloudpickle
+
+    fs = storage.filesystem or pyarrow.fs.LocalFileSystem()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(exp_path))
+    states = sorted(i.path for i in found if Path(i.path).name.startswith("search_gen_state-"))
+    if not states:
+        raise ConfigError(f"{exp_path} holds no saved search state to extend (search_gen_state-*.json)")
+    with fs.open_input_stream(states[-1]) as f:
+        state = cloudpickle.loads(f.readall())
+    progress(f"extending the search from {state['total_samples']} to {num_samples} trials")
+    state["total_samples"], state["finished"] = num_samples, False
+    with fs.open_output_stream(states[-1]) as f:
+        f.write(cloudpickle.dumps(state))
+
+
+def _dotted(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+class TimeBudget:
+    """search.time_budget: the whole search's wall-clock time, over all its runs (kept in
+    <experiment>/search_time.json). When it runs out, the driver interrupts Ray Tune as Ctrl-C would
+    (SIGUSR1, which Tune handles alike): running trials keep their last checkpoint, the experiment
+    state is saved, the leaderboard is written, and `--resume` with a larger budget continues."""
+
+    FILE = "search_time.json"
+
+    def __init__(self, cfg: ExperimentConfig, exp_dir: Path, progress=print):
+        self.budget = cfg.search.time_budget_s
+        self.path = exp_dir / self.FILE
+        self.progress = progress
+        self.used = json.loads(self.path.read_text())["seconds"] if self.path.is_file() else 0.0
+        self.expired = False
+        self._timer = None
+        if self.budget is not None and self.used >= self.budget:
+            raise ConfigError(f"The search's time budget ({cfg.search.time_budget}) is used up: it has run "
+                              f"{self.used / 3600:.2f} h. Resume with a larger search.time_budget.")
+
+    def __enter__(self):
+        import threading
+
+        self.start = time.monotonic()
+        if self.budget is not None:
+            remaining = self.budget - self.used
+            self.progress(f"time budget: {remaining / 60:.1f} of {self.budget / 60:.1f} minutes left")
+            self._timer = threading.Timer(remaining, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.progress("time budget used up: stopping the search (running trials keep their last checkpoint)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"seconds": self.used + time.monotonic() - self.start}))
 
 
 def _diff_keys(a, b, prefix="") -> list[str]:

@@ -39,6 +39,7 @@ from core.checkpoints import (CHECKPOINT_FILE, checkpoint_problem, load_state, n
 from core.config import ExperimentConfig, apply_dotted, build_config
 from core.data import load_prepared
 from core.models.base import get_family
+from core.space import applicable
 from core.tracking import TrialLoggers
 
 __all__ = ["CHECKPOINT_FILE", "LocalSession", "TuneSession", "run_trial", "tune_trainable"]
@@ -63,16 +64,16 @@ class TuneSession:
     def restore_state(self) -> tuple[str, dict] | None:
         """(name, state) of the checkpoint to continue from, read in place from storage, or None.
 
-        Ray names the trial's latest checkpoint (core.checkpoints repairs that record before a
-        resume if it was deleted). Should it be damaged anyway (a storage glitch, a hand-edited
+        Ray names the trial's latest checkpoint, or under PBT the checkpoint of the trial it copies
+        (core.checkpoints repairs that record before a resume if it was deleted). Should it be damaged anyway (a storage glitch, a hand-edited
         experiment), the trial's other checkpoints are tried, newest first; with none intact,
         training starts over."""
         checkpoint = self._tune.get_checkpoint()
         if checkpoint is None:
             return None
         fs = checkpoint.filesystem
-        others = [p for p in trial_checkpoints(self._tune.get_context().get_storage().trial_fs_path, fs)
-                  if p != checkpoint.path]
+        # The directory of the checkpoint Ray names: this trial's, or (PBT) the trial it copies.
+        others = [p for p in trial_checkpoints(str(Path(checkpoint.path).parent), fs) if p != checkpoint.path]
         for path in [checkpoint.path, *reversed(others)]:
             problem = checkpoint_problem(path, fs)
             if problem is None:
@@ -133,7 +134,9 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
     Every evaluation but the last is reported inside the loop; the trial's end (its last
     evaluation, or the result of a diverged or collapsed trial) is reported in one place after it."""
 
-    # Build. The trial's config is the experiment's with the searched values applied, once.
+    # Build. The trial's config is the experiment's with the searched values applied, once
+    # (a key whose `when:` does not hold keeps the config's value: core.space).
+    searched = applicable(searched, experiment["search"]["space"])
     trial_tree = apply_dotted(experiment, searched)
     cfg: ExperimentConfig = build_config(trial_tree, source="trial config")
     device = _pick_device(cfg.train.device)
@@ -148,6 +151,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
     # Resume. Everything a checkpoint holds is restored, so training continues exactly.
     start_epoch, step = 0, 0
     best = {f"best_{name}": math.inf for name in TRACKED_METRICS} | {"best_epoch": -1}
+    exploited: dict = {}           # PBT: which trial's weights this one continues, with which new values
     restored = session.restore_state()
     if restored is not None:
         name, state = restored
@@ -155,7 +159,18 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
         family.set_hparams(cfg.model)  # this run's values win over those saved with the optimizers
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
         _set_rng_state(state["rng"])
-        _log(session, f"resumed from {name} at epoch {start_epoch}")
+        donor = state.get("trial", session.trial_name)
+        if donor != session.trial_name:
+            # PBT copied another trial's checkpoint into this one and changed some values: its
+            # running best is the donor's so far, and the checkpoint says what it trained with.
+            before = {k: v for k, v in _dotted_values(state["config"], searched).items()}
+            changes = {k: (before.get(k), v) for k, v in searched.items() if before.get(k) != v}
+            exploited = {"exploited_from": donor, "exploited_at_epoch": start_epoch,
+                         "exploit_changes": "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in changes.items())}
+            _log(session, f"exploit at epoch {start_epoch}: continues {donor}'s weights from {name}, with "
+                          f"{exploited['exploit_changes'] or 'the same values'}")
+        else:
+            _log(session, f"resumed from {name} at epoch {start_epoch}")
 
     epochs = cfg.train.epochs if max_epochs is None else min(cfg.train.epochs, max_epochs)
     final: dict | None = None              # the trial's end: reported after the loop
@@ -174,7 +189,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
                 step += 1
                 bad = [f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)]
                 if bad:
-                    final = _diverged(f"{', '.join(bad)} at epoch {epoch + 1} iteration {i + 1}", epoch, best)
+                    final = _diverged(f"{', '.join(bad)} at epoch {epoch + 1} iteration {i + 1}", epoch, best, cfg)
                     break
                 for k, v in losses.items():
                     running[k] += v
@@ -187,7 +202,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
             bad = [name for name, module in family.modules().items()
                    if not all(torch.isfinite(p).all() for p in module.parameters())]
             if bad:
-                final = _diverged(f"non-finite weights in {', '.join(bad)} after epoch {epoch + 1}", epoch, best)
+                final = _diverged(f"non-finite weights in {', '.join(bad)} after epoch {epoch + 1}", epoch, best, cfg)
                 break
             logged = family.end_epoch(epoch)
 
@@ -215,21 +230,24 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
                 "eval_seconds": time.perf_counter() - tick,
                 "diverged": 0,
                 "trial_status": "ok",
+                **exploited,
             }
+            exploited = {}   # said once, in the first report after the exploit
             loggers.log(family, result, epoch + 1)
             _log(session, f"epoch {epoch + 1}/{epochs} {cfg.search.metric}={scores[cfg.search.metric]:.2f} "
                           f"best={best['best_' + cfg.search.metric]:.2f} ({result['images_per_s']:.1f} img/s)")
             if scores[M.COLLAPSED]:
                 # Every sample is the same image: the generator saturated (typically far too high a
                 # learning rate) and will not recover. Report the scores, keep earlier checkpoints, stop.
-                final = result | {"trial_status": "collapsed", "status_detail": (
+                final = result | _worst_for_the_searcher(cfg) | {"trial_status": "collapsed", "status_detail": (
                     f"collapsed: all {cfg.metrics.num_samples} generated images are identical at epoch {epoch + 1}; "
                     f"trial stopped (try lower learning rates)")}
                 break
 
             # Report and checkpoint.
             state = {"family": family.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
-                     "rng": _get_rng_state(), "config": trial_tree, "extractor": scores["extractor"]}
+                     "rng": _get_rng_state(), "config": trial_tree, "extractor": scores["extractor"],
+                     "trial": session.trial_name}
             if last:
                 final, final_checkpoint = result, state
                 break
@@ -255,12 +273,34 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
 # --- Small pieces of the loop -------------------------------------------------------------------
 
 
-def _diverged(what: str, epoch: int, best: dict) -> dict:
+def _diverged(what: str, epoch: int, best: dict, cfg: ExperimentConfig) -> dict:
     """The end of a trial whose training blew up: checkpoints already written stay valid, the
     search goes on with the other trials, and the result says what happened."""
     return {"epoch": epoch, "diverged": 1, "trial_status": "diverged",
             "status_detail": f"diverged: {what}; trial stopped (try lower learning rates)",
-            **{name: math.nan for name in TRACKED_METRICS}, **best}
+            **{name: math.nan for name in TRACKED_METRICS}, **best, **_worst_for_the_searcher(cfg)}
+
+
+def _worst_for_the_searcher(cfg: ExperimentConfig) -> dict:
+    """A diverged or collapsed trial's last report: the value the searcher and scheduler see is the
+    worst possible, so TPE does not learn that an exploding setting scored well before it exploded.
+    (Its earlier evaluations, and the checkpoints they wrote, keep their real scores.)"""
+    return {f"best_{cfg.search.metric}": math.inf, cfg.search.metric: math.inf}
+
+
+def _dotted_values(tree: dict, keys) -> dict:
+    """{dotted key: value in `tree`} for the given keys (those the tree has)."""
+    out = {}
+    for key in keys:
+        node = tree
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = node
+    return out
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _pick_device(name: str) -> torch.device:

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    from core.results import format_leaderboard, leaderboard, save_leaderboard
+    from core.results import format_leaderboard, leaderboard, save_leaderboard, versus_baseline
     from core.search import experiment_dir, publish_experiment_files, run_search
 
     try:
@@ -87,21 +87,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     board = leaderboard(grid, cfg)
-    csv_path, txt_path = save_leaderboard(board, exp_dir)
+    csv_path, txt_path = save_leaderboard(board, exp_dir, cfg.search.metric)
     publish_experiment_files(cfg, args.storage)
     remote = "://" in args.storage
     print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}):")
     print(format_leaderboard(board, exp_dir))
+    print(f"\n{versus_baseline(board, cfg.search.metric)}")
     print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
     print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
-    print(f"Optuna study:    {exp_dir / 'optuna.db'}" if cfg.search.searcher == "optuna" else "")
+    print(f"Optuna study:    optuna-dashboard sqlite:///{exp_dir / 'optuna.db'}" if cfg.search.searcher == "optuna" else "")
+    continue_with = (f"python experiments/tune.py --space {args.space} {' '.join(args.overrides)} --storage {args.storage}"
+                     f"{' --name ' + args.name if args.name else ''}{' --address ' + args.address if args.address else ''}"
+                     f"{' --smoke-test' if args.smoke_test else ''} --resume")
+    if getattr(grid, "stopped_by_time_budget", False):
+        print(f"\nThe time budget ({cfg.search.time_budget}) is used up; {len(board)} of {cfg.search.num_samples} "
+              f"trials started. Continue with a larger budget:\n  {continue_with} search.time_budget=...")
+        return 0
     unfinished = len(board) < cfg.search.num_samples or grid.num_errors
     if unfinished:
         print(f"\nThe experiment is incomplete ({len(board)}/{cfg.search.num_samples} trials, "
-              f"{grid.num_errors} errors). Continue it with:\n  python experiments/tune.py --space {args.space} "
-              f"{' '.join(args.overrides)} --storage {args.storage}"
-              f"{' --name ' + args.name if args.name else ''}{' --address ' + args.address if args.address else ''}"
-              f"{' --smoke-test' if args.smoke_test else ''} --resume")
+              f"{grid.num_errors} errors). Continue it with:\n  {continue_with}")
         return 1
     return 0
 
@@ -109,19 +114,43 @@ def main(argv: list[str] | None = None) -> int:
 def print_space(cfg) -> None:
     import yaml
 
-    from core.search import param_space, search_metric
+    from core.search import baseline_points, perturbation_interval, search_metric, tpe_settings
+    from core.space import dimensions
 
     tree = config_to_dict(cfg)
     search = tree.pop("search")
     print(f"# Experiment {cfg.name!r}: family {cfg.family}, {cfg.search.num_samples} trials")
     print(yaml.safe_dump(tree, sort_keys=False).rstrip())
-    print("\n# Searched (Ray Tune param space):")
-    for key, domain in param_space(cfg.search.space).items():
-        print(f"  {key}: {cfg.search.space[key]}  -> {type(domain).__name__}")
-    print(f"\n# Search: {cfg.search.searcher} (seed {search['seed']}) minimizing {search_metric(cfg)}, "
-          f"scheduler {cfg.search.scheduler}, {cfg.search.max_concurrent} concurrent trials, "
-          f"{cfg.search.cpus_per_trial} CPU + {cfg.search.gpus_per_trial} GPU each, "
-          f"keep {cfg.search.keep_checkpoints} best checkpoints by {cfg.search.metric}")
+    print("\n# Searched:")
+    for dimension in dimensions(cfg.search.space):
+        print(f"  {dimension.key}: {dimension.describe()}")
+    points = baseline_points(cfg)
+    if points:
+        print("\n# Baseline (the first trial, trained to the end; the leaderboard compares the best with it):")
+        for key, value in points[0].items():
+            print(f"  {key}: {value!r}")
+    else:
+        print("\n# Baseline: none (search.baseline: false)")
+    s = cfg.search
+    if s.searcher == "optuna":
+        tpe = tpe_settings(cfg)
+        searcher = (f"Optuna TPE (seed {s.seed}): {tpe['n_startup_trials']} random start-up trials of {s.num_samples}, "
+                    f"multivariate {'on' if tpe['multivariate'] else 'off'}{' (grouped: conditional keys)' if tpe['group'] else ''}, "
+                    f"constant liar {'on' if tpe['constant_liar'] else 'off'}")
+    else:
+        searcher = f"random search (seed {s.seed})"
+    if s.scheduler == "pbt":
+        p = s.pbt_options
+        scheduler = (f"PBT every {perturbation_interval(cfg)} epochs: the bottom {p.quantile_fraction:.0%} copy the top "
+                     f"{p.quantile_fraction:.0%}, then perturb x0.8/x1.2 or resample (p={p.resample_probability})")
+    elif s.scheduler == "asha":
+        scheduler = f"ASHA (grace {min(s.grace_period, cfg.train.epochs)} epochs, keeps 1/{s.reduction_factor} per rung)"
+    else:
+        scheduler = "FIFO (every trial trains all epochs)"
+    budget = f", time budget {s.time_budget}" if s.time_budget is not None else ""
+    print(f"\n# Search: {searcher}; {scheduler}; minimizing {search_metric(cfg)}; {s.max_concurrent} concurrent "
+          f"trials, {s.cpus_per_trial} CPU + {s.gpus_per_trial} GPU each; keep {s.keep_checkpoints} best "
+          f"checkpoints by {s.metric}{budget}")
 
 
 if __name__ == "__main__":

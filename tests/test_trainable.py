@@ -2,6 +2,7 @@
 
 Every family is exercised through its builtin search space, shrunk to the session's tiny data."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,14 @@ def test_diverging_trial_ends_cleanly_and_keeps_earlier_checkpoints(tiny_data, t
     assert last["trial_status"] == "diverged" and last["diverged"] == 1
     assert "diverged" in last["status_detail"] and "epoch" in last["status_detail"]
     evaluated = [r["fid"] for r in first.results + session.results if r["trial_status"] == "ok"]
-    assert last["best_fid"] == min(evaluated)               # the best before divergence is kept
+    assert evaluated and all(math.isfinite(fid) for fid in evaluated)   # real scores before the divergence
+    # The searcher's view of the trial is its last report: the worst possible, not the pre-divergence
+    # best, so TPE ranks it below every healthy trial in the stored study.
+    assert last["best_fid"] == math.inf
+    study = _optuna_study_after([{"best_fid": min(evaluated) + 5.0, "training_iteration": 1}, last])
+    healthy, exploded = study.trials
+    assert healthy.value < exploded.value == math.inf
+    assert sorted(study.trials, key=lambda t: t.value)[-1].number == exploded.number
     # Checkpoints written before the divergence are untouched and finite.
     kept = torch.load(tmp_path / "checkpoint_000001" / CHECKPOINT_FILE, weights_only=True)
     assert_same_tensors(good["family"], kept["family"], "kept checkpoint")
@@ -114,6 +122,20 @@ def test_diverging_trial_ends_cleanly_and_keeps_earlier_checkpoints(tiny_data, t
         assert networks <= set(state)
         for name in networks:
             assert all(torch.isfinite(t).all() for t in state[name].values()), f"{checkpoint.name}: {name}"
+
+
+def _optuna_study_after(final_results: list[dict]):
+    """Ray's OptunaSearch told of trials that ended with these last reports; its (in-memory) study."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from core.space import optuna_space
+
+    searcher = OptunaSearch(space=optuna_space({"model.lr_g": {"loguniform": [1e-4, 1e-3]}}),
+                            metric="best_fid", mode="min")
+    for i, result in enumerate(final_results):
+        searcher.suggest(str(i))
+        searcher.on_trial_complete(str(i), result=result)
+    return searcher._ot_study
 
 
 def test_saturated_generator_ends_the_trial_as_collapsed(tiny_data, tmp_path):

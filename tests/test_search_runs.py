@@ -1,0 +1,96 @@
+"""Whole searches through tune.py: the baseline trial and its ratio, a diverged trial in the stored
+Optuna study, a finished search extended with more trials, and the wall-clock budget."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
+SMOKE = ["--space", "search_spaces/quickstart.yaml", "--smoke-test"]
+
+
+def tune(*args, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([*TUNE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def reports(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+def study_of(exp: Path):
+    return optuna.load_study(study_name=exp.name, storage=f"sqlite:///{exp / 'optuna.db'}")
+
+
+@pytest.mark.slow
+def test_a_diverged_trial_ranks_below_every_healthy_one_in_the_study_and_keeps_its_record(tmp_path):
+    # The baseline (lambda_cycle 10) trains normally; a cycle weight of 1e39 overflows float32 at once.
+    space = "search.space={model.lambda_cycle: {choice: [10.0, 1.0e+39]}, model.lr_g: {loguniform: [1.0e-4, 3.0e-4]}}"
+    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "4", "search.scheduler=fifo", space)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    exp = tmp_path / "quickstart-smoke"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    diverged = board[board["status"] == "diverged"]
+    healthy = board[board["status"] == "completed"]
+    assert len(diverged) >= 1 and len(healthy) >= 1, board.to_string()
+    assert (diverged["model.lambda_cycle"] == 1e39).all() and (healthy["model.lambda_cycle"] == 10.0).all()
+    assert diverged["status_detail"].str.contains("diverged: ").all()
+
+    trials = study_of(exp).trials
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    values = {t.params["model.lambda_cycle"]: [] for t in trials}
+    for t in trials:
+        values[t.params["model.lambda_cycle"]].append(t.value)
+    assert max(values[10.0]) < min(values[1e39]) == float("inf"), values
+
+
+@pytest.mark.slow
+def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_untouched(tmp_path):
+    args = [*SMOKE, "--storage", str(tmp_path), "search.scheduler=fifo"]
+    out = tune(*args, "--num-samples", "2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    exp = tmp_path / "quickstart-smoke"
+    before = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
+    assert len(before) == 2
+
+    refused = tune(*args, "--num-samples", "3", "--resume", "train.epochs=3")
+    assert refused.returncode == 2 and "train.epochs: 2 then, 3 now" in refused.stderr, refused.stderr[-2000:]
+
+    out = tune(*args, "--num-samples", "3", "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "extending the search from 2 to 3 trials" in out.stdout
+    after = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
+    assert len(after) == 3 and all(after[name] == text for name, text in before.items())
+    assert len(pd.read_csv(exp / "leaderboard.csv")) == 3
+    assert len(study_of(exp).trials) == 3
+    assert tune(*args, "--num-samples", "2", "--resume").returncode == 2, "a search cannot shrink"
+
+
+@pytest.mark.slow
+def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(tmp_path):
+    args = [*SMOKE, "--storage", str(tmp_path), "--num-samples", "4", "search.max_concurrent=1",
+            "search.scheduler=fifo", "train.epochs=3", "train.iters_per_epoch=30"]
+    start = time.monotonic()
+    out = tune(*args, "search.time_budget=25s")
+    took = time.monotonic() - start
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "time budget used up" in out.stdout and "The time budget (25s) is used up" in out.stdout
+    exp = tmp_path / "quickstart-smoke"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert 1 <= len(board) < 4, board.to_string()
+    used = json.loads((exp / "search_time.json").read_text())["seconds"]
+    assert 25 <= used < 45 and took < 120, (used, took)
+
+    out = tune(*args, "search.time_budget=20m", "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 4 and (board["status"] == "completed").all(), board.to_string()

@@ -1,0 +1,151 @@
+"""What a search builds: the searcher (TPE settings, the baseline first), the scheduler (ASHA, FIFO,
+PBT, each on the right metric and time attribute), conditional keys and the baseline's checks."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from core.config import ConfigError, load_experiment
+from core.search import make_scheduler, make_searcher, perturbation_interval, search_metric, tpe_settings
+from core.space import applicable, baseline_point, dimensions, is_baseline, optuna_space
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+QUICKSTART = SPACES / "quickstart.yaml"
+
+
+def quickstart(*overrides):
+    return load_experiment(QUICKSTART, list(overrides))
+
+
+def test_tpe_start_up_trials_scale_with_the_budget_and_liar_follows_concurrency():
+    assert tpe_settings(quickstart("search.num_samples=24", "search.max_concurrent=4")) == {
+        "n_startup_trials": 6, "multivariate": True, "constant_liar": True, "group": False}
+    assert tpe_settings(quickstart("search.num_samples=6", "search.max_concurrent=1"))["n_startup_trials"] == 3
+    assert tpe_settings(quickstart("search.max_concurrent=1"))["constant_liar"] is False
+    explicit = quickstart("search.optuna={n_startup_trials: 5, multivariate: false, constant_liar: false}",
+                          "search.max_concurrent=4")
+    assert tpe_settings(explicit) == {"n_startup_trials": 5, "multivariate": False, "constant_liar": False,
+                                      "group": False}
+
+
+def test_unknown_optuna_option_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="n_startup_trials"):
+        quickstart("search.optuna={n_start_trials: 5}")
+
+
+def test_optuna_searcher_runs_the_baseline_first_with_the_configured_tpe(tmp_path):
+    cfg = quickstart("search.num_samples=20", "search.max_concurrent=2")
+    searcher = make_searcher(cfg, tmp_path)
+    assert type(searcher).__name__ == "OptunaSearch"
+    assert searcher.metric == "best_fid" and searcher.mode == "min"
+    assert searcher._points_to_evaluate == [{"model.lr_g": 2e-4, "model.lr_d": 2e-4, "model.lambda_cycle": 10.0,
+                                             "model.lambda_identity": 0.5}]
+    sampler = searcher._sampler
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 5 and sampler._multivariate and sampler._constant_liar
+    assert not make_searcher(quickstart("search.baseline=false"), tmp_path)._points_to_evaluate
+
+
+def test_random_searcher_also_runs_the_baseline_first(tmp_path):
+    searcher = make_searcher(quickstart("search.searcher=random"), tmp_path)
+    assert type(searcher).__name__ == "BasicVariantGenerator"
+    assert searcher._points_to_evaluate == [baseline_point(quickstart())]
+
+
+def test_asha_compares_the_running_best_by_epoch_and_never_stops_the_baseline():
+    from ray.tune.schedulers import TrialScheduler
+
+    cfg = quickstart("train.epochs=8", "search.grace_period=2", "search.reduction_factor=3")
+    asha = make_scheduler(cfg)
+    assert type(asha).__name__ == "BaselineKeepingASHA"
+    assert (asha._time_attr, asha._metric, asha._mode) == ("epoch", "best_fid", "min")
+    assert (asha._max_t, asha._reduction_factor) == (8, 3)
+    assert asha._brackets[0]._rungs[-1][0] == 2   # the first rung sits at the grace period
+
+    class FakeTrial:
+        def __init__(self, config, trial_id):
+            self.config, self.trial_id = config, trial_id
+
+        def __hash__(self):
+            return hash(self.trial_id)
+
+    # Two good trials reach epoch 2 first; then the baseline and another trial arrive there much
+    # worse: ASHA stops the other one, and keeps the baseline going.
+    baseline = FakeTrial(dict(baseline_point(cfg)), "base")
+    other = FakeTrial({**baseline_point(cfg), "model.lr_g": 1e-3}, "other")
+    good = [FakeTrial({**baseline_point(cfg), "model.lr_g": 5e-4 + i * 1e-5}, f"good{i}") for i in range(4)]
+    for trial in (*good, baseline, other):
+        asha.on_trial_add(None, trial)
+    for i, trial in enumerate(good):
+        asha.on_trial_result(None, trial, {"epoch": 2, "best_fid": 1.0 + i * 0.01})
+    assert asha.on_trial_result(None, other, {"epoch": 2, "best_fid": 50.0}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, baseline, {"epoch": 2, "best_fid": 50.0}) == TrialScheduler.CONTINUE
+
+
+def test_fifo_and_pbt_schedulers():
+    assert type(make_scheduler(quickstart("search.scheduler=fifo"))).__name__ == "FIFOScheduler"
+    cfg = quickstart("search.scheduler=pbt", "search.searcher=random", "train.eval_every=2", "train.epochs=8",
+                     "search.pbt={perturbation_interval: 5, quantile_fraction: 0.5, resample_probability: 0.1}")
+    pbt = make_scheduler(cfg)
+    assert type(pbt).__name__ == "BaselineKeepingPBT"
+    assert perturbation_interval(cfg) == 4, "rounded down to a multiple of eval_every, where checkpoints are"
+    assert (pbt._time_attr, pbt._metric, pbt._perturbation_interval) == ("epoch", "fid", 4)
+    assert search_metric(cfg) == "fid", "PBT compares the current score, not a running best"
+    assert (pbt._quantile_fraction, pbt._resample_probability) == (0.5, 0.1)
+    assert set(pbt._hyperparam_mutations) == set(cfg.search.space)
+    assert pbt._hyperparam_mutations["model.lambda_identity"] == [0.0, 0.5]
+
+
+def test_pbt_needs_random_search():
+    with pytest.raises(ConfigError, match="pbt needs search.searcher: random"):
+        quickstart("search.scheduler=pbt")
+
+
+def test_a_baseline_outside_the_searched_range_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"model.lr_g = 0.0002 \(the space's own value\) is outside"):
+        quickstart("search.space={model.lr_g: {loguniform: [1.0e-3, 2.0e-3]}}")
+    quickstart("search.space={model.lr_g: {loguniform: [1.0e-3, 2.0e-3]}}", "search.baseline=false")
+
+
+# --- Conditional keys ---------------------------------------------------------------------------
+
+CONDITIONAL = {"model.lambda_identity": {"choice": [0.0, 0.5]},
+               "model.lambda_cycle": {"uniform": [2.0, 15.0], "when": {"model.lambda_identity": 0.5}},
+               "model.lr_g": {"loguniform": [1.0e-4, 1.0e-3]}}
+
+
+def test_a_conditional_key_is_sampled_only_where_it_applies():
+    define_by_run = optuna_space(CONDITIONAL)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        values = define_by_run(trial)
+        assert ("model.lambda_cycle" in trial.params) == (values["model.lambda_identity"] == 0.5)
+        assert set(values) == set(trial.params)
+        seen.add(values["model.lambda_identity"])
+        study.tell(trial, values["model.lr_g"])
+    assert seen == {0.0, 0.5}
+    # Random search samples every key; the trial and its records drop the one that does not apply.
+    assert applicable({"model.lambda_identity": 0.0, "model.lambda_cycle": 4.2, "train.seed": 3}, CONDITIONAL) == {
+        "model.lambda_identity": 0.0, "train.seed": 3}
+
+
+def test_conditions_are_checked():
+    bad = {"model.lambda_identity": {"choice": [0.0, 0.5]},
+           "model.lambda_cycle": {"uniform": [2.0, 15.0], "when": {"model.lambda_identity": 0.7}}}
+    with pytest.raises(ConfigError, match="never takes 0.7"):
+        quickstart(f"search.space={bad}")
+    with pytest.raises(ConfigError, match="must be another `choice` key"):
+        quickstart("search.space={model.lr_g: {loguniform: [1.0e-4, 1.0e-3], when: {model.lr_d: 0.1}}}")
+
+
+def test_the_baseline_leaves_out_keys_that_do_not_apply_to_it():
+    cfg = quickstart("model.lambda_identity=0.0", f"search.space={CONDITIONAL}")
+    assert baseline_point(cfg) == {"model.lambda_identity": 0.0, "model.lr_g": 2e-4}
+    assert is_baseline({"model.lambda_identity": 0.0, "model.lambda_cycle": 9.0, "model.lr_g": 2e-4},
+                       baseline_point(cfg), CONDITIONAL)
+    assert not is_baseline({"model.lambda_identity": 0.5, "model.lambda_cycle": 10.0, "model.lr_g": 2e-4},
+                           baseline_point(cfg), CONDITIONAL)
+    assert [d.key for d in dimensions(CONDITIONAL)][-1] == "model.lambda_cycle", "conditional keys come last"
