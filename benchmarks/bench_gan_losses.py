@@ -49,7 +49,7 @@ def main() -> None:
     tree = {"name": "bench", "family": "wgan_gp",
             "data": {"source": "builtin", "image_size": args.image_size, "builtin_count": 32},
             "train": {"batch_size": args.batch_size},
-            "model": {"generator": "resnet", "critic": "dcgan", "norm_d": "layer", "gd_ratio": "1:1",
+            "model": {"generator": "resnet", "critic": "dcgan", "norm_d": "layer", "g_steps": 1, "d_steps": 1,
                       "ngf": args.width, "ndf": args.width}}
     cache = Path(tempfile.gettempdir()) / "paintsweep-bench"
     data = prepare_data(build_config(tree).data, cache, progress=lambda *_: None)
