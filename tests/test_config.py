@@ -198,5 +198,7 @@ def test_adam_betas_are_pairs_in_yaml(tmp_path):
     """)
     cfg = load_experiment(path)
     assert (cfg.model.betas_g, cfg.model.betas_d) == ([0.5, 0.999], [0.0, 0.9])
-    with pytest.raises(ConfigError, match=r"model.betas_g must be a pair \[beta1, beta2\]"):
+    with pytest.raises(ConfigError, match=r"betas_g should be list, got 0.5"):
         load_experiment(path, ["model.betas_g=0.5"])
+    with pytest.raises(ConfigError, match=r"model.betas_d must be a pair \[beta1, beta2\] .* got \[0.5, 1.5\]"):
+        load_experiment(path, ["model.betas_d=[0.5, 1.5]"])
