@@ -99,7 +99,7 @@ class TrainConfig:
 
 @dataclass
 class MetricsConfig:
-    extractor: str = "inception-fid-helper"  # inception | inception-fid-helper | random (tests only)
+    extractor: str = "inception-fid-helper"  # a registered name: core.feature_extractors.EXTRACTORS
     num_samples: int = 500               # generated images scored per evaluation
     reference_samples: int | None = None # cap on reference (Monet) images; None = all
     kid_subset_size: int = 100           # KID subset size (clipped to the sample counts)
@@ -109,8 +109,10 @@ class MetricsConfig:
 
     def validate(self) -> list[str]:
         errors = []
-        if self.extractor not in ("inception", "inception-fid-helper", "random"):
-            errors.append(f"metrics.extractor must be inception, inception-fid-helper or random, got {self.extractor!r}")
+        from core.feature_extractors import EXTRACTORS, extractor_names   # torch-fidelity: imported when needed
+
+        if self.extractor not in EXTRACTORS:
+            errors.append(f"metrics.extractor must be one of {extractor_names()}, got {self.extractor!r}")
         if self.num_samples < 2:
             errors.append(f"metrics.num_samples must be >= 2, got {self.num_samples}")
         if self.kid_subset_size < 2:
