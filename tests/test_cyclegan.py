@@ -4,6 +4,7 @@ tiny sizes. Expected values are worked out by hand or measured independently of 
 import dataclasses
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -143,6 +144,53 @@ def test_lego_spec_reports_every_problem_at_once():
         check_block_spec([{"type": "conv"}, {"type": "pool"}, OUT])
     assert "block 0 (conv): missing required key 'out'" in str(err.value)
     assert "block 1: unknown type 'pool'" in str(err.value)
+
+
+@pytest.fixture
+def block_registry(monkeypatch):
+    """A copy of the block registry for one test (registrations do not leak into others)."""
+    from core.models import blocks
+
+    monkeypatch.setattr(blocks, "BLOCK_TYPES", dict(blocks.BLOCK_TYPES))
+    return blocks
+
+
+def test_a_block_type_is_added_in_one_place(block_registry):
+    # One register_block call: its keys are checked, its shape rule plans the spec, its builder builds.
+    block_registry.register_block("pixel_shuffle", {"factor": 2},
+                                  output=lambda a, c, s: (c // a["factor"] ** 2, s * a["factor"]),
+                                  build=lambda a, c_in, c_out, norm: nn.PixelShuffle(a["factor"]))
+    spec = [{"type": "conv", "out": 12, "stride": 2}, {"type": "pixel_shuffle"}, OUT]
+    plan = check_block_spec(spec)
+    assert [(b.out_channels, b.scale) for b in plan] == [(12, 0.5), (3, 1), (3, 1)]
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    assert BlockGenerator(spec)(x).shape == x.shape
+    with pytest.raises(BlockSpecError, match="unknown key 'scale'. Valid keys for pixel_shuffle: factor"):
+        check_block_spec([{"type": "pixel_shuffle", "scale": 2}, OUT])
+
+
+def test_the_block_registry_checks_what_it_accepts(block_registry):
+    def same(a, c, s):
+        return c, s
+
+    def build(a, c_in, c_out, norm):
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="'conv' is already registered"):
+        block_registry.register_block("conv", {}, output=same, build=build)
+    with pytest.raises(ValueError, match="not using type, save, skip, skip_mode"):
+        block_registry.register_block("wired", {"skip": None}, output=same, build=build)
+    with pytest.raises(TypeError, match="must be callables"):
+        block_registry.register_block("nothing", {}, output=same, build=None)
+    with pytest.raises(ValueError, match="map to the image only with out, act and norm"):
+        block_registry.register_block("last", {"out": 3}, output=same, build=build, maps_to_image=True)
+
+
+def test_every_block_type_is_documented():
+    from core.models import blocks
+
+    for name in blocks.BLOCK_TYPES:   # a line of the docstring's table: "    conv  out, kernel=3, ..."
+        assert re.search(rf"^    (\w+, )*{name}\b", blocks.__doc__, re.MULTILINE), f"{name} is not documented"
 
 
 # --- Losses ------------------------------------------------------------------------------------
