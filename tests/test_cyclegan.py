@@ -14,7 +14,7 @@ from core.config import ConfigError, build_config
 from core.models.blocks import (BlockGenerator, BlockSpecError, ImagePool, PatchDiscriminator, ResidualBlock,
                                 check_block_spec, linear_decay_factor, resnet_generator)
 from core.models.cyclegan import Config, CycleGAN
-from core.models.losses import GAN_LOSSES, get_gan_loss
+from core.models.losses import GAN_LOSSES, get_loss
 
 LOSS_KEYS = {"loss_g", "loss_g_gan", "loss_cycle", "loss_identity", "loss_d"}
 
@@ -210,8 +210,8 @@ HAND = {  # (d(REAL, FAKE), g(FAKE)), from the textbook definitions
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
-def test_gan_losses_match_hand_computed_values(name):
-    loss = get_gan_loss(name)
+def test_losses_match_hand_computed_values(name):
+    loss = get_loss(name)
     d, g = HAND[name]
     assert loss.d(REAL, FAKE).item() == pytest.approx(d, rel=1e-6)
     assert loss.g(FAKE).item() == pytest.approx(g, rel=1e-6)
@@ -219,10 +219,10 @@ def test_gan_losses_match_hand_computed_values(name):
     assert loss.d(REAL.repeat(3).view(3, 1, 1, 2), FAKE.repeat(3)).item() == pytest.approx(d, rel=1e-6)
 
 
-def test_gan_loss_registry_checks_names():
+def test_loss_registry_checks_names():
     assert set(GAN_LOSSES) == set(HAND)
     with pytest.raises(ValueError, match="Unknown GAN loss 'lsgann'. Valid: lsgan, bce, hinge, wgan"):
-        get_gan_loss("lsgann")
+        get_loss("lsgann")
 
 
 # --- Image pool --------------------------------------------------------------------------------

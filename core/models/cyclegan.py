@@ -30,7 +30,7 @@ from core.models.blocks import (NORMS, BlockSpecError, ImagePool, PatchDiscrimin
                                 check_block_spec, init_weights, linear_decay_factor, patch_output_size,
                                 resnet_spec)
 from core.metrics import to_uint8
-from core.models.losses import GAN_LOSSES, get_gan_loss
+from core.models.losses import GAN_LOSSES, get_loss
 
 GENERATORS = ("resnet", "blocks")
 
@@ -165,7 +165,7 @@ class CycleGAN(Family):
 
     def train_step(self, batch: dict) -> dict[str, float]:
         m = self.cfg.model
-        gan = get_gan_loss(m.loss)
+        gan = get_loss(m.loss)
         photo = batch["photo"].to(self.device, non_blocking=True)   # (B, 3, H, W) in [-1, 1]
         monet = batch["monet"].to(self.device, non_blocking=True)   # (B, 3, H, W) in [-1, 1]
         discriminators = (self.D_monet, self.D_photo)

@@ -40,7 +40,7 @@ from core.models import blocks, gan_nets
 from core.models.base import Family, betas_errors, register_family
 from core.metrics import to_uint8
 from core.models.blocks import PatchDiscriminator, patch_output_size
-from core.models.losses import get_gan_loss, gradient_penalty
+from core.models.losses import get_loss, gradient_penalty
 
 GENERATORS = ("resnet", "unet")
 CRITICS = ("dcgan", "patchgan")
@@ -163,7 +163,7 @@ class WGANGP(Family):
         if len(reals) != m.d_steps:
             raise ValueError(f"train_step expects {m.d_steps} x {batch_size} images (make_loader's batches), "
                              f"got {len(batch[0])}")
-        loss = get_gan_loss(m.loss.removesuffix("-gp"))   # wgan-gp: the wgan losses
+        loss = get_loss(m.loss.removesuffix("-gp"))   # wgan-gp: the wgan losses
 
         # Critic steps.
         critic_stats = []
