@@ -202,3 +202,20 @@ def test_adam_betas_are_pairs_in_yaml(tmp_path):
         load_experiment(path, ["model.betas_g=0.5"])
     with pytest.raises(ConfigError, match=r"model.betas_d must be a pair \[beta1, beta2\] .* got \[0.5, 1.5\]"):
         load_experiment(path, ["model.betas_d=[0.5, 1.5]"])
+
+
+KAGGLE_PHOTOS = 7038   # photos in Kaggle's gan-getting-started
+
+
+def test_shipped_cyclegan_spaces_never_score_a_test_photo_twice():
+    # CycleGAN scores translated test photos, each once: the split must hold metrics.num_samples.
+    from pathlib import Path
+
+    for space in sorted(Path(__file__).resolve().parents[1].glob("search_spaces/*.yaml")):
+        cfg = load_experiment(space)
+        if cfg.family != "cyclegan":
+            continue
+        photos = KAGGLE_PHOTOS if cfg.data.source == "kaggle" else cfg.data.builtin_count
+        test_photos = round(photos * cfg.data.test_fraction)
+        assert cfg.metrics.num_samples <= test_photos, (
+            f"{space.name}: metrics.num_samples {cfg.metrics.num_samples} > {test_photos} test photos")

@@ -440,6 +440,19 @@ def test_more_scored_images_than_test_photos_is_refused_at_build(tiny_data):
                               f"CycleGAN translates for scoring; lower metrics.num_samples or raise data.test_fraction")
 
 
+def test_the_search_stops_before_any_trial_when_test_photos_are_too_few(tiny_data, tiny_data_cfg):
+    # prepare_experiment builds the family once on the CPU: the same refusal, as one ConfigError.
+    from core.search import prepare_experiment
+
+    count = tiny_data.count("test/photo")
+    cfg = build_config({"name": "t", "family": "cyclegan", "data": dataclasses.asdict(tiny_data_cfg),
+                        "model": {"ngf": 4, "ndf": 4, "n_res_blocks": 1},
+                        "metrics": {"extractor": "random", "num_samples": count + 10}})
+    with pytest.raises(ConfigError, match=rf"metrics.num_samples \({count + 10}\) exceeds the {count} held-out "
+                                          rf"test photos .*; lower metrics.num_samples or raise data.test_fraction"):
+        prepare_experiment(cfg, progress=lambda message: None)
+
+
 def test_sample_translates_given_photos_and_refuses_a_label(tiny_data):
     family = make_family(tiny_data)
     photos = torch.stack([family.test_photos[i][0] for i in (0, 1)])
