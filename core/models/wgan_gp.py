@@ -68,7 +68,8 @@ class Config:
     d_steps: int = 5                     # ... and critic steps per iteration (paper: n_critic = 5)
     lr_g: float = 1e-4                   # generator Adam learning rate (WGAN-GP paper: 1e-4)
     lr_d: float = 1e-4                   # critic Adam learning rate (seed 002: 10x below lr_g)
-    betas_g: list[float] = field(default_factory=lambda: [0.0, 0.9])   # generator Adam betas (WGAN-GP paper; DCGAN: [0.5, 0.999])
+    betas_g: list[float] = field(default_factory=lambda: [0.0, 0.9])   # generator Adam betas (WGAN-GP paper;
+                                                                       #   DCGAN: [0.5, 0.999])
     betas_d: list[float] = field(default_factory=lambda: [0.0, 0.9])   # critic Adam betas
     grad_clip: float | None = None       # max gradient L2 norm per network and step (seed 002: 1.0); None = off
     ema_decay: float = 0.999             # generator EMA decay; after t updates min(it, (1+t)/(10+t)); 0 = off
