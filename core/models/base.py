@@ -30,6 +30,7 @@ The base class then does, for every family alike:
     `schedule_values(epoch)`), then moves on;
   - `eval_mode(*nets)`: eval mode + no_grad + autocast, networks' modes restored afterwards;
   - `autocast()`: bfloat16 on CUDA when train.amp, the only place that decides it;
+  - `data_loader(dataset, ...)`: the training DataLoader's workers and memory pinning;
   - `sample()`: refuses a `label` / `photos` the family cannot use (`conditional_on_labels`,
     `translates_photos`), then calls the family's `draw_samples`.
 Optional parts have explicit defaults that say "none": `lr_factor` 1 (constant), `schedule_values`
@@ -168,6 +169,11 @@ class Family(abc.ABC):
             for group in getattr(self, name).param_groups:
                 group["lr"], group["betas"] = rates[lr_key], tuple(getattr(m, betas_key))
         return rates
+
+    def data_loader(self, dataset, **kwargs) -> DataLoader:
+        """A training DataLoader with data.num_workers worker processes and pinned memory on CUDA."""
+        return DataLoader(dataset, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                          **kwargs)
 
     def autocast(self):
         """bfloat16 autocast on CUDA when train.amp is set; a no-op otherwise."""

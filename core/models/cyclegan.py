@@ -11,7 +11,9 @@ discriminators, which see fakes drawn from a 50-image history pool.
            + lambda_identity * lambda_cycle * (|G(monet) - monet|_1 + |F(photo) - photo|_1)  (loss_identity)
     loss_D = 1/2 (d(D_monet(monet), D_monet(pool(G(photo)))) + d(D_photo(photo), D_photo(pool(F(monet)))))
 
-Scored images: G applied to the held-out test photos.
+Scored images: G applied to the held-out test photos, each photo once (building the family refuses a
+metrics.num_samples larger than their number: a duplicated image would bias FID, KID, precision and
+recall).
 """
 
 from __future__ import annotations
@@ -159,9 +161,8 @@ class CycleGAN(Family):
         if len(dataset) < self.cfg.train.batch_size:
             raise ValueError(f"train.batch_size ({self.cfg.train.batch_size}) is larger than the "
                              f"{len(dataset)} training pairs, so an epoch has no full batch; lower it")
-        return DataLoader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator,
-                          num_workers=self.cfg.data.num_workers, drop_last=True,
-                          pin_memory=self.device.type == "cuda")
+        return self.data_loader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator,
+                                drop_last=True)
 
     def train_step(self, batch: dict) -> dict[str, float]:
         m = self.cfg.model

@@ -233,8 +233,7 @@ class VAE(Family):
 
     def make_loader(self, generator: torch.Generator) -> DataLoader:
         dataset = Subset(ImageDataset(self.data, "train/monet", train_transform(self.cfg.data)), self.train_indices)
-        return DataLoader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator,
-                          num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        return self.data_loader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator)
 
     def train_step(self, batch) -> dict[str, float]:
         images, labels = batch

@@ -154,8 +154,7 @@ class WGANGP(Family):
                              f"lower train.batch_size")
         iterations = len(monets) // batch_size
         sampler = RandomSampler(monets, num_samples=iterations * d_steps * batch_size, generator=generator)
-        return DataLoader(monets, batch_size=d_steps * batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        return self.data_loader(monets, batch_size=d_steps * batch_size, sampler=sampler, drop_last=True)
 
     def train_step(self, batch) -> dict[str, float]:
         m: Config = self.cfg.model
