@@ -132,7 +132,7 @@ class TrainConfig:
 
 @dataclass
 class MetricsConfig:
-    extractor: str = "inception-fid-helper"  # inception | inception-fid-helper | random (tests only)
+    extractor: str = "inception-fid-helper"  # a registered name: core.feature_extractors.EXTRACTORS
     num_samples: int = 500               # generated images scored per evaluation
     reference_samples: int | None = None # cap on reference (Monet) images; None = all
     kid_subset_size: int = 100           # KID subset size (clipped to the sample counts)
@@ -142,8 +142,10 @@ class MetricsConfig:
 
     def validate(self) -> list[str]:
         errors = []
-        if self.extractor not in ("inception", "inception-fid-helper", "random"):
-            errors.append(f"metrics.extractor must be inception, inception-fid-helper or random, got {self.extractor!r}")
+        from core.feature_extractors import EXTRACTORS, extractor_names   # torch-fidelity: imported when needed
+
+        if self.extractor not in EXTRACTORS:
+            errors.append(f"metrics.extractor must be one of {extractor_names()}, got {self.extractor!r}")
         if self.num_samples < 2:
             errors.append(f"metrics.num_samples must be >= 2, got {self.num_samples}")
         if self.kid_subset_size < 2:
@@ -360,6 +362,22 @@ class ExperimentConfig:
         return Path(os.path.expanduser(os.environ.get("PAINTSWEEP_CACHE", self.cache_dir)))
 
 
+# Model keys that were renamed when every family got one vocabulary (README, "Model families"):
+# an old key, in a file, an override or search.space, is an error that names its replacement.
+# Each applies to the families whose Config has the new keys.
+RENAMED_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "gd_ratio": ("g_steps", "d_steps"),        # "1:5" -> g_steps: 1, d_steps: 5
+    "gan_loss": ("loss",),
+    "norm": ("norm_g", "norm_d"),
+    "beta1": ("betas_g", "betas_d"),           # beta1/beta2 -> betas_g/betas_d: [beta1, beta2]
+    "beta2": ("betas_g", "betas_d"),
+    "beta1_g": ("betas_g",),
+    "beta2_g": ("betas_g",),
+    "beta1_d": ("betas_d",),
+    "beta2_d": ("betas_d",),
+    "gp_lambda": ("lambda_gp",),
+}
+
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "metrics": MetricsConfig,
             "logging": LoggingConfig, "search": SearchConfig}
 TOP_LEVEL_KEYS = ("name", "family", "description", "cache_dir", "model", *SECTIONS)
@@ -467,7 +485,7 @@ def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
     for name, cls in SECTIONS.items():
         sections[name] = _build_section(cls, tree.get(name) or {}, name, errors)
     model = _build_section(family_cls.Config, tree.get("model") or {}, f"model ({family_name})",
-                           errors) if family_cls else None
+                           errors, renamed=RENAMED_MODEL_KEYS) if family_cls else None
 
     for section in (*sections.values(), model):
         if section is not None and hasattr(section, "validate"):
@@ -492,7 +510,8 @@ def _check_space_keys(tree: dict, space: dict) -> list[str]:
             continue
         valid = _field_names(section, tree)
         if leaf not in valid:
-            errors.extend(_unknown_keys({leaf: None}, valid, f"search.space ({section})"))
+            errors.extend(_unknown_keys({leaf: None}, valid, f"search.space ({section})",
+                                        renamed=RENAMED_MODEL_KEYS if section == "model" else {}))
     return errors
 
 
@@ -503,22 +522,30 @@ def _field_names(section: str, tree: dict) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def _unknown_keys(values: dict, valid: tuple[str, ...] | list[str], where: str) -> list[str]:
+def _unknown_keys(values: dict, valid: tuple[str, ...] | list[str], where: str,
+                  renamed: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """One error per key not in `valid`: a renamed key (`renamed`: old -> new keys) names its
+    replacement; any other names the closest valid key and lists them all."""
     errors = []
     for key in values:
-        if key not in valid:
+        new = (renamed or {}).get(key)
+        if key not in valid and new and all(k in valid for k in new):
+            errors.append(f"model.{key} was renamed: use {' and '.join(f'model.{k}' for k in new)}"
+                          f" (in {where})")
+        elif key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             errors.append(f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
     return errors
 
 
-def _build_section(cls: type, values: Any, where: str, errors: list[str]):
+def _build_section(cls: type, values: Any, where: str, errors: list[str],
+                   renamed: dict[str, tuple[str, ...]] | None = None):
     if not isinstance(values, dict):
         errors.append(f"section {where!r} must be a mapping, got {values!r}")
         return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    errors.extend(_unknown_keys(values, tuple(fields), where))
+    errors.extend(_unknown_keys(values, tuple(fields), where, renamed))
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -527,11 +554,7 @@ def _build_section(cls: type, values: Any, where: str, errors: list[str]):
         try:
             kwargs[key] = _coerce(value, hints[key])
         except (TypeError, ValueError):
-            hint = ""
-            if hints[key] is str and isinstance(value, int):
-                # YAML 1.1 reads an unquoted 1:5 as the base-60 number 65.
-                hint = " (quote the value in YAML, e.g. \"1:5\")"
-            errors.append(f"{where}.{key} should be {_type_name(hints[key])}, got {value!r}{hint}")
+            errors.append(f"{where}.{key} should be {_type_name(hints[key])}, got {value!r}")
     try:
         return cls(**kwargs)
     except TypeError as e:

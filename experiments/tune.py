@@ -27,7 +27,7 @@ from core.data import DataError  # noqa: E402
 # --smoke-test: tiny everything, offline (builtin data, random-feature extractor), about a minute.
 SMOKE_TEST_OVERRIDES = [
     "data.source=builtin", "data.image_size=32", "data.load_size=36", "data.builtin_count=16",
-    "data.max_images=16", "train.epochs=2", "train.eval_every=1", "train.iters_per_epoch=2",
+    "data.max_images=16", "data.test_fraction=0.5", "train.epochs=2", "train.eval_every=1", "train.iters_per_epoch=2",
     "train.batch_size=1", "metrics.extractor=random", "metrics.num_samples=8",
     "metrics.kid_subset_size=4", "metrics.batch_size=8", "search.num_samples=2",
     "search.max_concurrent=2", "search.cpus_per_trial=1", "search.gpus_per_trial=0",

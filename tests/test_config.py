@@ -149,3 +149,73 @@ def test_every_search_space_in_the_repo_loads():
     for space in spaces:
         cfg = load_experiment(space)
         assert cfg.search.space, f"{space.name} searches nothing"
+
+
+WGAN = """
+    name: t
+    family: wgan_gp
+"""
+
+
+def test_an_old_key_anywhere_names_the_new_one(tmp_path):
+    # In the file, in an override and in search.space: the same message, naming the replacement.
+    renamed = "model.gd_ratio was renamed: use model.g_steps and model.d_steps"
+    in_file = write(tmp_path / "file.yaml", WGAN + """
+    model: {gd_ratio: "1:5"}
+    """)
+    with pytest.raises(ConfigError, match=renamed):
+        load_experiment(in_file)
+    plain = write(tmp_path / "plain.yaml", WGAN)
+    with pytest.raises(ConfigError, match=renamed):
+        load_experiment(plain, ["model.gd_ratio=1:5"])
+    in_space = write(tmp_path / "space.yaml", WGAN + """
+    search:
+      space:
+        model.gd_ratio: {choice: ["1:1", "1:5"]}
+    """)
+    with pytest.raises(ConfigError, match=renamed):
+        load_experiment(in_space)
+    cyclegan = write(tmp_path / "cyclegan.yaml", MINIMAL + """
+    model: {gan_loss: hinge, beta2: 0.99}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(cyclegan)
+    assert "model.gan_loss was renamed: use model.loss" in str(err.value)
+    assert "model.beta2 was renamed: use model.betas_g and model.betas_d" in str(err.value)
+
+
+def test_a_renamed_key_is_only_suggested_where_the_new_key_exists(tmp_path):
+    # The VAE never had g_steps: gd_ratio there is a plain unknown key.
+    path = write(tmp_path / "vae.yaml", "name: t\nfamily: vae\nmodel: {gd_ratio: '1:5'}\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert "unknown key 'gd_ratio'" in str(err.value) and "was renamed" not in str(err.value)
+
+
+def test_adam_betas_are_pairs_in_yaml(tmp_path):
+    path = write(tmp_path / "betas.yaml", WGAN + """
+    model: {betas_g: [0.5, 0.999], betas_d: [0.0, 0.9]}
+    """)
+    cfg = load_experiment(path)
+    assert (cfg.model.betas_g, cfg.model.betas_d) == ([0.5, 0.999], [0.0, 0.9])
+    with pytest.raises(ConfigError, match=r"betas_g should be list, got 0.5"):
+        load_experiment(path, ["model.betas_g=0.5"])
+    with pytest.raises(ConfigError, match=r"model.betas_d must be a pair \[beta1, beta2\] .* got \[0.5, 1.5\]"):
+        load_experiment(path, ["model.betas_d=[0.5, 1.5]"])
+
+
+KAGGLE_PHOTOS = 7038   # photos in Kaggle's gan-getting-started
+
+
+def test_shipped_cyclegan_spaces_never_score_a_test_photo_twice():
+    # CycleGAN scores translated test photos, each once: the split must hold metrics.num_samples.
+    from pathlib import Path
+
+    for space in sorted(Path(__file__).resolve().parents[1].glob("search_spaces/*.yaml")):
+        cfg = load_experiment(space)
+        if cfg.family != "cyclegan":
+            continue
+        photos = KAGGLE_PHOTOS if cfg.data.source == "kaggle" else cfg.data.builtin_count
+        test_photos = round(photos * cfg.data.test_fraction)
+        assert cfg.metrics.num_samples <= test_photos, (
+            f"{space.name}: metrics.num_samples {cfg.metrics.num_samples} > {test_photos} test photos")

@@ -1,8 +1,10 @@
 """CycleGAN family and its shared pieces (blocks, GAN losses, image pool, LR schedule), on CPU at
 tiny sizes. Expected values are worked out by hand or measured independently of the code under test."""
 
+import dataclasses
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -11,8 +13,8 @@ from torch import nn
 from core.config import ConfigError, build_config
 from core.models.blocks import (BlockGenerator, BlockSpecError, ImagePool, PatchDiscriminator, ResidualBlock,
                                 check_block_spec, linear_decay_factor, resnet_generator)
-from core.models.cyclegan import CycleGAN, CycleGANConfig
-from core.models.losses import GAN_LOSSES, get_gan_loss
+from core.models.cyclegan import Config, CycleGAN
+from core.models.losses import GAN_LOSSES, get_loss
 
 LOSS_KEYS = {"loss_g", "loss_g_gan", "loss_cycle", "loss_identity", "loss_d"}
 
@@ -73,11 +75,11 @@ def test_residual_block_count_follows_image_size():
     def count(n):
         return sum(isinstance(m, ResidualBlock) for m in resnet_generator(ngf=4, n_blocks=n).modules())
 
-    assert CycleGANConfig().res_blocks(256) == 9 and count(9) == 9
-    assert CycleGANConfig().res_blocks(512) == 9
-    assert CycleGANConfig().res_blocks(128) == 6 and count(6) == 6
-    assert CycleGANConfig().res_blocks(32) == 6
-    assert CycleGANConfig(n_res_blocks=3).res_blocks(256) == 3
+    assert Config().res_blocks(256) == 9 and count(9) == 9
+    assert Config().res_blocks(512) == 9
+    assert Config().res_blocks(128) == 6 and count(6) == 6
+    assert Config().res_blocks(32) == 6
+    assert Config(n_res_blocks=3).res_blocks(256) == 3
     assert count(0) == 0
 
 
@@ -144,6 +146,53 @@ def test_lego_spec_reports_every_problem_at_once():
     assert "block 1: unknown type 'pool'" in str(err.value)
 
 
+@pytest.fixture
+def block_registry(monkeypatch):
+    """A copy of the block registry for one test (registrations do not leak into others)."""
+    from core.models import blocks
+
+    monkeypatch.setattr(blocks, "BLOCK_TYPES", dict(blocks.BLOCK_TYPES))
+    return blocks
+
+
+def test_a_block_type_is_added_in_one_place(block_registry):
+    # One register_block call: its keys are checked, its shape rule plans the spec, its builder builds.
+    block_registry.register_block("pixel_shuffle", {"factor": 2},
+                                  output=lambda a, c, s: (c // a["factor"] ** 2, s * a["factor"]),
+                                  build=lambda a, c_in, c_out, norm: nn.PixelShuffle(a["factor"]))
+    spec = [{"type": "conv", "out": 12, "stride": 2}, {"type": "pixel_shuffle"}, OUT]
+    plan = check_block_spec(spec)
+    assert [(b.out_channels, b.scale) for b in plan] == [(12, 0.5), (3, 1), (3, 1)]
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    assert BlockGenerator(spec)(x).shape == x.shape
+    with pytest.raises(BlockSpecError, match="unknown key 'scale'. Valid keys for pixel_shuffle: factor"):
+        check_block_spec([{"type": "pixel_shuffle", "scale": 2}, OUT])
+
+
+def test_the_block_registry_checks_what_it_accepts(block_registry):
+    def same(a, c, s):
+        return c, s
+
+    def build(a, c_in, c_out, norm):
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="'conv' is already registered"):
+        block_registry.register_block("conv", {}, output=same, build=build)
+    with pytest.raises(ValueError, match="not using type, save, skip, skip_mode"):
+        block_registry.register_block("wired", {"skip": None}, output=same, build=build)
+    with pytest.raises(TypeError, match="must be callables"):
+        block_registry.register_block("nothing", {}, output=same, build=None)
+    with pytest.raises(ValueError, match="map to the image only with out, act and norm"):
+        block_registry.register_block("last", {"out": 3}, output=same, build=build, maps_to_image=True)
+
+
+def test_every_block_type_is_documented():
+    from core.models import blocks
+
+    for name in blocks.BLOCK_TYPES:   # a line of the docstring's table: "    conv  out, kernel=3, ..."
+        assert re.search(rf"^    (\w+, )*{name}\b", blocks.__doc__, re.MULTILINE), f"{name} is not documented"
+
+
 # --- Losses ------------------------------------------------------------------------------------
 
 
@@ -161,8 +210,8 @@ HAND = {  # (d(REAL, FAKE), g(FAKE)), from the textbook definitions
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
-def test_gan_losses_match_hand_computed_values(name):
-    loss = get_gan_loss(name)
+def test_losses_match_hand_computed_values(name):
+    loss = get_loss(name)
     d, g = HAND[name]
     assert loss.d(REAL, FAKE).item() == pytest.approx(d, rel=1e-6)
     assert loss.g(FAKE).item() == pytest.approx(g, rel=1e-6)
@@ -170,10 +219,10 @@ def test_gan_losses_match_hand_computed_values(name):
     assert loss.d(REAL.repeat(3).view(3, 1, 1, 2), FAKE.repeat(3)).item() == pytest.approx(d, rel=1e-6)
 
 
-def test_gan_loss_registry_checks_names():
+def test_loss_registry_checks_names():
     assert set(GAN_LOSSES) == set(HAND)
     with pytest.raises(ValueError, match="Unknown GAN loss 'lsgann'. Valid: lsgan, bce, hinge, wgan"):
-        get_gan_loss("lsgann")
+        get_loss("lsgann")
 
 
 # --- Image pool --------------------------------------------------------------------------------
@@ -256,15 +305,17 @@ def tree(**model):
 
 def test_config_defaults_are_the_papers():
     m = build_config(tree()).model
-    assert (m.generator, m.norm, m.gan_loss, m.ngf, m.ndf, m.n_layers_d) == ("resnet", "instance", "lsgan", 64, 64, 3)
+    assert ((m.generator, m.norm_g, m.norm_d, m.loss, m.ngf, m.ndf, m.n_layers_d)
+            == ("resnet", "instance", "instance", "lsgan", 64, 64, 3))
     assert (m.lambda_cycle, m.lambda_identity, m.pool_size) == (10.0, 0.5, 50)
-    assert (m.lr_g, m.lr_d, m.beta1, m.beta2, m.init_gain) == (2e-4, 2e-4, 0.5, 0.999, 0.02)
+    assert (m.lr_g, m.lr_d, m.betas_g, m.betas_d, m.init_gain) == (2e-4, 2e-4, [0.5, 0.999], [0.5, 0.999], 0.02)
     assert (m.wait_epochs, m.decay_epochs, m.min_lr) == (100, 100, 0.0)
 
 
 @pytest.mark.parametrize("model, message", [
-    ({"norm": "layer"}, "model.norm must be one of instance, batch, none"),
-    ({"gan_loss": "ls"}, "model.gan_loss must be one of lsgan, bce, hinge, wgan"),
+    ({"norm_g": "layer"}, "model.norm_g must be one of instance, batch, none"),
+    ({"norm_d": "layer"}, "model.norm_d must be one of instance, batch, none"),
+    ({"loss": "ls"}, "model.loss must be one of lsgan, bce, hinge, wgan"),
     ({"generator": "unet"}, "model.generator must be one of resnet, blocks"),
     ({"generator": "blocks"}, "model.blocks is empty"),
     ({"blocks": [OUT]}, "model.blocks is set but model.generator is 'resnet'"),
@@ -272,7 +323,11 @@ def test_config_defaults_are_the_papers():
     ({"lambda_cycle": -1.0}, "model.lambda_cycle must be >= 0"),
     ({"lr_d": 0.0}, "model.lr_d must be > 0"),
     ({"min_lr": 1.0}, "model.min_lr (1.0) must be <= lr_g"),
-    ({"beta1": 1.0}, "model.beta1 must be in [0, 1)"),
+    ({"betas_g": [0.5, 1.0]}, "model.betas_g must be a pair [beta1, beta2] of Adam betas, each in [0, 1)"),
+    ({"betas_d": [0.5]}, "model.betas_d must be a pair"),
+    ({"gan_loss": "lsgan"}, "model.gan_loss was renamed: use model.loss"),
+    ({"norm": "batch"}, "model.norm was renamed: use model.norm_g and model.norm_d"),
+    ({"beta1": 0.5}, "model.beta1 was renamed: use model.betas_g and model.betas_d"),
     ({"n_res_blocks": -1}, "model.n_res_blocks must be >= 0"),
 ])
 def test_config_rejects_impossible_values(model, message):
@@ -289,6 +344,7 @@ def make_family(tiny_data, seed=0, **model):
         "name": "t", "family": "cyclegan",
         "data": {"source": "builtin", "image_size": tiny_data.image_size, "load_size": tiny_data.load_size},
         "train": {"batch_size": 2}, "logging": {"image_grid_size": 2},
+        "metrics": {"num_samples": tiny_data.count("test/photo")},
         "model": {"ngf": 4, "ndf": 4, "n_res_blocks": 1, "pool_size": 2, **model}})   # 32 px: 2x2 PatchGAN logits
     torch.manual_seed(seed)
     return CycleGAN(cfg, tiny_data, torch.device("cpu"))
@@ -334,49 +390,76 @@ def test_no_identity_loss_when_its_weight_is_zero(tiny_data):
 
 def test_end_epoch_follows_the_schedule(tiny_data):
     family = make_family(tiny_data, lr_g=2e-4, lr_d=1e-4, wait_epochs=1, decay_epochs=1, min_lr=1e-5)
-    assert family.opt_g.param_groups[0]["lr"] == pytest.approx(2e-4)
-    # After epoch 0, epoch 1 is the first decay epoch: halfway (1 of decay_epochs + 1) to min_lr.
-    assert family.end_epoch(0) == pytest.approx({"lr_g": (2e-4 + 1e-5) / 2, "lr_d": (1e-4 + 1e-5) / 2})
-    assert family.end_epoch(1) == pytest.approx({"lr_g": 1e-5, "lr_d": 1e-5})
+    def rates():
+        return family.opt_g.param_groups[0]["lr"], family.opt_d.param_groups[0]["lr"]
+
+    assert rates() == pytest.approx((2e-4, 1e-4))
+    # end_epoch returns the rates the finished epoch trained with, then sets the next epoch's.
+    # Epoch 1 is the first decay epoch: halfway (1 of decay_epochs + 1) to min_lr.
+    assert family.end_epoch(0) == pytest.approx({"lr_g": 2e-4, "lr_d": 1e-4})
+    assert rates() == pytest.approx(((2e-4 + 1e-5) / 2, (1e-4 + 1e-5) / 2))
+    assert family.end_epoch(1) == pytest.approx({"lr_g": (2e-4 + 1e-5) / 2, "lr_d": (1e-4 + 1e-5) / 2})
     assert family.end_epoch(7) == pytest.approx({"lr_g": 1e-5, "lr_d": 1e-5})
+    assert rates() == pytest.approx((1e-5, 1e-5))
+
+
+def test_set_hparams_keeps_the_lr_decay(tiny_data):
+    # PBT/resume: a new lr_g applies at once, at the schedule's current point (epoch 1: halfway).
+    family = make_family(tiny_data, lr_g=2e-4, lr_d=1e-4, wait_epochs=1, decay_epochs=1, min_lr=1e-5)
+    family.end_epoch(0)
+    family.set_hparams(dataclasses.replace(family.cfg.model, lr_g=4e-4, betas_g=[0.0, 0.9]))
+    assert family.opt_g.param_groups[0]["lr"] == pytest.approx((4e-4 + 1e-5) / 2)
+    assert family.opt_d.param_groups[0]["lr"] == pytest.approx((1e-4 + 1e-5) / 2)
+    assert family.opt_g.param_groups[0]["betas"] == (0.0, 0.9)
+    assert family.end_epoch(1) == pytest.approx({"lr_g": (4e-4 + 1e-5) / 2, "lr_d": (1e-4 + 1e-5) / 2})
     assert family.opt_g.param_groups[0]["lr"] == pytest.approx(1e-5)
-    assert family.opt_d.param_groups[0]["lr"] == pytest.approx(1e-5)
-
-
-def test_state_round_trip_gives_identical_next_step(tiny_data, tmp_path):
-    size = tiny_data.image_size
-    original = make_family(tiny_data, seed=0)
-    for step in range(3):   # the pool (size 2) fills in the first step, then swaps at random
-        original.train_step(fixed_batch(size, seed=step))
-    original.end_epoch(0)
-    torch.save(original.state_dict(), tmp_path / "state.pt")
-
-    restored = make_family(tiny_data, seed=1)   # different initial weights, then overwritten
-    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    batch = fixed_batch(size, seed=99)
-    results = []
-    for family in (original, restored):
-        torch.manual_seed(5)   # the trainable restores the RNG; the pool draws from it
-        results.append((family.train_step(batch), family.state_dict()))
-    (losses_a, state_a), (losses_b, state_b) = results
-    assert losses_a == losses_b
-    for name in restored.modules():
-        for key, value in state_a[name].items():
-            assert torch.equal(value, state_b[name][key]), f"{name}.{key}"
-    assert torch.equal(state_a["pool_monet"]["images"], state_b["pool_monet"]["images"])
 
 
 def test_generate_yields_exactly_n_deterministic_uint8_images(tiny_data):
     family = make_family(tiny_data)
     size, count = tiny_data.image_size, tiny_data.count("test/photo")
-    n = count + 3   # more than there are test photos: cycles over them
-    batches = list(family.generate(n, batch_size=2))
-    assert [len(b) for b in batches] == [2] * (n // 2) + [1] * (n % 2)
+    batches = list(family.generate(count, batch_size=4))
+    assert [len(b) for b in batches] == [4] * (count // 4) + [count % 4] * bool(count % 4)
     images = torch.cat(batches)
-    assert images.dtype == torch.uint8 and images.shape == (n, 3, size, size)
-    assert torch.equal(images[count:], images[:3])                   # photo i and photo i + count
-    assert torch.equal(torch.cat(list(family.generate(n, batch_size=5))), images)   # batch size irrelevant
+    assert images.dtype == torch.uint8 and images.shape == (count, 3, size, size)
+    assert len({image.numpy().tobytes() for image in images}) == count   # each test photo once
+    assert torch.equal(torch.cat(list(family.generate(count, batch_size=5))), images)   # batch size irrelevant
     assert family.G.training and torch.is_grad_enabled()             # modes restored
+    with pytest.raises(ValueError, match=f"translates each of the {count} test photos once"):
+        next(family.generate(count + 1, batch_size=4))
+
+
+def test_more_scored_images_than_test_photos_is_refused_at_build(tiny_data):
+    # Scoring a photo twice would bias FID/KID: building the family refuses it, naming both numbers.
+    count = tiny_data.count("test/photo")
+    cfg = make_family(tiny_data).cfg
+    cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, num_samples=count + 1))
+    with pytest.raises(ValueError) as err:
+        CycleGAN(cfg, tiny_data, torch.device("cpu"))
+    assert str(err.value) == (f"metrics.num_samples ({count + 1}) exceeds the {count} held-out test photos that "
+                              f"CycleGAN translates for scoring; lower metrics.num_samples or raise data.test_fraction")
+
+
+def test_the_search_stops_before_any_trial_when_test_photos_are_too_few(tiny_data, tiny_data_cfg):
+    # prepare_experiment builds the family once on the CPU: the same refusal, as one ConfigError.
+    from core.search import prepare_experiment
+
+    count = tiny_data.count("test/photo")
+    cfg = build_config({"name": "t", "family": "cyclegan", "data": dataclasses.asdict(tiny_data_cfg),
+                        "model": {"ngf": 4, "ndf": 4, "n_res_blocks": 1},
+                        "metrics": {"extractor": "random", "num_samples": count + 10}})
+    with pytest.raises(ConfigError, match=rf"metrics.num_samples \({count + 10}\) exceeds the {count} held-out "
+                                          rf"test photos .*; lower metrics.num_samples or raise data.test_fraction"):
+        prepare_experiment(cfg, progress=lambda message: None)
+
+
+def test_sample_translates_given_photos_and_refuses_a_label(tiny_data):
+    family = make_family(tiny_data)
+    photos = torch.stack([family.test_photos[i][0] for i in (0, 1)])
+    expected = torch.cat(list(family.generate(2, batch_size=2)))      # G on test photos 0 and 1
+    assert torch.equal(family.sample(2, photos=photos), expected)
+    with pytest.raises(ValueError, match="not conditional on class labels"):
+        family.sample(2, label=0)
 
 
 def test_image_grids_show_input_translation_reconstruction(tiny_data):

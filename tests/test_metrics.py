@@ -4,6 +4,7 @@ Everything runs the real extractors at 32 px on CPU; the random-feature extracto
 Inception except in the fid-helper conversion test."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,55 @@ def test_frechet_distance_equals_torch_fidelity(n_generated):
     reference = Reference(mu=ref_stats["mu"], sigma=ref_stats["sigma"], features=ref, extractor="test",
                           extractor_id="test", count=len(ref), key_parts={}, path=Path("unused"))
     assert frechet_distance(gen, reference) == pytest.approx(expected, rel=1e-7)
+
+
+# --- The extractor registry -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the extractor registry for one test (registrations do not leak into others)."""
+    monkeypatch.setattr(fx, "EXTRACTORS", dict(fx.EXTRACTORS))
+    return fx.EXTRACTORS
+
+
+def test_a_registered_extractor_is_accepted_by_the_config_and_built(registry, tmp_path):
+    from torch_fidelity.utils import create_feature_extractor
+
+    assert "tiny-test" in MetricsConfig(extractor="tiny-test").validate()[0]   # unknown before
+    fx.register_extractor(
+        "tiny-test", "random features under another name",
+        identity=lambda weights_path: "tiny-test:v1",
+        build=lambda weights_path, cache_dir: fx.Extractor(
+            create_feature_extractor(fx.RandomFeatures.NAME, [fx.FEATURE_LAYER], cuda=False, verbose=False),
+            "tiny test features", "tiny-test:v1"))
+    assert MetricsConfig(extractor="tiny-test").validate() == []
+    assert fx.extractor_identity("tiny-test") == "tiny-test:v1"
+    extractor = fx.get_extractor("tiny-test", None, tmp_path)
+    assert extractor.description == "tiny test features"
+    (features,) = extractor.net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert features.shape == (2, 2048)
+
+
+def test_the_registry_checks_what_it_accepts(registry, tmp_path):
+    def build(weights_path, cache_dir):
+        return "not an extractor"
+
+    with pytest.raises(ValueError, match="'random' is already registered"):
+        fx.register_extractor("random", "again", identity=lambda w: "x", build=build)
+    for bad in ("", " padded", "a/b"):
+        with pytest.raises(ValueError, match="Extractor name must be"):
+            fx.register_extractor(bad, "bad name", identity=lambda w: "x", build=build)
+    with pytest.raises(TypeError, match="must be callables"):
+        fx.register_extractor("no-build", "missing builder", identity=lambda w: "x", build=None)
+    fx.register_extractor("wrong-type", "builds a string", identity=lambda w: "x", build=build)
+    with pytest.raises(TypeError, match="must build an Extractor around a torch-fidelity FeatureExtractorBase"):
+        fx.get_extractor("wrong-type", None, tmp_path)
+    with pytest.raises(MetricsError, match=re.escape("use one of inception-fid-helper | inception | random")):
+        fx.extractor_identity("inceptoin")
+
+
+def test_every_registered_extractor_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in fx.EXTRACTORS:
+        assert f"- `{name}`" in readme, f"README's Metrics section does not describe metrics.extractor {name!r}"

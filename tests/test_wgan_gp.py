@@ -1,6 +1,6 @@
 """The wgan_gp family (core/models/wgan_gp.py, gan_nets.py, losses.gradient_penalty) on CPU at 32 px."""
 
-import io
+import dataclasses
 import itertools
 import math
 
@@ -123,8 +123,12 @@ def test_gradient_penalty_of_a_quadratic_critic_and_its_gradient():
 
 @pytest.mark.parametrize("model, message", [
     ({"norm_d": "batch", "loss": "wgan-gp"}, "batch norm"),
-    ({"gd_ratio": "1-5"}, "gd_ratio"),
-    ({"gd_ratio": "0:1"}, "gd_ratio"),
+    ({"g_steps": 0}, "model.g_steps must be >= 1"),
+    ({"d_steps": 0}, "model.d_steps must be >= 1"),
+    ({"betas_g": [0.0, 1.0]}, r"model.betas_g must be a pair \[beta1, beta2\]"),
+    ({"gd_ratio": "1:5"}, "model.gd_ratio was renamed: use model.g_steps and model.d_steps"),
+    ({"gp_lambda": 5.0}, "model.gp_lambda was renamed: use model.lambda_gp"),
+    ({"beta1_g": 0.5}, "model.beta1_g was renamed: use model.betas_g"),
     ({"critic": "patchgan", "norm_d": "layer"}, "norm_d: instance"),
     ({"loss": "wgan"}, "wgan-gp, bce, hinge, lsgan"),
     ({"ema_decay": 1.0}, "ema_decay"),
@@ -144,7 +148,7 @@ def test_batch_norm_critic_is_fine_without_gradient_penalty():
 
 @pytest.mark.parametrize("generator, critic, loss", list(itertools.product(GENERATORS, CRITICS, LOSSES)))
 def test_every_combination_takes_a_training_step(tiny_data, generator, critic, loss):
-    family = make_family(tiny_data, generator=generator, critic=critic, loss=loss, gd_ratio="1:1",
+    family = make_family(tiny_data, generator=generator, critic=critic, loss=loss, d_steps=1,
                          norm_d="instance", spectral_norm_d=True, spectral_norm_g=True, grad_clip=1.0)
     if critic == "patchgan":
         assert isinstance(family.D, PatchDiscriminator)
@@ -161,7 +165,7 @@ def test_every_combination_takes_a_training_step(tiny_data, generator, critic, l
 def test_wasserstein_estimate_is_the_score_gap(tiny_data):
     # The reported values come from the weights before the step's update: recompute them with the
     # same noise (the step's first draw from the global RNG).
-    family = make_family(tiny_data, gd_ratio="1:1", loss="wgan-gp")
+    family = make_family(tiny_data, d_steps=1, loss="wgan-gp")
     batch = first_batch(family)
     torch.manual_seed(5)
     z = torch.randn(2, TINY["latent_dim"])
@@ -173,14 +177,14 @@ def test_wasserstein_estimate_is_the_score_gap(tiny_data):
     assert losses["loss_d"] == pytest.approx(-expected.item(), rel=1e-4, abs=1e-5)   # wgan: E D(fake) - E D(real)
 
 
-@pytest.mark.parametrize("ratio, g_steps, d_steps", [("1:5", 1, 5), ("2:1", 2, 1)])
-def test_run_frequency_steps_each_network_as_configured(tiny_data, ratio, g_steps, d_steps):
-    family = make_family(tiny_data, gd_ratio=ratio)
+@pytest.mark.parametrize("g_steps, d_steps", [(1, 5), (2, 1)])
+def test_run_frequency_steps_each_network_as_configured(tiny_data, g_steps, d_steps):
+    family = make_family(tiny_data, g_steps=g_steps, d_steps=d_steps)
     counts = {"g": 0, "d": 0}
     family.opt_g.register_step_post_hook(lambda *_: counts.__setitem__("g", counts["g"] + 1))
     family.opt_d.register_step_post_hook(lambda *_: counts.__setitem__("d", counts["d"] + 1))
     loader = family.make_loader(torch.Generator().manual_seed(0))
-    # An epoch has len(train/monet) // B iterations whatever the ratio; each brings d fresh batches.
+    # An epoch has len(train/monet) // B iterations whatever the step counts; each brings d_steps batches.
     assert len(loader) == tiny_data.count("train/monet") // 2
     seen = []   # every image batch the critic scores
     family.D.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
@@ -197,7 +201,7 @@ def test_run_frequency_steps_each_network_as_configured(tiny_data, ratio, g_step
 
 
 def test_ema_follows_the_warmed_up_decay_and_is_what_generate_samples(tiny_data):
-    family = make_family(tiny_data, gd_ratio="1:1", ema_decay=0.999, norm_g="none")
+    family = make_family(tiny_data, d_steps=1, ema_decay=0.999, norm_g="none")
     batches = iter(family.make_loader(torch.Generator().manual_seed(0)))
     family.train_step(next(batches))
     after_1 = params(family.G)
@@ -227,24 +231,26 @@ def test_image_grid_shows_ema_and_raw_rows(tiny_data):
     grid = family.image_grids()["ema_vs_raw"]
     assert grid.shape == (3, 2 * 32 + 3 * 2, 3 * 32 + 4 * 2)   # 2 rows x 3 columns, 2 px padding
     assert grid.min() >= 0 and grid.max() <= 1
-    assert family.G.training   # back to training mode
+    assert family.G.training and not family.G_ema.training   # modes restored
 
 
-def test_state_dict_round_trip_reproduces_the_next_step(tiny_data):
-    model = {"gd_ratio": "1:2", "spectral_norm_d": True, "spectral_norm_g": True, "grad_clip": 5.0}
-    family = make_family(tiny_data, batch_size=2, **model)
-    batches = iter(family.make_loader(torch.Generator().manual_seed(0)))
-    family.train_step(next(batches))
-    buffer = io.BytesIO()
-    torch.save(family.state_dict(), buffer)
-    buffer.seek(0)
-    restored = make_family(tiny_data, seed=123, batch_size=2, **model)   # other initial weights
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+def test_set_hparams_applies_steps_and_gp_weight_and_refuses_architecture(tiny_data):
+    # PBT: g_steps/d_steps and lambda_gp are read at every step, so a mutation applies at once.
+    family = make_family(tiny_data)
+    family.set_hparams(dataclasses.replace(family.cfg.model, g_steps=2, d_steps=1, lambda_gp=3.0))
+    counts = {"g": 0, "d": 0}
+    family.opt_g.register_step_post_hook(lambda *_: counts.__setitem__("g", counts["g"] + 1))
+    family.opt_d.register_step_post_hook(lambda *_: counts.__setitem__("d", counts["d"] + 1))
+    family.train_step(first_batch(family))
+    assert counts == {"g": 2, "d": 1}
+    with pytest.raises(ConfigError, match="model.ngf cannot change during training"):
+        family.set_hparams(dataclasses.replace(family.cfg.model, ngf=8))
 
-    batch = next(batches)
-    torch.manual_seed(7)
-    expected = family.train_step(batch)
-    torch.manual_seed(7)
-    assert restored.train_step(batch) == expected
-    for a, b in zip(family.state_dict()["G_ema"].values(), restored.state_dict()["G_ema"].values()):
-        assert torch.equal(a, b)
+
+def test_sample_refuses_labels_and_photos(tiny_data):
+    family = make_family(tiny_data)
+    assert family.sample(2, seed=1).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="not conditional on class labels"):
+        family.sample(2, label=0)
+    with pytest.raises(ValueError, match="does not translate photos"):
+        family.sample(2, photos=torch.zeros(2, 3, 32, 32))

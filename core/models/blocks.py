@@ -27,7 +27,8 @@ and a small U-Net-style generator with skip connections reads
         - {type: double_conv, out: 32, skip: enc1}                 # input cat enc1: 64 -> 32 channels
         - {type: conv, out: 3, kernel: 1, norm: false, act: tanh}  # (B, 3, H, W)
 
-Block types and their keys (defaults in BLOCK_TYPES; `out` is required where listed):
+Block types and their keys (each registered, with its defaults, by one `register_block` call below;
+`out` is required where listed):
     conv            out, kernel=3, stride=1, pad=zeros|reflect, norm=true, act=relu
     conv_transpose  out, kernel=3, stride=2, norm=true, act=relu        (upsamples by `stride`)
     upsample_conv   out, scale=2, mode=nearest|bilinear, kernel=3, pad, norm, act
@@ -36,9 +37,9 @@ Block types and their keys (defaults in BLOCK_TYPES; `out` is required where lis
     max_pool, avg_pool  kernel=2                                        (stride = kernel)
     dropout         p=0.5
 Every block also takes `save: name` (remember its output) and `skip: name` with `skip_mode: cat|add`
-(merge a saved output into its input: concatenate channels, or add). `norm: true` uses the model's
-`norm` (instance | batch | none); `act` is relu | leaky_relu (slope 0.2) | tanh | none. The last
-block must output 3 channels with `act: tanh` and `norm: false`, at the input's resolution.
+(merge a saved output into its input: concatenate channels, or add). `norm: true` uses the
+generator's norm (CycleGAN: `model.norm_g`: instance | batch | none); `act` is relu | leaky_relu
+(slope 0.2) | tanh | none. The last block must output 3 channels with `act: tanh` and `norm: false`, at the input's resolution.
 The spec is checked before anything is built: every problem is reported with the block's index.
 """
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Callable
 
 import torch
 from torch import nn
@@ -180,20 +182,72 @@ def patch_output_size(image_size: int, n_layers: int) -> int:
 # --- LEGO generator ----------------------------------------------------------------------------
 
 REQUIRED = object()  # marks a key without a default
-BLOCK_TYPES: dict[str, dict] = {
-    "conv": {"out": REQUIRED, "kernel": 3, "stride": 1, "pad": "zeros", "norm": True, "act": "relu"},
-    "conv_transpose": {"out": REQUIRED, "kernel": 3, "stride": 2, "norm": True, "act": "relu"},
-    "upsample_conv": {"out": REQUIRED, "scale": 2, "mode": "nearest", "kernel": 3, "pad": "zeros",
-                      "norm": True, "act": "relu"},
-    "double_conv": {"out": REQUIRED, "kernel": 3, "pad": "zeros", "norm": True, "act": "relu"},
-    "residual": {"kernel": 3, "dropout": 0.0, "repeat": 1},
-    "max_pool": {"kernel": 2},
-    "avg_pool": {"kernel": 2},
-    "dropout": {"p": 0.5},
-}
 WIRING_KEYS = {"type": None, "save": None, "skip": None, "skip_mode": "cat"}
 CHOICES = {"pad": PADS, "act": ACTIVATIONS, "mode": ("nearest", "bilinear"), "skip_mode": ("cat", "add")}
-OUTPUT_TYPES = ("conv", "conv_transpose", "upsample_conv")
+
+
+@dataclass(frozen=True)
+class BlockType:
+    """Everything about one block type, in one place (`register_block`)."""
+    name: str
+    keys: dict              # the type's keys -> defaults (REQUIRED: no default); `norm: True` uses the model's norm
+    output: Callable[[dict, int, Fraction], tuple[int, Fraction]]   # (args, c_in, scale) -> (c_out, scale)
+    build: Callable[[dict, int, int, str], nn.Module]               # (args, c_in, c_out, norm) -> the module
+    maps_to_image: bool = False   # may be the last block (out: 3, act: tanh, norm: false)
+
+
+BLOCK_TYPES: dict[str, BlockType] = {}
+
+
+def register_block(name: str, keys: dict, *, output, build, maps_to_image: bool = False) -> None:
+    """Make `{type: <name>, ...}` available in generator block lists. Names are unique; keys must not
+    shadow the wiring keys every block takes; output and build must be callables."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"Block type name must be an identifier, got {name!r}")
+    if name in BLOCK_TYPES:
+        raise ValueError(f"Block type {name!r} is already registered")
+    if not isinstance(keys, dict) or set(keys) & set(WIRING_KEYS):
+        raise ValueError(f"Block type {name!r}: keys must be a dict not using {', '.join(WIRING_KEYS)}")
+    if not (callable(output) and callable(build)):
+        raise TypeError(f"Block type {name!r}: output and build must be callables")
+    if maps_to_image and not {"out", "act", "norm"} <= set(keys):
+        raise ValueError(f"Block type {name!r} can map to the image only with out, act and norm keys")
+    BLOCK_TYPES[name] = BlockType(name, keys, output, build, maps_to_image)
+
+
+# (args, channels, scale) -> (channels, scale) for the blocks that keep both.
+def _same(a, c, s):
+    return c, s
+
+
+register_block("conv", {"out": REQUIRED, "kernel": 3, "stride": 1, "pad": "zeros", "norm": True, "act": "relu"},
+               output=lambda a, c, s: (a["out"], s / a["stride"]), maps_to_image=True,
+               build=lambda a, c_in, c_out, norm: conv_norm_act(c_in, c_out, a["kernel"], a["stride"], a["pad"],
+                                                               norm, a["act"]))
+register_block("conv_transpose", {"out": REQUIRED, "kernel": 3, "stride": 2, "norm": True, "act": "relu"},
+               output=lambda a, c, s: (a["out"], s * a["stride"]), maps_to_image=True,
+               build=lambda a, c_in, c_out, norm: conv_transpose_norm_act(c_in, c_out, a["kernel"], a["stride"],
+                                                                         norm, a["act"]))
+# Resize-then-conv avoids the checkerboard artifacts of transposed convs (Odena et al. 2016).
+register_block("upsample_conv", {"out": REQUIRED, "scale": 2, "mode": "nearest", "kernel": 3, "pad": "zeros",
+                                 "norm": True, "act": "relu"},
+               output=lambda a, c, s: (a["out"], s * a["scale"]), maps_to_image=True,
+               build=lambda a, c_in, c_out, norm: nn.Sequential(
+                   nn.Upsample(scale_factor=a["scale"], mode=a["mode"]),
+                   conv_norm_act(c_in, c_out, a["kernel"], 1, a["pad"], norm, a["act"])))
+register_block("double_conv", {"out": REQUIRED, "kernel": 3, "pad": "zeros", "norm": True, "act": "relu"},
+               output=lambda a, c, s: (a["out"], s),
+               build=lambda a, c_in, c_out, norm: nn.Sequential(
+                   conv_norm_act(c_in, c_out, a["kernel"], 1, a["pad"], norm, a["act"]),
+                   conv_norm_act(c_out, c_out, a["kernel"], 1, a["pad"], norm, a["act"])))
+register_block("residual", {"kernel": 3, "dropout": 0.0, "repeat": 1}, output=_same,
+               build=lambda a, c_in, c_out, norm: nn.Sequential(
+                   *[ResidualBlock(c_in, norm, a["kernel"], a["dropout"]) for _ in range(a["repeat"])]))
+register_block("max_pool", {"kernel": 2}, output=lambda a, c, s: (c, s / a["kernel"]),
+               build=lambda a, c_in, c_out, norm: nn.MaxPool2d(a["kernel"]))
+register_block("avg_pool", {"kernel": 2}, output=lambda a, c, s: (c, s / a["kernel"]),
+               build=lambda a, c_in, c_out, norm: nn.AvgPool2d(a["kernel"]))
+register_block("dropout", {"p": 0.5}, output=_same, build=lambda a, c_in, c_out, norm: nn.Dropout(a["p"]))
 
 
 class BlockSpecError(ValueError):
@@ -204,7 +258,7 @@ class BlockSpecError(ValueError):
 class Block:
     """One checked block: its options with defaults filled in, and the shapes it sees."""
     type: str
-    args: dict            # the type's keys (BLOCK_TYPES), defaults filled in
+    args: dict            # the type's keys (BLOCK_TYPES[type].keys), defaults filled in
     save: str | None      # name under which its output is kept
     skip: str | None      # saved output merged into its input
     skip_mode: str        # cat (channels add up) | add (channels must match)
@@ -270,7 +324,7 @@ def check_block_spec(spec, in_channels: int = 3) -> list[Block]:
             if mode == "cat":
                 channels += skip_channels
 
-        out, new_scale = _block_output(kind, args, channels, scale)
+        out, new_scale = BLOCK_TYPES[kind].output(args, channels, scale)
         blocks.append(Block(kind, args, raw.get("save"), skip, mode, channels, out, new_scale))
         channels, scale = out, new_scale
         if raw.get("save") is not None:
@@ -280,9 +334,10 @@ def check_block_spec(spec, in_channels: int = 3) -> list[Block]:
 
     if not errors:
         last = blocks[-1]
-        if (last.type not in OUTPUT_TYPES or last.out_channels != 3 or last.args["act"] != "tanh"
+        image_types = [name for name, block_type in BLOCK_TYPES.items() if block_type.maps_to_image]
+        if (not BLOCK_TYPES[last.type].maps_to_image or last.out_channels != 3 or last.args["act"] != "tanh"
                 or last.args["norm"]):
-            errors.append(f"the last block must map to the image: a {' or '.join(OUTPUT_TYPES)} with "
+            errors.append(f"the last block must map to the image: a {' or '.join(image_types)} with "
                           f"out: 3, act: tanh, norm: false (e.g. {{type: conv, out: 3, kernel: 7, "
                           f"pad: reflect, norm: false, act: tanh}}), got {_describe(spec[-1])}")
         if last.scale != 1:
@@ -295,7 +350,7 @@ def check_block_spec(spec, in_channels: int = 3) -> list[Block]:
 
 def _block_args(kind: str, raw: dict, where: str) -> tuple[dict, list[str]]:
     """The type's keys with defaults filled in, and the problems with the given values."""
-    defaults = BLOCK_TYPES[kind]
+    defaults = BLOCK_TYPES[kind].keys
     errors = []
     for key in raw:
         if key not in defaults and key not in WIRING_KEYS:
@@ -336,48 +391,14 @@ def _block_args(kind: str, raw: dict, where: str) -> tuple[dict, list[str]]:
     return args, errors
 
 
-def _block_output(kind: str, args: dict, channels: int, scale: Fraction) -> tuple[int, Fraction]:
-    """(channels, resolution) after a block."""
-    if kind == "conv":
-        return args["out"], scale / args["stride"]
-    if kind == "conv_transpose":
-        return args["out"], scale * args["stride"]
-    if kind == "upsample_conv":
-        return args["out"], scale * args["scale"]
-    if kind == "double_conv":
-        return args["out"], scale
-    if kind in ("max_pool", "avg_pool"):
-        return channels, scale / args["kernel"]
-    return channels, scale   # residual, dropout
-
-
 def _describe(raw) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in raw.items()) + "}" if isinstance(raw, dict) else repr(raw)
 
 
 def _build_block(block: Block, norm: str) -> nn.Module:
-    a, c_in, c_out = block.args, block.in_channels, block.out_channels
-    block_norm = norm if a.get("norm") else "none"
-    if block.type == "conv":
-        return conv_norm_act(c_in, c_out, a["kernel"], a["stride"], a["pad"], block_norm, a["act"])
-    if block.type == "conv_transpose":
-        return conv_transpose_norm_act(c_in, c_out, a["kernel"], a["stride"], block_norm, a["act"])
-    if block.type == "upsample_conv":
-        # Resize-then-conv avoids the checkerboard artifacts of transposed convs (Odena et al. 2016).
-        return nn.Sequential(nn.Upsample(scale_factor=a["scale"], mode=a["mode"]),
-                             conv_norm_act(c_in, c_out, a["kernel"], 1, a["pad"], block_norm, a["act"]))
-    if block.type == "double_conv":
-        return nn.Sequential(conv_norm_act(c_in, c_out, a["kernel"], 1, a["pad"], block_norm, a["act"]),
-                             conv_norm_act(c_out, c_out, a["kernel"], 1, a["pad"], block_norm, a["act"]))
-    if block.type == "residual":
-        return nn.Sequential(*[ResidualBlock(c_in, norm, a["kernel"], a["dropout"]) for _ in range(a["repeat"])])
-    if block.type == "max_pool":
-        return nn.MaxPool2d(a["kernel"])
-    if block.type == "avg_pool":
-        return nn.AvgPool2d(a["kernel"])
-    if block.type == "dropout":
-        return nn.Dropout(a["p"])
-    raise AssertionError(f"no builder for checked block type {block.type!r}")
+    """The module of a checked block; `norm: false` switches the model's norm off for this block."""
+    block_norm = "none" if block.args.get("norm") is False else norm
+    return BLOCK_TYPES[block.type].build(block.args, block.in_channels, block.out_channels, block_norm)
 
 
 class BlockGenerator(nn.Module):

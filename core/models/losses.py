@@ -6,7 +6,7 @@ Every term is a mean over all logits, so the value does not depend on batch or p
 These are the textbook forms (no 1/2 factors); a family that follows a paper's weighting (the
 CycleGAN reference halves the discriminator loss) applies it itself.
 
-    loss = get_gan_loss("lsgan")
+    loss = get_loss("lsgan")
     loss.d(D(real), D(fake.detach())), loss.g(D(fake))
 """
 
@@ -70,7 +70,7 @@ GAN_LOSSES: dict[str, GANLoss] = {
 }
 
 
-def get_gan_loss(name: str) -> GANLoss:
+def get_loss(name: str) -> GANLoss:
     if name not in GAN_LOSSES:
         raise ValueError(f"Unknown GAN loss {name!r}. Valid: {', '.join(GAN_LOSSES)}")
     return GAN_LOSSES[name]

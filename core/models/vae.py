@@ -11,7 +11,7 @@ Architecture (seed 004, with the width scaled by `base_channels` = c, 64 in the 
 Value ranges: the data pipeline delivers images in [-1, 1]. The encoder sees them as they come
 (zero-centred input suits the first convolution); the decoder ends in a sigmoid, so its output
 and the reconstruction target live in [0, 1]: the target is (x + 1) / 2. Generated images are
-therefore converted to uint8 as round(255 * output).
+therefore converted to uint8 as round(255 * output) (`to_uint8(..., value_range=(0, 1))`).
 
 Loss (per image, then averaged over the batch, so its size does not depend on the batch size):
 
@@ -33,7 +33,7 @@ trained on; `eval_metrics()` reports its reconstruction error and KL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
@@ -44,7 +44,8 @@ from torchvision.utils import make_grid
 
 from core.config import ConfigError
 from core.data import ImageDataset, eval_transform, train_transform
-from core.models.base import Family, register_family
+from core.metrics import to_uint8
+from core.models.base import Family, betas_errors, register_family
 
 BETA_SCHEDULES = ("constant", "linear", "cyclic")
 SAMPLE_SEED = 0  # seed of the prior samples scored and shown: the same z at every evaluation
@@ -55,6 +56,7 @@ class Config:
     latent_dim: int = 128                # D, size of z
     base_channels: int = 64              # c, width of the first conv; the others are 2c, 4c, 8c (seed: 64)
     lr: float = 1.0e-3                   # Adam learning rate (encoder and decoder share one optimizer)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])   # Adam betas (torch's defaults)
     beta: float = 1.0                    # KL weight the schedule ramps to (1 = standard VAE; see the loss above)
     beta_schedule: str = "constant"      # constant | linear | cyclic (see beta_at)
     beta_warmup: int = 10                # epochs of linear ramp from 0 to beta (linear, cyclic)
@@ -69,6 +71,7 @@ class Config:
                           f"got {self.latent_dim} and {self.base_channels}")
         if self.lr <= 0:
             errors.append(f"model.lr must be > 0, got {self.lr}")
+        errors += betas_errors("betas", self.betas)
         if self.beta < 0:
             errors.append(f"model.beta must be >= 0, got {self.beta}")
         if self.beta_schedule not in BETA_SCHEDULES:
@@ -174,11 +177,13 @@ class VAE(Family):
     """beta-VAE: one Adam optimizer, one step per iteration, beta scheduled per epoch."""
 
     Config = Config
+    network_names = ("encoder", "decoder")
+    optimizer_keys = {"optimizer": ("lr", "betas")}
+    architecture_keys = ("latent_dim", "base_channels", "conditional", "holdout_every")
 
-    def __init__(self, cfg, data, device: torch.device):
-        super().__init__(cfg, data, device)
-        m: Config = cfg.model
-        size = cfg.data.image_size
+    def build(self) -> None:
+        m: Config = self.cfg.model
+        size, data = self.cfg.data.image_size, self.data
         if size % 16 or size < 32:
             raise ConfigError(f"The vae family halves the image four times, so data.image_size must be a "
                               f"multiple of 16 and at least 32, got {size}. Use e.g. 32, 64, 128 or 256.")
@@ -206,11 +211,13 @@ class VAE(Family):
             labels = torch.tensor([monet[i][1] for i in self.train_indices])
             self.label_counts = torch.bincount(labels, minlength=self.num_classes).float()
 
-        self.encoder = Encoder(size, m.base_channels, m.latent_dim, self.num_classes).to(device)
-        self.decoder = Decoder(size, m.base_channels, m.latent_dim, self.num_classes).to(device)
-        self.optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=m.lr)
-        self.amp = cfg.train.amp and device.type == "cuda"
-        self.epoch = 0  # the epoch being trained (0-based): decides beta
+        self.encoder = Encoder(size, m.base_channels, m.latent_dim, self.num_classes).to(self.device)
+        self.decoder = Decoder(size, m.base_channels, m.latent_dim, self.num_classes).to(self.device)
+        self.optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()])
+
+    @property
+    def conditional_on_labels(self) -> bool:
+        return self.num_classes > 0
 
     @property
     def beta(self) -> float:
@@ -226,17 +233,14 @@ class VAE(Family):
 
     def make_loader(self, generator: torch.Generator) -> DataLoader:
         dataset = Subset(ImageDataset(self.data, "train/monet", train_transform(self.cfg.data)), self.train_indices)
-        return DataLoader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator,
-                          num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        return self.data_loader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator)
 
     def train_step(self, batch) -> dict[str, float]:
         images, labels = batch
         x = images.to(self.device, non_blocking=True)  # (B, 3, H, W) in [-1, 1]
         c = self.onehot(labels)                          # (B, K) or None
         beta = self.beta
-        self.encoder.train()
-        self.decoder.train()
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with self.autocast():
             mu, logvar = self.encoder(x, c)                                   # (B, D) each
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)           # reparameterization
             x_hat = self.decoder(z, c)                                        # (B, 3, H, W) in [0, 1]
@@ -250,23 +254,9 @@ class VAE(Family):
         # Named loss_* so they cannot collide with eval_metrics()'s held-out recon_mse / kl.
         return {"loss": loss.item(), "loss_recon": recon.item(), "loss_kl": kl.item(), "beta": beta}
 
-    def end_epoch(self, epoch: int) -> dict[str, float]:
-        """Epoch `epoch` is done: returns the beta it trained with (what train_step reported) and
-        moves on to epoch `epoch + 1`, whose beta the next train_step uses."""
-        finished = {"beta": beta_at(self.cfg.model, epoch)}
-        self.epoch = epoch + 1
-        return finished
-
-    def set_hparams(self, model_cfg) -> None:
-        """Apply a mutated config (PBT): lr goes to the optimizer now, beta is read every step."""
-        fixed = ("latent_dim", "base_channels", "conditional", "holdout_every")
-        changed = [f for f in fixed if getattr(model_cfg, f) != getattr(self.cfg.model, f)]
-        if changed:
-            raise ConfigError(f"model.{', model.'.join(changed)} cannot change during training (they shape the "
-                              f"networks or the data split); search them, do not mutate them.")
-        super().set_hparams(model_cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = model_cfg.lr
+    def schedule_values(self, epoch: int) -> dict[str, float]:
+        """The beta epoch `epoch` trained with (what its train_steps reported)."""
+        return {"beta": beta_at(self.cfg.model, epoch)}
 
     # --- Evaluation -----------------------------------------------------------------------------
 
@@ -280,33 +270,30 @@ class VAE(Family):
                   if self.num_classes else None)
         return z, labels
 
-    @torch.no_grad()
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Decoder in eval mode (batch-norm running statistics): z (B, D) -> (B, 3, H, W) in [0, 1] on CPU."""
-        self.decoder.eval()
         onehot = self.onehot(labels) if labels is not None else None
-        return self.decoder(z.to(self.device), onehot).float().cpu()
+        with self.eval_mode(self.decoder):
+            return self.decoder(z.to(self.device), onehot).float().cpu()
 
     def generate(self, n: int, batch_size: int) -> Iterable[torch.Tensor]:
         z, labels = self.prior_latents(n)
         for start in range(0, n, batch_size):
             part = slice(start, start + batch_size)
             images = self.decode(z[part], labels[part] if labels is not None else None)
-            yield (images * 255).round().clamp(0, 255).to(torch.uint8)  # (B, 3, H, W) uint8
+            yield to_uint8(images, value_range=(0, 1))  # (B, 3, H, W) uint8
 
     def holdout_loader(self) -> DataLoader:
         dataset = Subset(ImageDataset(self.data, "train/monet", eval_transform(self.cfg.data)), self.holdout_indices)
         return DataLoader(dataset, batch_size=self.cfg.metrics.batch_size, shuffle=False)
 
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor):
         """Posterior-mean reconstruction (z = mu, no sampling, eval mode): images (B, 3, H, W) in
         [-1, 1] -> x_hat (B, 3, H, W) in [0, 1], mu and logvar (B, D), all float32 on the device."""
-        self.encoder.eval()
-        self.decoder.eval()
         c = self.onehot(labels)
-        mu, logvar = self.encoder(images.to(self.device), c)
-        return self.decoder(mu, c).float(), mu.float(), logvar.float()
+        with self.eval_mode(self.encoder, self.decoder):
+            mu, logvar = self.encoder(images.to(self.device), c)
+            return self.decoder(mu, c).float(), mu.float(), logvar.float()
 
     @torch.no_grad()
     def eval_metrics(self) -> dict[str, float]:
@@ -322,10 +309,9 @@ class VAE(Family):
         pixels = 3 * self.cfg.data.image_size ** 2
         return {"recon_mse": squared_error / (count * pixels), "kl": kl / count}
 
-    def sample(self, n: int, seed: int = 0, label: int | None = None,
-               photos: torch.Tensor | None = None) -> torch.Tensor:
+    def draw_samples(self, n: int, seed: int, label: int | None, photos: torch.Tensor | None) -> torch.Tensor:
         """The decoder on prior z drawn from `seed`, with class `label` (an index into
-        data.class_names) when the model is conditional. (`photos` is unused.)"""
+        data.class_names) when the model is conditional."""
         z = torch.randn(n, self.cfg.model.latent_dim, generator=torch.Generator().manual_seed(seed))  # (n, D)
         labels = None
         if self.num_classes:
@@ -333,8 +319,7 @@ class VAE(Family):
                 raise ValueError(f"This VAE is conditional: give a class label 0..{self.num_classes - 1} "
                                  f"({', '.join(self.data.class_names)})")
             labels = torch.full((n,), label, dtype=torch.long)
-        with torch.no_grad():
-            return (self.decode(z, labels) * 255).round().clamp(0, 255).to(torch.uint8)
+        return to_uint8(self.decode(z, labels), value_range=(0, 1))
 
     def image_grids(self) -> dict[str, torch.Tensor]:
         """"prior": prior samples; when conditional, one row per class in class_names order (the
@@ -355,18 +340,3 @@ class VAE(Family):
         pairs = torch.cat([(images + 1) / 2, x_hat])                             # (2 * k', 3, H, W)
         return {samples_name: make_grid(samples, nrow=k),
                 "reconstructions": make_grid(pairs, nrow=images.shape[0])}
-
-    # --- Checkpointing --------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        return {"encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.encoder.load_state_dict(state["encoder"])
-        self.decoder.load_state_dict(state["decoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = state["epoch"]
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "decoder": self.decoder}

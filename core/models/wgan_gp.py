@@ -5,10 +5,11 @@ frequency that let the generator develop; seed 002 trained a spectral-norm ResNe
 learning-rate gap and gradient clipping. This family makes all of those choices searchable
 (`Config` below) and logs what is needed to see why a generator stalls.
 
-One iteration (`train_step`) with `gd_ratio = "g:d"`:
+One iteration (`train_step`) with g = `g_steps`, d = `d_steps` (the paper's n_critic = 5 is g_steps 1,
+d_steps 5):
   1. d critic steps. Each takes its own batch of B = train.batch_size real Monet images and fresh noise:
      the loader yields d * B images per iteration, split into d batches. An epoch has
-     len(train/monet) // B iterations whatever the ratio (see `make_loader`).
+     len(train/monet) // B iterations whatever the step counts (see `make_loader`).
   2. g generator steps, each on fresh noise (the generator never sees real images), each followed by
      an update of the exponential moving average (EMA) of the generator's weights.
 Critic first, as in the WGAN-GP paper (Gulrajani et al. 2017, Algorithm 1).
@@ -22,14 +23,11 @@ wasserstein estimate keeps growing while grad_norm_g collapses toward 0 is starv
 Samples for FID (`generate`) and the TensorBoard grid come from the EMA generator in eval mode
 (batch norm uses running statistics), with noise from fixed-seed generators: they never touch the
 global RNG, and a sample does not depend on the batch size.
-
-Note for YAML: quote the ratio ("1:5"); unquoted, YAML 1.1 reads 1:5 as the base-60 number 65.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torchvision
@@ -39,17 +37,16 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from core.data import ImageDataset, train_transform
 from core.models import blocks, gan_nets
-from core.models.base import Family, register_family
+from core.models.base import Family, betas_errors, register_family
 from core.metrics import to_uint8
 from core.models.blocks import PatchDiscriminator, patch_output_size
-from core.models.losses import get_gan_loss, gradient_penalty
+from core.models.losses import get_loss, gradient_penalty
 
 GENERATORS = ("resnet", "unet")
 CRITICS = ("dcgan", "patchgan")
 LOSSES = ("wgan-gp", "bce", "hinge", "lsgan")   # wgan-gp = the wgan losses + gradient penalty
 SAMPLE_SEED = 2024   # noise of generate(): the same images are scored at every evaluation
 GRID_SEED = 7        # noise of the TensorBoard grid: the same latent vectors at every epoch
-RATIO = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 @dataclass
@@ -66,14 +63,14 @@ class Config:
     spectral_norm_g: bool = False        # spectral norm on the generator's first (dense) and last layer (seed 002)
     spectral_norm_d: bool = False        # spectral norm on every critic layer (seed 002)
     loss: str = "wgan-gp"                # wgan-gp | bce (non-saturating, from logits) | hinge | lsgan
-    gp_lambda: float = 10.0              # wgan-gp: weight of the gradient penalty (paper: 10)
-    gd_ratio: str = "1:5"                # generator steps : critic steps per iteration ("1:5" = paper's n_critic 5)
+    lambda_gp: float = 10.0              # wgan-gp: weight of the gradient penalty (paper: 10)
+    g_steps: int = 1                     # generator steps per iteration ...
+    d_steps: int = 5                     # ... and critic steps per iteration (paper: n_critic = 5)
     lr_g: float = 1e-4                   # generator Adam learning rate (WGAN-GP paper: 1e-4)
     lr_d: float = 1e-4                   # critic Adam learning rate (seed 002: 10x below lr_g)
-    beta1_g: float = 0.0                 # generator Adam beta1 (WGAN-GP paper: 0; DCGAN: 0.5)
-    beta2_g: float = 0.9                 # generator Adam beta2
-    beta1_d: float = 0.0                 # critic Adam beta1
-    beta2_d: float = 0.9                 # critic Adam beta2
+    betas_g: list[float] = field(default_factory=lambda: [0.0, 0.9])   # generator Adam betas (WGAN-GP paper;
+                                                                       #   DCGAN: [0.5, 0.999])
+    betas_d: list[float] = field(default_factory=lambda: [0.0, 0.9])   # critic Adam betas
     grad_clip: float | None = None       # max gradient L2 norm per network and step (seed 002: 1.0); None = off
     ema_decay: float = 0.999             # generator EMA decay; after t updates min(it, (1+t)/(10+t)); 0 = off
 
@@ -91,33 +88,20 @@ class Config:
             errors.append("model.norm_d=batch cannot be used with model.loss=wgan-gp: batch norm makes each "
                           "image's score depend on the rest of the batch, which breaks the per-image gradient "
                           "penalty. Use norm_d: layer, instance or none")
-        try:
-            parse_ratio(self.gd_ratio)
-        except ValueError as e:
-            errors.append(str(e))
-        for name in ("latent_dim", "ngf", "ndf", "n_layers_d"):
+        for name in ("latent_dim", "ngf", "ndf", "n_layers_d", "g_steps", "d_steps"):
             if getattr(self, name) < 1:
                 errors.append(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_g", "lr_d", "gp_lambda"):
+        for name in ("lr_g", "lr_d", "lambda_gp"):
             if not getattr(self, name) > 0:
                 errors.append(f"model.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("beta1_g", "beta2_g", "beta1_d", "beta2_d", "ema_decay"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                errors.append(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            errors.append(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+        errors += betas_errors("betas_g", self.betas_g) + betas_errors("betas_d", self.betas_d)
         if self.unet_bottleneck < 2 or self.unet_bottleneck & (self.unet_bottleneck - 1):
             errors.append(f"model.unet_bottleneck must be a power of two >= 2 (px), got {self.unet_bottleneck}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             errors.append(f"model.grad_clip must be > 0 or null (no clipping), got {self.grad_clip}")
         return errors
-
-
-def parse_ratio(ratio: str) -> tuple[int, int]:
-    """ "g:d" -> (generator steps, critic steps) per iteration, both >= 1."""
-    match = RATIO.match(ratio) if isinstance(ratio, str) else None
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise ValueError(f"model.gd_ratio must be \"G:D\" with whole numbers >= 1 (generator steps : critic "
-                         f"steps per iteration), e.g. \"1:5\" or \"2:1\", got {ratio!r}")
-    return int(match[1]), int(match[2])
 
 
 def build_generator(m: Config, image_size: int) -> nn.Module:
@@ -141,60 +125,59 @@ def build_critic(m: Config, image_size: int) -> nn.Module:
 @register_family("wgan_gp")
 class WGANGP(Family):
     Config = Config
+    network_names = ("G", "G_ema", "D")
+    optimizer_keys = {"opt_g": ("lr_g", "betas_g"), "opt_d": ("lr_d", "betas_d")}
+    architecture_keys = ("generator", "critic", "latent_dim", "ngf", "ndf", "unet_bottleneck", "n_layers_d",
+                         "norm_g", "norm_d", "spectral_norm_g", "spectral_norm_d")
 
-    def __init__(self, cfg, data, device: torch.device):
-        super().__init__(cfg, data, device)
-        m: Config = cfg.model
-        self.G = build_generator(m, cfg.data.image_size).to(device)
-        self.D = build_critic(m, cfg.data.image_size).to(device)
+    def build(self) -> None:
+        m: Config = self.cfg.model
+        self.G = build_generator(m, self.cfg.data.image_size).to(self.device)
+        self.D = build_critic(m, self.cfg.data.image_size).to(self.device)
         # The EMA copy also averages buffers (batch-norm running statistics), and stays in eval mode:
-        # it is only ever sampled.
+        # it is only ever sampled. Its state holds the update count that warms up the decay.
         self.G_ema = AveragedModel(self.G, multi_avg_fn=self._ema_update, use_buffers=True).eval()
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=m.lr_g, betas=(m.beta1_g, m.beta2_g))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=m.lr_d, betas=(m.beta1_d, m.beta2_d))
-        self.amp = cfg.train.amp and device.type == "cuda"
+        self.opt_g = torch.optim.Adam(self.G.parameters())
+        self.opt_d = torch.optim.Adam(self.D.parameters())
 
     # --- Training ---------------------------------------------------------------------------
 
     def make_loader(self, generator: torch.Generator) -> DataLoader:
-        """An epoch has len(train/monet) // B iterations whatever the ratio (one pass over the data at
-        1:1), so trials with different ratios are compared by ASHA after the same number of iterations.
-        Each iteration takes d * B images; the sampler reshuffles after every pass, so the critic sees
-        the data d times an epoch."""
-        _, d_steps = parse_ratio(self.cfg.model.gd_ratio)
-        batch_size = self.cfg.train.batch_size
+        """An epoch has len(train/monet) // B iterations whatever d_steps (one pass over the data at
+        d_steps 1), so trials with different step counts are compared by ASHA after the same number of
+        iterations. Each iteration takes d_steps * B images; the sampler reshuffles after every pass, so
+        the critic sees the data d_steps times an epoch."""
+        d_steps, batch_size = self.cfg.model.d_steps, self.cfg.train.batch_size
         monets = ImageDataset(self.data, "train/monet", train_transform(self.cfg.data))
         if len(monets) < batch_size:
             raise ValueError(f"train.batch_size ({batch_size}) is larger than train/monet ({len(monets)} images); "
                              f"lower train.batch_size")
         iterations = len(monets) // batch_size
         sampler = RandomSampler(monets, num_samples=iterations * d_steps * batch_size, generator=generator)
-        return DataLoader(monets, batch_size=d_steps * batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        return self.data_loader(monets, batch_size=d_steps * batch_size, sampler=sampler, drop_last=True)
 
     def train_step(self, batch) -> dict[str, float]:
         m: Config = self.cfg.model
-        g_steps, d_steps = parse_ratio(m.gd_ratio)
         batch_size = self.cfg.train.batch_size
         reals = batch[0].to(self.device, non_blocking=True).split(batch_size)  # d_steps x (B, 3, S, S)
-        if len(reals) != d_steps:
-            raise ValueError(f"train_step expects {d_steps} x {batch_size} images (make_loader's batches), "
+        if len(reals) != m.d_steps:
+            raise ValueError(f"train_step expects {m.d_steps} x {batch_size} images (make_loader's batches), "
                              f"got {len(batch[0])}")
-        loss = get_gan_loss(m.loss.removesuffix("-gp"))   # wgan-gp: the wgan losses
+        loss = get_loss(m.loss.removesuffix("-gp"))   # wgan-gp: the wgan losses
 
         # Critic steps.
         critic_stats = []
         for real in reals:
             z = torch.randn(batch_size, m.latent_dim, device=self.device)
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.autocast():
                 fake = self.G(z)                                    # (B, 3, S, S)
-            with self._autocast():
+            with self.autocast():
                 real_scores, fake_scores = self.D(real), self.D(fake)
                 loss_d = loss.d(real_scores, fake_scores)
                 gp = (gradient_penalty(self.D, real, fake) if m.loss == "wgan-gp"
                       else torch.zeros((), device=self.device))
             self.opt_d.zero_grad(set_to_none=True)
-            (loss_d + m.gp_lambda * gp).backward()
+            (loss_d + m.lambda_gp * gp).backward()
             grad_norm = self._clip_gradients(self.D)
             self.opt_d.step()
             wasserstein = real_scores.detach().float().mean() - fake_scores.detach().float().mean()
@@ -203,9 +186,9 @@ class WGANGP(Family):
         # Generator steps. The critic's weights get no gradients here (saves their backward).
         generator_stats = []
         self.D.requires_grad_(False)
-        for _ in range(g_steps):
+        for _ in range(m.g_steps):
             z = torch.randn(batch_size, m.latent_dim, device=self.device)
-            with self._autocast():
+            with self.autocast():
                 loss_g = loss.g(self.D(self.G(z)))
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -243,38 +226,23 @@ class WGANGP(Family):
         decay = torch.clamp((1.0 + n_averaged) / (10.0 + n_averaged), max=self.cfg.model.ema_decay)
         torch._foreach_lerp_(ema_params, params, (1.0 - decay).to(ema_params[0].dtype))
 
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def end_epoch(self, epoch: int) -> dict[str, float]:
-        # Constant learning rates (the WGAN-GP paper's setup); logged so trials can be compared.
-        return {"lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]}
-
-    def set_hparams(self, model_cfg) -> None:
-        super().set_hparams(model_cfg)
-        for opt, lr, betas in [(self.opt_g, model_cfg.lr_g, (model_cfg.beta1_g, model_cfg.beta2_g)),
-                               (self.opt_d, model_cfg.lr_d, (model_cfg.beta1_d, model_cfg.beta2_d))]:
-            for group in opt.param_groups:
-                group["lr"], group["betas"] = lr, betas
+    # Learning rates are constant (the WGAN-GP paper's setup): the base class's lr_factor.
 
     # --- Evaluation -------------------------------------------------------------------------
 
-    @torch.no_grad()
     def generate(self, n: int, batch_size: int):
         """`n` samples of the EMA generator as uint8 (B, 3, S, S) CPU batches. All noise is drawn up
         front from a fixed seed, so the images depend neither on the global RNG nor on batch_size."""
         z_all = torch.randn(n, self.cfg.model.latent_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED))
         for z in z_all.split(batch_size):
-            with self._autocast():
-                yield to_uint8(self.G_ema(z.to(self.device)))
+            with self.eval_mode(self.G_ema):
+                images = to_uint8(self.G_ema(z.to(self.device)))
+            yield images   # outside the `with`: the caller runs with its own grad mode meanwhile
 
-    @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, label: int | None = None,
-               photos: torch.Tensor | None = None) -> torch.Tensor:
-        """The EMA generator on z ~ N(0, I) drawn from `seed`. (`label`, `photos` are unused.)"""
+    def draw_samples(self, n: int, seed: int, label: int | None, photos: torch.Tensor | None) -> torch.Tensor:
+        """The EMA generator on z ~ N(0, I) drawn from `seed`."""
         z = torch.randn(n, self.cfg.model.latent_dim, generator=torch.Generator().manual_seed(seed))
-        self.G_ema.eval()
-        with torch.no_grad():
+        with self.eval_mode(self.G_ema):
             return to_uint8(self.G_ema(z.to(self.device)))
 
     def image_grids(self) -> dict[str, torch.Tensor]:
@@ -283,24 +251,6 @@ class WGANGP(Family):
         k = self.cfg.logging.image_grid_size
         z = torch.randn(k, self.cfg.model.latent_dim, generator=torch.Generator().manual_seed(GRID_SEED))
         z = z.to(self.device)
-        self.G.eval()
-        with self._autocast():
+        with self.eval_mode(self.G_ema, self.G):
             rows = torch.cat([self.G_ema(z), self.G(z)])             # (2k, 3, S, S) in [-1, 1]
-        self.G.train()
         return {"ema_vs_raw": torchvision.utils.make_grid((rows.float().cpu() + 1) / 2, nrow=k).clamp(0, 1)}
-
-    # --- Checkpointing ----------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "G_ema": self.G_ema.module, "D": self.D}

@@ -1,13 +1,13 @@
 """What does the gradient penalty cost? Training iterations per second of the wgan_gp family for each
 loss, the same networks and data, measured side by side in one run.
 
-    python benchmarks/bench_gan_losses.py                      # 64 px, CPU or the visible GPU
-    python benchmarks/bench_gan_losses.py --image-size 128 --batch-size 16 --width 64 --repeats 5
+    python benchmarks/bench_wgan_gp_losses.py                      # 64 px, CPU or the visible GPU
+    python benchmarks/bench_wgan_gp_losses.py --image-size 128 --batch-size 16 --width 64 --repeats 5
 
 Every loss trains the same networks (resnet generator, dcgan critic with layer norm, which all four
-losses accept) from the same initial weights at G:D = 1:1, so only the loss differs. The losses are
-timed in turns (repeat 1: every loss, repeat 2: every loss, ...) so that a machine that slows down
-during the run slows all of them alike; each turn starts after warm-up iterations and each loss's
+losses accept) from the same initial weights with g_steps = d_steps = 1, so only the loss differs.
+The losses are timed in turns (repeat 1: every loss, repeat 2: every loss, ...) so that a machine
+that slows down during the run slows all of them alike; each turn starts after warm-up iterations and each loss's
 median over the repeats is reported. The wgan-gp/bce ratio is the cost of the gradient penalty
 (an extra critic forward and a double backward per critic step).
 """
@@ -49,7 +49,7 @@ def main() -> None:
     tree = {"name": "bench", "family": "wgan_gp",
             "data": {"source": "builtin", "image_size": args.image_size, "builtin_count": 32},
             "train": {"batch_size": args.batch_size},
-            "model": {"generator": "resnet", "critic": "dcgan", "norm_d": "layer", "gd_ratio": "1:1",
+            "model": {"generator": "resnet", "critic": "dcgan", "norm_d": "layer", "g_steps": 1, "d_steps": 1,
                       "ngf": args.width, "ndf": args.width}}
     cache = Path(tempfile.gettempdir()) / "paintsweep-bench"
     data = prepare_data(build_config(tree).data, cache, progress=lambda *_: None)
@@ -76,7 +76,7 @@ def main() -> None:
         for loss, family in families.items():
             speeds[loss].append(timed(family))
 
-    print(f"wgan_gp training iterations/s: {args.image_size} px, batch {args.batch_size}, G:D 1:1, "
+    print(f"wgan_gp training iterations/s: {args.image_size} px, batch {args.batch_size}, g_steps = d_steps = 1, "
           f"ngf=ndf={args.width}, {device} ({torch.get_num_threads()} threads), median of {args.repeats} "
           f"x {args.iters} iterations")
     for loss in LOSSES:
