@@ -88,12 +88,15 @@ class TuneSession:
 
 
 class LocalSession:
-    """The same contract without Ray: checkpoints in `root/checkpoint_NNNNNN`, reports in a list."""
+    """The same contract without Ray: checkpoints in `root/checkpoint_NNNNNN`, reports in a list.
+    `start_from`: a checkpoint to begin with instead of the session's own, as Ray hands a trial
+    another trial's checkpoint when PBT exploits it."""
 
-    def __init__(self, root: str | os.PathLike, trial_name: str = "local"):
+    def __init__(self, root: str | os.PathLike, trial_name: str = "local", start_from: str | os.PathLike | None = None):
         self.trial_dir = Path(root)
         self.trial_dir.mkdir(parents=True, exist_ok=True)
         self.trial_name = self.trial_id = trial_name
+        self.start_from = Path(start_from) if start_from else None
         self.results: list[dict] = []
 
     def latest_checkpoint(self) -> Path | None:
@@ -101,8 +104,8 @@ class LocalSession:
         return Path(intact) if intact else None
 
     def restore_state(self) -> tuple[str, dict] | None:
-        latest = self.latest_checkpoint()
-        return (latest.name, load_state(latest)) if latest else None
+        path, self.start_from = self.start_from or self.latest_checkpoint(), None
+        return (path.name, load_state(path)) if path else None
 
     def report(self, result: dict, checkpoint_dir: Path | None) -> None:
         self.results.append(dict(result))

@@ -53,7 +53,7 @@ def test_delete_marker_and_search_space_replaced_not_merged(tmp_path):
         _base_: base.yaml
         search:
           space:
-            model.lambda_cycle: {uniform: [1.0, 5.0]}
+            model.lambda_cycle: {uniform: [1.0, 12.0]}
     """)
     cfg = load_experiment(path)
     assert list(cfg.search.space) == ["model.lambda_cycle"]
@@ -120,7 +120,7 @@ def test_malformed_yaml_names_the_file(tmp_path):
 
 def test_missing_base_and_circular_base(tmp_path):
     path = write(tmp_path / "a.yaml", "_base_: nope.yaml\n")
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="which does not exist"):
         read_yaml(path)
     write(tmp_path / "x.yaml", "_base_: y.yaml\n")
     write(tmp_path / "y.yaml", "_base_: x.yaml\n")

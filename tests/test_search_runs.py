@@ -94,3 +94,26 @@ def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(tm
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(board) == 4 and (board["status"] == "completed").all(), board.to_string()
+
+
+@pytest.mark.slow
+def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path):
+    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "4", "search.max_concurrent=2",
+               "search.scheduler=pbt", "search.searcher=random", "train.epochs=6", "search.baseline=false",
+               "search.pbt={perturbation_interval: 1, quantile_fraction: 0.5}")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    exp = tmp_path / "quickstart-smoke"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 4 and (board["status"] == "completed").all(), board.to_string()
+    exploited = board.dropna(subset=["schedule"]) if "schedule" in board else board.iloc[0:0]
+    assert len(exploited) >= 1, out.stdout[-4000:]
+    trials = set(board["trial"])
+    for _, row in exploited.iterrows():
+        for step in row["schedule"].split(" | "):
+            epoch, copied = step.split(": copied ")
+            assert epoch.startswith("epoch ") and copied.split(",")[0] in trials - {row["trial"]}, row["schedule"]
+    # The trial's own reports say the same, and its log line names the donor and the new values.
+    row = exploited.iloc[0]
+    first = next(r for r in reports(exp / row["trial"]) if r.get("exploited_from"))
+    assert f"epoch {first['exploited_at_epoch']}: copied {first['exploited_from']}" in row["schedule"]
+    assert f"continues {first['exploited_from']}'s weights" in out.stdout + out.stderr

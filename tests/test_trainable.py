@@ -27,10 +27,10 @@ def tiny_experiment(space: str, tiny_data, **extra) -> dict:
     return config_to_dict(load_experiment(SPACES / space, overrides))
 
 
-def run(tree, tiny_data, root, searched=None, **kwargs):
+def run(tree, tiny_data, root, searched=None, trial_name="local", start_from=None, **kwargs):
     cfg = build_config(tree)
     reference = reference_statistics(tiny_data, cfg.metrics, cfg.cache_path)
-    session = LocalSession(root)
+    session = LocalSession(root, trial_name, start_from)
     run_trial(searched or {}, experiment=tree, prepared_root=tiny_data.root, reference_path=reference,
               session=session, **kwargs)
     return session
@@ -156,3 +156,31 @@ def test_saturated_generator_ends_the_trial_as_collapsed(tiny_data, tmp_path):
 def test_healthy_training_is_not_flagged_as_collapsed(tiny_data, tmp_path):
     session = run(tiny_experiment("quickstart.yaml", tiny_data), tiny_data, tmp_path)
     assert all(r["collapsed"] == 0 and r["diversity"] > 0 for r in session.results)
+
+
+def test_a_pbt_exploit_continues_the_donors_weights_with_the_new_values(tiny_data, tmp_path):
+    """What Ray does in an exploit: the trial restarts from another trial's checkpoint with mutated
+    values. The optimizers must run with the new values, from the donor's weights, and the report
+    and the log must say who was copied, when, and what changed."""
+    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 3})
+    old, new = {"model.lr_g": 2.0e-4, "model.lambda_cycle": 10.0}, {"model.lr_g": 5.0e-4, "model.lambda_cycle": 4.0}
+    run(tree, tiny_data, tmp_path / "donor", searched=old, trial_name="donor", max_epochs=1)
+    donor_checkpoint = tmp_path / "donor" / "checkpoint_000001"
+
+    exploiting = run(tree, tiny_data, tmp_path / "b", searched=new, trial_name="b", start_from=donor_checkpoint)
+    first = exploiting.results[0]
+    assert first["epoch"] == 2 and first["exploited_from"] == "donor" and first["exploited_at_epoch"] == 1
+    assert first["exploit_changes"] == "model.lr_g 0.0002 -> 0.0005; model.lambda_cycle 10 -> 4"
+    assert "exploited_from" not in exploiting.results[1], "said once, in the first report after the exploit"
+    state = torch.load(tmp_path / "b" / "checkpoint_000002" / CHECKPOINT_FILE, weights_only=True)
+    assert state["trial"] == "b" and state["config"]["model"]["lr_g"] == 5.0e-4   # what it trained with
+    assert [g["lr"] for g in state["family"]["opt_g"]["param_groups"]] == [5.0e-4]
+    assert first["lr_g"] == 5.0e-4   # the learning rate epoch 2 trained with (quickstart: no decay yet)
+
+    # From the donor's weights: the same as the donor continuing with the new values itself, and
+    # not the same as the new values trained from scratch.
+    continued = run(tree, tiny_data, tmp_path / "c", searched=new, trial_name="donor", start_from=donor_checkpoint,
+                    max_epochs=2)
+    assert continued.results[0]["fid"] == first["fid"]
+    scratch = run(tree, tiny_data, tmp_path / "d", searched=new, trial_name="d", max_epochs=2)
+    assert scratch.results[-1]["fid"] != first["fid"]
