@@ -28,7 +28,8 @@ def test_dry_run_prints_the_real_cyclegan_space():
                      "model.wait_epochs", "model.decay_epochs"):
         assert searched in out.stdout
     assert "source: kaggle" in out.stdout and "image_size: 256" in out.stdout
-    assert "optuna" in out.stdout and "asha" in out.stdout
+    assert "Optuna TPE (seed 0): 6 random start-up trials of 24" in out.stdout and "ASHA (grace 6 epochs" in out.stdout
+    assert "# Baseline" in out.stdout and "model.lambda_cycle: 10.0" in out.stdout
 
 
 def test_bad_space_gives_one_clear_error_and_exit_code_2(tmp_path):
