@@ -114,5 +114,5 @@ def show_image_rows(rows: dict[str, dict[str, np.ndarray]], titles: dict[str, st
 
 def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight")   # tight: Optuna's long axis labels are not cut off
     return buffer.getvalue()
