@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -162,6 +163,9 @@ def test_screenshot_in_headless_chromium(smoke_experiments, tmp_path):
                                str(smoke_experiments["quickstart"].parent)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chrome = None
+    # Chromium leaves a singleton-socket folder in $TMPDIR: give it a short private one (a socket
+    # path must stay under 108 characters), removed afterwards.
+    scratch = tempfile.TemporaryDirectory(prefix="chromium-")
     try:
         for _ in range(120):
             try:
@@ -173,7 +177,8 @@ def test_screenshot_in_headless_chromium(smoke_experiments, tmp_path):
                                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
                                    "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
                                    "--window-size=1400,1000", f"--remote-debugging-port={debug_port}", "about:blank"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "TMPDIR": scratch.name})   # its singleton-socket folder
         for _ in range(60):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json/version")
@@ -186,6 +191,7 @@ def test_screenshot_in_headless_chromium(smoke_experiments, tmp_path):
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
+        scratch.cleanup()
     (tmp_path / "gallery.png").write_bytes(png)
     shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)   # (H, W, 3)
     assert shot.shape[1] == 1400 and shot.shape[0] > 500 and shot.std() > 10   # a page, not blank

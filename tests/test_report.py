@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -85,10 +87,14 @@ def test_report_opens_in_headless_chromium(smoke_experiments, tmp_path):
     if browser is None:
         pytest.fail("Chromium is missing: install it with `apt-get update && apt-get install -y chromium`")
     shot_path = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1300,2400",
-                    f"--screenshot={shot_path}", out.as_uri()], capture_output=True, timeout=120)
+    # Chromium leaves a singleton-socket folder in $TMPDIR: give it a short private one (a socket
+    # path must stay under 108 characters), removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="chromium-") as scratch:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={scratch}/profile", "--window-size=1300,2400",
+                        f"--screenshot={shot_path}", out.as_uri()], capture_output=True, timeout=120,
+                       env={**os.environ, "TMPDIR": scratch})
     shot = np.asarray(Image.open(shot_path).convert("RGB")).astype(int)   # (H, W, 3)
     assert shot.shape == (2400, 1300, 3) and shot.std() > 10   # the page, not a blank or error screen
     # The figures are the colourful part of a white page: far more coloured pixels than text makes.
