@@ -5,11 +5,16 @@
 GANs and VAEs: choose the seed, the number of images and (conditional VAE) the class. CycleGAN:
 translate a test photo of the experiment's data, or upload your own. The trial's searched values,
 scores and config are shown beside the images.
+
+It reads checkpoints and accepts uploads, so it is private by default: analysis/.streamlit/config.toml
+makes Streamlit listen on localhost only (`--server.address 0.0.0.0` exposes it deliberately), and
+it browses only experiments under the `--storage` folder it was started with.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,10 +30,19 @@ from core.config import config_to_dict  # noqa: E402
 from core.data import eval_transform  # noqa: E402
 
 
-def default_storage() -> str:
+def storage_root() -> Path:
+    """The --storage folder the gallery was started with: the only tree it browses."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--storage", default="runs", help="where experiments are stored (tune.py --storage)")
-    return parser.parse_known_args()[0].storage   # known args only: tests run this file under pytest
+    storage = parser.parse_known_args()[0].storage   # known args only: tests run this file under pytest
+    return Path(os.path.abspath(os.path.expanduser(storage)))
+
+
+def folder_under(root: Path, typed: str) -> Path | None:
+    """The folder the sidebar names (relative paths are relative to `root`), or None when it lies
+    outside `root`: symbolic links and `..` are resolved first, so neither leads out."""
+    folder = (root / os.path.expanduser(typed.strip())).resolve()
+    return folder if folder.is_relative_to(root.resolve()) else None
 
 
 @st.cache_data(show_spinner="Reading the experiment...")
@@ -50,17 +64,26 @@ def as_pil(images: torch.Tensor) -> list[Image.Image]:
 st.set_page_config(page_title="paintsweep gallery", layout="wide")
 st.title("paintsweep sample gallery")
 
-storage = st.sidebar.text_input("Experiments folder (--storage)", default_storage(), key="storage")
+root = storage_root()
+typed = st.sidebar.text_input("Experiments folder (inside --storage)", str(root), key="storage",
+                              help=f"{root} or a folder inside it; restart the gallery with another --storage "
+                                   f"to browse elsewhere")
+storage = folder_under(root, typed)
+if storage is None:
+    st.error(f"{typed} is outside {root}, the folder this gallery was started with, so it is not shown. "
+             f"To browse it, restart the gallery with `--storage` pointing at it: "
+             f"streamlit run analysis/gallery.py -- --storage <folder>")
+    st.stop()
 experiments = find_experiments(storage)
 if not experiments:
-    st.error(f"No paintsweep experiment in {Path(storage).resolve()}: it must hold <name>/ directories written "
+    st.error(f"No paintsweep experiment in {storage}: it must hold <name>/ directories written "
              f"by experiments/tune.py (each with experiment.yaml and Ray Tune's state). Give the folder passed "
              f"as --storage to tune.py.")
     st.stop()
 
 choice = st.sidebar.selectbox("Experiment", [p.name for p in experiments], key="experiment")
 try:
-    trials, searched, metric = trials_of(str(Path(storage) / choice))
+    trials, searched, metric = trials_of(str(storage / choice))
 except NotAnExperiment as e:
     st.error(str(e))
     st.stop()

@@ -1,13 +1,17 @@
-"""The plots people ask for after a search, from analysis.experiments tables (matplotlib).
+"""The plots people ask for after a search (matplotlib).
 
-Each function draws on `ax` (a new figure when None) and returns the axes, so notebooks can lay
-them out as they like. `metric` defaults to FID; any reported column (mifid, kid, ...) works.
+Optuna draws what it knows from the stored study (`optuna_figures`: optimization history, parallel
+coordinates, importances, slices, contours, timeline, Pareto front), in the pictures Optuna users
+recognise. Drawn here is only what Optuna cannot see: each evaluation's FID curve, ASHA's
+stopped-vs-completed picture and the trials' sample grids. Each of those draws on `ax` (a new
+figure when None) and returns the axes, so notebooks can lay them out as they like. `metric`
+defaults to FID; any reported column (mifid, kid, ...) works.
 """
 
 from __future__ import annotations
 
 import io
-import math
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -52,45 +56,46 @@ def plot_asha(history: pd.DataFrame, trials: pd.DataFrame, metric: str = "fid", 
     return ax
 
 
-def plot_best_vs_params(trials: pd.DataFrame, params: list[str], metric: str = "fid", axes=None):
-    """One scatter per searched value: each trial's best `metric` against the value it tried
-    (log x for values spanning more than a decade, e.g. learning rates)."""
-    if axes is None:
-        _, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3), squeeze=False)
-        axes = axes[0]
-    for ax, param in zip(axes, params):
-        x = trials[param]
-        ax.scatter(x.astype(str) if x.dtype == object else x, trials[metric])
-        if _is_log_scale(x):
-            ax.set_xscale("log")
-        ax.set(xlabel=param, ylabel=f"best {metric}" if ax is axes[0] else None)
-    return axes
+def optuna_figures(study, target_name: str = "objective") -> dict:
+    """Optuna's own views of a study (optuna.visualization.matplotlib), {title: matplotlib Figure},
+    in reading order. The Pareto front only for a study with several objectives; a view the study
+    cannot draw yet (importances need two completed trials) is left out with a warning saying why.
+    `target_name` labels the objective (e.g. "best fid": what the searcher was told)."""
+    import optuna
+    from optuna.visualization import matplotlib as vis
 
-
-def plot_parallel_coordinates(trials: pd.DataFrame, params: list[str], metric: str = "fid", ax=None):
-    """Every trial as a line through its searched values (each axis scaled to its own range,
-    log for wide ranges) ending at its best `metric`; colour = that metric (darker = better)."""
-    ax = _axes(ax, figsize=(1.6 * (len(params) + 1) + 2, 4))
-    rows = trials.dropna(subset=[metric])
-    columns = [*params, metric]
-    scaled = pd.DataFrame({c: _unit_scale(rows[c]) for c in columns})
-    colours = plt.get_cmap("viridis_r")(_unit_scale(rows[metric]).to_numpy())
-    for i in range(len(rows)):
-        ax.plot(range(len(columns)), scaled.iloc[i], color=colours[i], marker="o")
-    ax.set_xticks(range(len(columns)), columns, rotation=20)
-    ax.set_yticks([0, 1], ["low", "high"])
-    ax.grid(axis="x", color="0.85")   # one vertical axis per column
-    ax.set_title(f"searched values -> best {metric}")
-    return ax
-
-
-def plot_importances(importances: pd.Series, ax=None):
-    """analysis.experiments.param_importances as horizontal bars, most important on top."""
-    ax = _axes(ax, figsize=(5, 0.5 * len(importances) + 1))
-    ordered = importances.sort_values()
-    ax.barh(ordered.index, ordered.to_numpy())
-    ax.set(xlabel="importance (Optuna fANOVA)", title="hyperparameter importance")
-    return ax
+    if len(study.directions) == 1:
+        views = {"optimization history": lambda: vis.plot_optimization_history(study, target_name=target_name),
+                 "parallel coordinates": lambda: vis.plot_parallel_coordinate(study, target_name=target_name),
+                 "hyperparameter importance (fANOVA)": lambda: vis.plot_param_importances(study, target_name=target_name),
+                 "slice: the objective against each searched value": lambda: vis.plot_slice(study, target_name=target_name),
+                 "contour: pairs of searched values": lambda: vis.plot_contour(study, target_name=target_name),
+                 "timeline": lambda: vis.plot_timeline(study)}
+    else:   # several objectives: Optuna's other views need one chosen as the target
+        views = {"Pareto front": lambda: vis.plot_pareto_front(study),
+                 "timeline": lambda: vis.plot_timeline(study)}
+    figures, cannot = {}, {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)   # not one line per parameter that did not vary
+    try:
+        for title, draw in views.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # the matplotlib backend
+                warnings.simplefilter("ignore", UserWarning)   # matplotlib: a value all trials share spans no width
+                try:
+                    drawn = np.asarray(draw())   # an Axes, or an array of them (slice: 1 x k, contour: k x k)
+                except ValueError as e:
+                    cannot[title] = e
+                    continue
+            figure = drawn.flat[0].figure
+            if drawn.ndim == 2:   # Optuna's grid of panels, in its default 6.4 x 4.8 inches, is unreadable
+                figure.set_size_inches(2.6 * drawn.shape[1] + 1, 2.2 * drawn.shape[0] + 0.5)
+            figures[title] = figure
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for title, e in cannot.items():
+        warnings.warn(f"Optuna's {title} cannot be drawn for study {study.study_name} yet: {e}", stacklevel=2)
+    return figures
 
 
 def show_image_rows(rows: dict[str, dict[str, np.ndarray]], titles: dict[str, str] | None = None):
@@ -111,23 +116,5 @@ def show_image_rows(rows: dict[str, dict[str, np.ndarray]], titles: dict[str, st
 
 def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight")   # tight: Optuna's long axis labels are not cut off
     return buffer.getvalue()
-
-
-def _is_log_scale(values: pd.Series) -> bool:
-    if not pd.api.types.is_numeric_dtype(values) or (values <= 0).any():
-        return False
-    return values.max() / values.min() > 10
-
-
-def _unit_scale(values: pd.Series) -> pd.Series:
-    """Values -> [0, 1] on their own range (log when wide; categories by sorted order)."""
-    if not pd.api.types.is_numeric_dtype(values):
-        order = {v: i for i, v in enumerate(sorted(values.astype(str).unique()))}
-        values = values.astype(str).map(order).astype(float)
-    elif _is_log_scale(values):
-        values = np.log(values.astype(float))
-    low, high = values.min(), values.max()
-    span = high - low
-    return (values - low) / span if span > 0 and math.isfinite(span) else values * 0 + 0.5

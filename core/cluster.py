@@ -24,6 +24,9 @@ from pathlib import Path
 from core.config import ConfigError, ExperimentConfig
 
 CONNECT_TIMEOUT_S = 5.0   # a cluster address that does not answer within this is reported, not waited on
+PROGRESS_DELAY_S = 2.0    # a transfer shows a progress bar once it has run this long
+COPY_CHUNK_BYTES = 1 << 20
+COPY_THREADS = 8          # files copied at once (pyarrow.fs.copy_files uses a thread pool too)
 
 
 class ClusterError(ConfigError):
@@ -153,22 +156,56 @@ class Storage:
             return os.path.exists(path)
         return self.filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
-    def upload(self, local: Path, path: str) -> None:
+    def upload(self, local: Path, path: str, desc: str = "uploading") -> None:
         """Copy a local file or directory to `path` on the storage."""
         import pyarrow.fs
 
-        if local.is_dir():
-            self.filesystem.create_dir(path)
-        pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                              destination_filesystem=self.filesystem)
+        _copy_tree(pyarrow.fs.LocalFileSystem(), str(Path(local).absolute()), self.filesystem, path, desc)
 
-    def download(self, path: str, local: Path) -> None:
+    def download(self, path: str, local: Path, desc: str = "downloading") -> None:
         """Copy a file or directory at `path` on the storage to `local`."""
         import pyarrow.fs
 
         local.parent.mkdir(parents=True, exist_ok=True)
-        pyarrow.fs.copy_files(path, str(local), source_filesystem=self.filesystem,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        _copy_tree(self.filesystem, path, pyarrow.fs.LocalFileSystem(), str(Path(local).absolute()), desc)
+
+
+def _copy_tree(source_fs, source: str, destination_fs, destination: str, desc: str) -> None:
+    """Copy a file, or a directory with everything in it, between two pyarrow file systems, as
+    `pyarrow.fs.copy_files` does (several files at once, 1 MiB chunks), but counting the bytes: a
+    terminal shows a progress bar once the transfer has taken PROGRESS_DELAY_S (the prepared Kaggle
+    data is thousands of files, hundreds of MB). Off a terminal it stays silent."""
+    import pyarrow.fs
+    from concurrent.futures import ThreadPoolExecutor
+    from tqdm import tqdm
+
+    top = source_fs.get_file_info(source)
+    if top.type == pyarrow.fs.FileType.NotFound:
+        raise FileNotFoundError(f"{source} does not exist")
+    if top.type == pyarrow.fs.FileType.Directory:
+        entries = source_fs.get_file_info(pyarrow.fs.FileSelector(source, recursive=True))
+        directories = [destination, *(f"{destination}/{e.path[len(source):].strip('/')}"
+                                      for e in entries if e.type == pyarrow.fs.FileType.Directory)]
+        files = [(e, f"{destination}/{e.path[len(source):].strip('/')}")
+                 for e in entries if e.type == pyarrow.fs.FileType.File]
+    else:
+        directories, files = [destination.rpartition("/")[0]], [(top, destination)]
+    for directory in sorted(set(directories) | {target.rpartition("/")[0] for _, target in files}):
+        if directory:
+            destination_fs.create_dir(directory, recursive=True)
+
+    with tqdm(total=sum(entry.size for entry, _ in files), desc=desc, unit="B", unit_scale=True,
+              unit_divisor=1024, disable=None, delay=PROGRESS_DELAY_S, leave=False) as bar:
+        def copy(entry, target: str) -> None:
+            with source_fs.open_input_stream(entry.path) as reader, \
+                    destination_fs.open_output_stream(target) as writer:
+                while chunk := reader.read(COPY_CHUNK_BYTES):
+                    writer.write(chunk)
+                    bar.update(len(chunk))
+
+        with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+            for done in [pool.submit(copy, entry, target) for entry, target in files]:
+                done.result()   # the first failure is raised here, as copy_files would
 
 
 # --- Shipping the prepared data and reference statistics to every node ---------------------------
@@ -194,8 +231,9 @@ class SharedAssets:
         assets = cls(storage, f"{experiment_path}/assets", prepared_root, reference_path, fingerprint)
         if not storage.exists(f"{assets.path}/{cls.COMPLETE}"):
             progress(f"uploading the prepared data and reference statistics to {storage.given} ({assets.path})")
-            storage.upload(Path(prepared_root), f"{assets.path}/prepared")
-            storage.upload(Path(reference_path), f"{assets.path}/{Path(reference_path).name}")
+            storage.upload(Path(prepared_root), f"{assets.path}/prepared", desc="uploading prepared data")
+            storage.upload(Path(reference_path), f"{assets.path}/{Path(reference_path).name}",
+                           desc="uploading reference statistics")
             with storage.filesystem.open_output_stream(f"{assets.path}/{cls.COMPLETE}") as f:
                 f.write(fingerprint.encode())
         return assets
@@ -214,7 +252,7 @@ class SharedAssets:
             # Fetched into a private folder and renamed: concurrent trials on one node never
             # see a half-downloaded copy (the loser of the race keeps the winner's).
             partial = local.with_name(f"{local.name}.{uuid.uuid4().hex}.partial")
-            self.storage.download(self.path, partial)
+            self.storage.download(self.path, partial, desc="downloading the shared data")
             try:
                 os.replace(partial, local)
             except OSError:

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from tqdm import tqdm
 
 from core.config import DataConfig, MetricsConfig
 from core.feature_extractors import Extractor, MetricsError, atomic_torch_save, extractor_identity, get_extractor
@@ -50,6 +51,7 @@ REFERENCE_SPLIT = "train/monet"          # generated images are scored against t
 REFERENCE_SUBSET_SEED = 0                # which Monets a capped reference (metrics.reference_samples) uses
 MIFID_EPSILON = 1e-14                    # Kaggle's: keeps MiFID finite when the distance is exactly 0
 MIFID_CHUNK_ELEMENTS = 8_000_000         # float64 cosine-distance block: 64 MB (e.g. 1142 x 7000)
+PROGRESS_DELAY_S = 2.0                   # feature extraction shows a progress bar once it has run this long
 
 
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
@@ -63,19 +65,26 @@ def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0
 
 
 def extract_features(images: Iterable[torch.Tensor], extractor: Extractor, batch_size: int,
-                     device: str | torch.device = "cpu") -> torch.Tensor:
+                     device: str | torch.device = "cpu", total: int | None = None,
+                     desc: str = "extracting features") -> torch.Tensor:
     """2048-d features of a stream of uint8 (B, 3, H, W) batches of any sizes, run through the
-    extractor `batch_size` images at a time. Holds features, never all the images. -> (N, 2048) float32, CPU."""
+    extractor `batch_size` images at a time. Holds features, never all the images. -> (N, 2048) float32, CPU.
+
+    A progress bar of images (`total` of them, when known) appears on a terminal once the work has
+    taken PROGRESS_DELAY_S: Inception on a CPU scores about 8 images/s. Off a terminal (Ray's
+    workers, logs, tests) it stays silent."""
     net = extractor.net.to(device).eval()
     features: list[torch.Tensor] = []
     pending: list[torch.Tensor] = []     # images waiting for a full batch
     n_pending = 0
+    bar = tqdm(total=total, desc=desc, unit="img", disable=None, delay=PROGRESS_DELAY_S, leave=False)
 
     def run(batch: torch.Tensor) -> None:
         (out,) = net(batch.to(device))
         features.append(out.float().cpu())  # (b, 2048)
+        bar.update(len(batch))
 
-    with torch.no_grad():
+    with torch.no_grad(), bar:
         for batch in images:
             if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
                 raise MetricsError(f"Images to score must be uint8 (B, 3, H, W) batches, got {batch.dtype} "
@@ -203,7 +212,8 @@ def reference_statistics(prepared, metrics_cfg: MetricsConfig, cache_dir: Path, 
                     _reference_indices(prepared, metrics_cfg))
     loader = DataLoader(monets, batch_size=metrics_cfg.batch_size, shuffle=False)
     features = extract_features((to_uint8(images) for images, _labels in loader), extractor,
-                                metrics_cfg.batch_size, device)              # (M, 2048)
+                                metrics_cfg.batch_size, device, total=len(monets),
+                                desc=f"reference statistics ({REFERENCE_SPLIT})")   # (M, 2048)
     statistics = fid_features_to_statistics(features.double())              # float64 mu, sigma
 
     atomic_torch_save({"format": REFERENCE_FORMAT,
@@ -285,7 +295,8 @@ def evaluate(images: Iterable[torch.Tensor], reference: Reference, metrics_cfg: 
                            f"reference with the same metrics config (reference_statistics) before evaluating")
     extractor = get_extractor(metrics_cfg.extractor, metrics_cfg.weights_path, reference.path.parents[1])
     distinct = _DistinctImages(images)
-    features = extract_features(distinct, extractor, metrics_cfg.batch_size, device)   # (N, 2048)
+    features = extract_features(distinct, extractor, metrics_cfg.batch_size, device,
+                                desc="scoring generated images")                  # (N, 2048)
     if len(features) < 2:
         raise MetricsError(f"FID needs at least 2 generated images, got {len(features)}")
 

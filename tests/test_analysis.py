@@ -14,7 +14,7 @@ import torch
 matplotlib.use("Agg")
 
 from analysis import (NotAnExperiment, is_experiment_dir, load_experiment_dir, load_experiments,  # noqa: E402
-                      param_importances)
+                      load_study, param_importances)
 from analysis import plots, samples  # noqa: E402
 from analysis.checkpoints import load_checkpoint, sample  # noqa: E402
 
@@ -78,13 +78,28 @@ def test_not_an_experiment_is_one_clear_error(tmp_path):
 def test_plots_draw_one_line_per_trial(quickstart):
     ax = plots.plot_metric_curves(quickstart.history)
     assert len(ax.lines) == len(quickstart.trials)
-    ax = plots.plot_parallel_coordinates(quickstart.trials, quickstart.searched)
-    assert len(ax.lines) == len(quickstart.trials) and all(len(line.get_xdata()) == 5 for line in ax.lines)
     ax = plots.plot_asha(quickstart.history, quickstart.trials)
     stopped = quickstart.trials["status"].str.startswith("stopped").sum()
     assert str(stopped) in ax.get_title()
     png = plots.figure_png(plots.show_image_rows(samples.top_trial_grids(quickstart.trials, k=2)))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_optuna_draws_the_stored_study(quickstart):
+    """Optuna's own views of optuna.db: every one drawn, showing the trials' values and the searched keys."""
+    study = load_study(quickstart)
+    figures = plots.optuna_figures(study, target_name="best fid")
+    assert list(figures) == ["optimization history", "parallel coordinates", "hyperparameter importance (fANOVA)",
+                             "slice: the objective against each searched value", "contour: pairs of searched values",
+                             "timeline"]
+    history = figures["optimization history"].axes[0]
+    values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
+    assert list(history.collections[0].get_offsets()[:, 1]) == pytest.approx(values)   # one point per trial
+    assert sorted(values) == pytest.approx(sorted(quickstart.trials["best_fid"]))     # = the leaderboard's best FIDs
+    importance = figures["hyperparameter importance (fANOVA)"].axes[0]
+    assert {label.get_text() for label in importance.get_yticklabels()} == set(quickstart.searched)
+    assert len(figures["slice: the objective against each searched value"].axes) >= len(quickstart.searched)
+    assert all(plots.figure_png(figure)[:8] == b"\x89PNG\r\n\x1a\n" for figure in figures.values())
 
 
 def test_sample_grids_come_from_the_best_evaluation(quickstart):
@@ -122,7 +137,8 @@ def run_notebook(name: str, parameters: dict) -> nbformat.NotebookNode:
 def test_notebooks_run_top_to_bottom(smoke_experiments):
     overview = run_notebook("overview.ipynb", {"EXPERIMENT": str(smoke_experiments["quickstart"])})
     compare = run_notebook("compare.ipynb", {"EXPERIMENTS": [str(p) for p in smoke_experiments.values()]})
-    for notebook, figures in ((overview, 6), (compare, 3)):   # every plot and sample grid was drawn
+    # Every plot and sample grid was drawn; overview: curves + ASHA, Optuna's six views, two sample figures.
+    for notebook, figures in ((overview, 9), (compare, 4)):
         images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) == figures
     text = "".join(o.get("text", "") for cell in overview.cells for o in cell.get("outputs", []))

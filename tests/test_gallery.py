@@ -7,10 +7,12 @@ import asyncio
 import base64
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,17 +25,45 @@ GALLERY = str(Path(__file__).resolve().parents[1] / "analysis" / "gallery.py")
 
 
 @pytest.fixture
-def app(smoke_experiments):
+def app(smoke_experiments, monkeypatch):
+    """The gallery as `streamlit run analysis/gallery.py -- --storage <the smoke runs>` starts it
+    (AppTest runs the script in this process, so it parses this sys.argv)."""
     from streamlit.testing.v1 import AppTest
 
+    monkeypatch.setattr(sys, "argv", [GALLERY, "--storage", str(smoke_experiments["quickstart"].parent)])
     at = AppTest.from_file(GALLERY, default_timeout=120)
-    at.run()
-    return at.text_input(key="storage").set_value(str(smoke_experiments["quickstart"].parent)).run()
+    return at.run()
 
 
-def test_not_an_experiment_folder_is_an_error_message(app, tmp_path):
-    app.text_input(key="storage").set_value(str(tmp_path)).run()
+def test_browses_the_storage_it_was_started_with(app, smoke_experiments):
+    assert not app.exception and not app.error
+    assert app.text_input(key="storage").value == str(smoke_experiments["quickstart"].parent)
+    assert app.selectbox(key="experiment").options == ["quickstart-smoke", "wgan_gp_builtin-smoke"]
+
+
+def test_a_folder_without_experiments_is_an_error_message(app):
+    app.text_input(key="storage").set_value("quickstart-smoke").run()   # relative to --storage: trials, no experiments
     assert not app.exception and "No paintsweep experiment" in app.error[0].value
+
+
+@pytest.mark.parametrize("outside", ["absolute", "dot-dot", "symlink"])
+def test_a_folder_outside_the_storage_is_refused(app, smoke_experiments, tmp_path, outside):
+    """Another folder of experiments the user can read: typed absolute, reached with `..` from
+    inside --storage, or through a symbolic link inside --storage. None of them is listed."""
+    other = tmp_path / "elsewhere"
+    shutil.copytree(smoke_experiments["quickstart"].parent, other, symlinks=True)   # real experiments
+    root = smoke_experiments["quickstart"].parent
+    typed = {"absolute": str(other), "dot-dot": os.path.relpath(other, root), "symlink": "link-out"}[outside]
+    link = root / "link-out"
+    if outside == "symlink":
+        link.symlink_to(other, target_is_directory=True)
+    try:
+        app.text_input(key="storage").set_value(typed).run()
+    finally:
+        link.unlink(missing_ok=True)
+    assert not app.exception and len(app.error) == 1
+    assert "is outside" in app.error[0].value and "--storage" in app.error[0].value
+    assert not app.selectbox   # nothing of the other folder is offered
 
 
 def test_sampling_family_follows_seed_and_count(app):
@@ -64,6 +94,32 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_server_listens_on_localhost_only(smoke_experiments, tmp_path):
+    """The README's command, started from a folder that is not the repository (so only the
+    gallery's own analysis/.streamlit/config.toml can set the address), listens on loopback only."""
+    import psutil
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", GALLERY, "--server.headless", "true",
+                               "--server.port", str(port), "--", "--storage",
+                               str(smoke_experiments["quickstart"].parent)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(120):
+            listening = [c.laddr for c in psutil.Process(server.pid).net_connections(kind="inet")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+            if listening:
+                break
+            assert server.poll() is None, f"streamlit exited: {server.stdout.read()}"
+            time.sleep(0.5)
+        assert listening and {address.ip for address in listening} <= {"127.0.0.1", "::1"}, listening
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health").read() == b"ok"
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert "Network URL" not in output and f"localhost:{port}" in output
 
 
 async def _screenshot(debug_port: int, url: str, timeout: float = 90) -> bytes:
@@ -107,6 +163,9 @@ def test_screenshot_in_headless_chromium(smoke_experiments, tmp_path):
                                str(smoke_experiments["quickstart"].parent)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chrome = None
+    # Chromium leaves a singleton-socket folder in $TMPDIR: give it a short private one (a socket
+    # path must stay under 108 characters), removed afterwards.
+    scratch = tempfile.TemporaryDirectory(prefix="chromium-")
     try:
         for _ in range(120):
             try:
@@ -118,7 +177,8 @@ def test_screenshot_in_headless_chromium(smoke_experiments, tmp_path):
                                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
                                    "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
                                    "--window-size=1400,1000", f"--remote-debugging-port={debug_port}", "about:blank"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "TMPDIR": scratch.name})   # its singleton-socket folder
         for _ in range(60):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json/version")
@@ -131,6 +191,7 @@ def test_screenshot_in_headless_chromium(smoke_experiments, tmp_path):
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
+        scratch.cleanup()
     (tmp_path / "gallery.png").write_bytes(png)
     shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)   # (H, W, 3)
     assert shot.shape[1] == 1400 and shot.shape[0] > 500 and shot.std() > 10   # a page, not blank
