@@ -120,7 +120,7 @@ def load_study(exp: Experiment):
 
 def param_importances(exp: Experiment) -> pd.Series:
     """Optuna's fANOVA hyperparameter importance of the searched values for the search metric
-    (sums to 1, largest first). Needs at least two completed trials."""
+    (sums to 1, largest first; for several objectives, the first). Needs at least two completed trials."""
     import optuna
 
     study = load_study(exp)
@@ -128,4 +128,5 @@ def param_importances(exp: Experiment) -> pd.Series:
     if len(complete) < 2:
         raise ValueError(f"Hyperparameter importance needs at least 2 completed Optuna trials; "
                          f"{exp.path} has {len(complete)}")
-    return pd.Series(optuna.importance.get_param_importances(study), name="importance")
+    target = (lambda trial: trial.values[0]) if len(study.directions) > 1 else None
+    return pd.Series(optuna.importance.get_param_importances(study, target=target), name="importance")

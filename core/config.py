@@ -170,7 +170,7 @@ class LoggingConfig:
 
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
-METRICS = ("fid", "mifid", "kid")
+METRICS = ("fid", "mifid", "kid", "precision", "recall")   # directions: core.metrics.DIRECTIONS
 SCHEDULERS = ("asha", "fifo", "pbt")
 
 
@@ -209,7 +209,10 @@ class PBTOptions:
 class SearchConfig:
     space: dict = field(default_factory=dict)  # dotted key -> {loguniform|uniform|int: [low, high]} or {choice: [...]},
                                          #   optionally `when: {other.key: value or [values]}` (core/space.py)
-    metric: str = "fid"                  # fid | mifid | kid: what the search minimizes
+    metric: str = "fid"                  # fid | mifid | kid (minimized) | precision | recall (maximized);
+                                         #   a list ([fid, recall]) searches several at once (objectives)
+    objectives: list[str] | None = None  # set from a list `metric`: Optuna's multi-objective search, the
+                                         #   Pareto front first in the leaderboard; ASHA and checkpoints use the first
     searcher: str = "optuna"             # optuna (TPE, seeded, study on disk) | random
     seed: int = 0                        # searcher seed
     baseline: bool = True                # the first trial trains the space's own values of the searched keys
@@ -229,7 +232,17 @@ class SearchConfig:
     def validate(self) -> list[str]:
         errors = []
         if self.metric not in METRICS:
-            errors.append(f"search.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+            errors.append(f"search.metric must be one of {', '.join(METRICS)} (or a list of them), got {self.metric!r}")
+        if self.objectives is not None:
+            bad = [m for m in self.objectives if m not in METRICS]
+            if bad or len(set(self.objectives)) != len(self.objectives) or len(self.objectives) < 2:
+                errors.append(f"search.metric as a list needs two or more different metrics of {', '.join(METRICS)}, "
+                              f"got {self.objectives!r}")
+            elif self.objectives[0] != self.metric:
+                errors.append(f"search.objectives {self.objectives!r} must start with search.metric {self.metric!r}")
+            if self.scheduler == "pbt":
+                errors.append("search.scheduler pbt ranks trials by one metric: use one search.metric with pbt, "
+                              "or scheduler asha/fifo for several")
         if self.searcher not in ("optuna", "random"):
             errors.append(f"search.searcher must be optuna or random, got {self.searcher!r}")
         if self.scheduler not in SCHEDULERS:
@@ -259,6 +272,11 @@ class SearchConfig:
             for key, spec in self.space.items():
                 errors.extend(_validate_distribution(key, spec, self.space))
         return errors
+
+    @property
+    def metrics(self) -> list[str]:
+        """What the search optimizes: [metric], or the objectives of a multi-objective search."""
+        return list(self.objectives) if self.objectives else [self.metric]
 
     @property
     def optuna_options(self) -> OptunaOptions:
@@ -468,6 +486,11 @@ def apply_dotted(tree: dict, values: dict[str, Any]) -> dict:
 def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
     """Validate a merged YAML tree into an ExperimentConfig; raise one ConfigError listing every problem."""
     from core.models.base import get_family
+
+    search = tree.get("search")
+    if isinstance(search, dict) and isinstance(search.get("metric"), list) and search["metric"]:
+        # `metric: [fid, recall]`: the first drives ASHA and checkpoint ranking, all of them the searcher.
+        tree = {**tree, "search": {**search, "metric": search["metric"][0], "objectives": list(search["metric"])}}
 
     errors = _unknown_keys(tree, TOP_LEVEL_KEYS, "top level")
     for required in ("name", "family"):

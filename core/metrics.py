@@ -32,17 +32,23 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from tqdm import tqdm
 
 from core.config import DataConfig, MetricsConfig
 from core.feature_extractors import Extractor, MetricsError, atomic_torch_save, extractor_identity, get_extractor
 
-__all__ = ["FID", "KID", "KID_STD", "MIFID", "MEMORIZATION", "DIVERSITY", "COLLAPSED", "MetricsError", "Reference", "evaluate",
+__all__ = ["FID", "KID", "KID_STD", "MIFID", "MEMORIZATION", "DIVERSITY", "COLLAPSED", "PRECISION", "RECALL",
+           "DIRECTIONS", "MetricsError", "Reference", "evaluate",
            "extract_features", "load_reference", "memorization_distance", "mifid_from_fid",
            "reference_path", "reference_statistics", "to_uint8"]
 
 # Keys of the dict `evaluate` returns (and names of the reported metrics).
 FID, KID, KID_STD, MIFID, MEMORIZATION = "fid", "kid", "kid_std", "mifid", "memorization_distance"
+PRECISION, RECALL = "precision", "recall"   # Kynkaanniemi et al. 2019: quality, and coverage of the Monets
+# Which way is better, for the metrics a search can optimize (search.metric).
+DIRECTIONS = {FID: "min", MIFID: "min", KID: "min", PRECISION: "max", RECALL: "max"}
+PRC_NEIGHBORHOOD = 3                     # k of the k-NN balls (torch-fidelity's and the paper's default)
 DIVERSITY = "diversity"   # tr(cov generated) / tr(cov reference): 1 ~ as varied as the Monets, 0 = one image
 COLLAPSED = "collapsed"   # 1 when every generated image is the same, pixel for pixel (a saturated generator)
 
@@ -306,6 +312,10 @@ def evaluate(images: Iterable[torch.Tensor], reference: Reference, metrics_cfg: 
                                  kid_subset_size=subset_size, verbose=False)
     distance = memorization_distance(features, reference.features)
     diversity = float(features.double().var(dim=0).sum() / np.trace(reference.sigma))
+    # Precision and recall from the same features (torch-fidelity's k-NN manifolds; k below both counts).
+    prc = prc_features_to_metric(features.float(), reference.features.float(), verbose=False, save_cpu_ram=True,
+                                 prc_neighborhood=min(PRC_NEIGHBORHOOD, len(features) - 1, reference.count - 1),
+                                 prc_batch_size=10_000)
     return {FID: fid,
             DIVERSITY: diversity,
             COLLAPSED: int(not distinct.any_differ),
@@ -313,4 +323,6 @@ def evaluate(images: Iterable[torch.Tensor], reference: Reference, metrics_cfg: 
             KID_STD: kid[KEY_METRIC_KID_STD],
             MIFID: mifid_from_fid(fid, distance, metrics_cfg.mifid_threshold),
             MEMORIZATION: distance,
+            PRECISION: prc[KEY_METRIC_PRECISION],
+            RECALL: prc[KEY_METRIC_RECALL],
             "extractor": extractor.description}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.checkpoints import checkpoint_problem
 from core.config import ExperimentConfig
+from core.metrics import DIRECTIONS
 
 
 class TrialStatus(str, enum.Enum):
@@ -50,9 +51,10 @@ def trial_status(last: dict | None, errored: bool, epochs: int) -> TrialStatus:
 def ranked_checkpoints(results, metric: str) -> list[tuple[str, float, object]]:
     """Every kept checkpoint of the given Ray Results as (path, its `metric`, filesystem), best
     first (NaN last), intact or not: `best_intact_checkpoint` and export.py choose from it."""
+    sign = 1.0 if DIRECTIONS[metric] == "min" else -1.0
     ranked = [(checkpoint.path, float(metrics.get(metric, math.nan)), checkpoint.filesystem)
               for result in results for checkpoint, metrics in (result.best_checkpoints or [])]
-    return sorted(ranked, key=lambda item: math.inf if math.isnan(item[1]) else item[1])
+    return sorted(ranked, key=lambda item: math.inf if math.isnan(item[1]) else sign * item[1])
 
 
 def best_intact_checkpoint(result, metric: str) -> str | None:
@@ -64,9 +66,11 @@ def best_intact_checkpoint(result, metric: str) -> str | None:
 
 
 def leaderboard(grid, cfg: ExperimentConfig):
-    """One row per trial, best first: searched values, status, best metric and where it is kept.
-    `baseline` marks the trial(s) that trained the space's own values (core.space); `schedule`
-    says, for a PBT trial, which trial it copied when and which values changed."""
+    """One row per trial, best first: searched values, status, each trial's best evaluation by the
+    search metric (its scores and epoch) and where that is kept. `baseline` marks the trial(s) that
+    trained the space's own values (core.space); `schedule` says, for a PBT trial, which trial it
+    copied when and which values changed. With several objectives, `pareto` marks the trials no other
+    trial beats on every one of them (by their best values), and those come first."""
     import pandas as pd
 
     from core.space import applicable, baseline_point, is_baseline
@@ -84,12 +88,18 @@ def leaderboard(grid, cfg: ExperimentConfig):
         row["status"] = status.value
         row["status_detail"] = (type(result.error).__name__ if status is TrialStatus.ERROR
                                 else (result.metrics or {}).get("status_detail", ""))
-        evaluated = history is not None and metric in history and history[metric].notna().any()
+        # Evaluations with real scores (a diverged or collapsed trial's last report holds infinities).
+        scored = (history[history[metric].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+                  if history is not None and metric in history else None)
+        evaluated = scored is not None and not scored.empty
         if evaluated:
-            best = history.loc[history[metric].idxmin()]
-            row.update({f"best_{metric}": float(best[metric]), "fid": float(best["fid"]),
-                        "mifid": float(best["mifid"]), "kid": float(best["kid"]),
-                        "epoch": int(best["epoch"]), "epochs_trained": int(history["epoch"].max())})
+            best = scored.loc[scored[metric].idxmin() if DIRECTIONS[metric] == "min" else scored[metric].idxmax()]
+            row[f"best_{metric}"] = float(best[metric])
+            for other in cfg.search.metrics[1:]:   # each objective's own best, as the searcher saw it
+                values = scored[other] if other in scored else pd.Series(dtype=float)
+                row[f"best_{other}"] = float(values.min() if DIRECTIONS[other] == "min" else values.max())
+            row.update({name: float(best[name]) for name in (*REPORTED_SCORES,) if name in best})
+            row.update({"epoch": int(best["epoch"]), "epochs_trained": int(history["epoch"].max())})
         if history is not None and "exploited_from" in history:
             exploits = history.dropna(subset=["exploited_from"])
             row["schedule"] = " | ".join(f"epoch {int(e['exploited_at_epoch'])}: copied {e['exploited_from']}"
@@ -99,9 +109,31 @@ def leaderboard(grid, cfg: ExperimentConfig):
         row["checkpoint"] = best_intact_checkpoint(result, metric) if evaluated else None
         rows.append(row)
     board = pd.DataFrame(rows)
-    if f"best_{metric}" in board:
-        board = board.sort_values(f"best_{metric}", na_position="last", kind="stable").reset_index(drop=True)
+    column = f"best_{metric}"
+    if column in board:
+        if cfg.search.objectives:
+            board.insert(board.columns.get_loc("status"), "pareto", pareto_front(board, cfg.search.objectives))
+        order = ["pareto", column] if cfg.search.objectives else [column]
+        ascending = [False, DIRECTIONS[metric] == "min"] if cfg.search.objectives else [DIRECTIONS[metric] == "min"]
+        board = board.sort_values(order, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     return board
+
+
+REPORTED_SCORES = ("fid", "mifid", "kid", "precision", "recall")   # shown at each trial's best evaluation
+
+
+def pareto_front(board, objectives: list[str]) -> list[bool]:
+    """For each row: no other row is at least as good on every objective's best value and better on
+    one (directions from core.metrics.DIRECTIONS). Rows without scores are never on the front."""
+    signs = [1.0 if DIRECTIONS[m] == "min" else -1.0 for m in objectives]
+    points = [[s * row.get(f"best_{m}", math.nan) for m, s in zip(objectives, signs)] for _, row in board.iterrows()]
+
+    def dominates(a, b):
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    valid = [all(math.isfinite(v) for v in p) for p in points]
+    return [ok and not any(valid[j] and dominates(points[j], p) for j in range(len(points)) if j != i)
+            for i, (p, ok) in enumerate(zip(points, valid))]
 
 
 def versus_baseline(board, metric: str) -> str:
@@ -122,10 +154,24 @@ def versus_baseline(board, metric: str) -> str:
     return line + f", {best[column] / base[column]:.2f}x the defaults (baseline {metric} {base[column]:.4g})"
 
 
-def save_leaderboard(board, exp_dir: Path, metric: str | None = None) -> tuple[Path, Path]:
+def pareto_summary(board, objectives: list[str]) -> str:
+    """One line naming the Pareto front of a multi-objective search."""
+    if "pareto" not in board or not board["pareto"].any():
+        return "Pareto front: empty (no trial has every objective scored)"
+    arrows = ", ".join(f"{m} {'lower' if DIRECTIONS[m] == 'min' else 'higher'} is better" for m in objectives)
+    front = board[board["pareto"]]
+    cells = "; ".join(f"{r['trial']} (" + ", ".join(f"{m} {r[f'best_{m}']:.4g}" for m in objectives) + ")"
+                      for _, r in front.iterrows())
+    return f"Pareto front ({arrows}): {len(front)} of {len(board)} trials: {cells}"
+
+
+def save_leaderboard(board, exp_dir: Path, metric: str | None = None,
+                     objectives: list[str] | None = None) -> tuple[Path, Path]:
     csv_path, txt_path = exp_dir / "leaderboard.csv", exp_dir / "leaderboard.txt"
     board.to_csv(csv_path, index=False)
     header = f"{versus_baseline(board, metric)}\n\n" if metric else ""
+    if objectives:
+        header = f"{pareto_summary(board, objectives)}\n" + header
     txt_path.write_text(header + format_leaderboard(board, exp_dir) + "\n")
     return csv_path, txt_path
 

@@ -42,7 +42,7 @@ from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from core.cluster import SharedAssets, Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict
 from core.data import load_prepared, prepare_data
-from core.metrics import reference_statistics
+from core.metrics import DIRECTIONS, reference_statistics
 from core.models.base import get_family
 from core.results import trial_status
 from core.space import (baseline_point, is_baseline, is_conditional, optuna_space, pbt_mutations,
@@ -59,6 +59,11 @@ def search_metric(cfg: ExperimentConfig) -> str:
     sees only a trial's last report, and a GAN's FID jumps between evaluations). PBT compares the
     current value instead: it must see a trial that got worse."""
     return cfg.search.metric if cfg.search.scheduler == "pbt" else f"best_{cfg.search.metric}"
+
+
+def search_mode(cfg: ExperimentConfig) -> str:
+    """"min" or "max": the direction of search.metric (core.metrics.DIRECTIONS)."""
+    return DIRECTIONS[cfg.search.metric]
 
 
 def tpe_settings(cfg: ExperimentConfig) -> dict:
@@ -92,7 +97,13 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
     with warnings.catch_warnings():   # multivariate, group and constant_liar are "experimental" in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, **tpe_settings(cfg))
-    return OptunaSearch(space=optuna_space(cfg.search.space), metric=search_metric(cfg), mode="min",
+    if cfg.search.objectives:
+        # Several objectives: Optuna's multi-objective TPE over each one's running best, one study
+        # direction each; the study's best trials are the Pareto front.
+        metric, mode = [f"best_{m}" for m in cfg.search.objectives], [DIRECTIONS[m] for m in cfg.search.objectives]
+    else:
+        metric, mode = search_metric(cfg), search_mode(cfg)
+    return OptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
                         study_name=cfg.name, storage=storage, sampler=sampler, points_to_evaluate=points)
 
 
@@ -117,12 +128,15 @@ def make_scheduler(cfg: ExperimentConfig):
         return FIFOScheduler()
     if cfg.search.scheduler == "pbt":
         options = cfg.search.pbt_options
-        return BaselineKeepingPBT(baseline, cfg.search.space, time_attr="epoch", metric=search_metric(cfg), mode="min",
+        return BaselineKeepingPBT(baseline, cfg.search.space, time_attr="epoch", metric=search_metric(cfg),
+                                  mode=search_mode(cfg),
                                   perturbation_interval=perturbation_interval(cfg),
                                   hyperparam_mutations=pbt_mutations(cfg.search.space),
                                   quantile_fraction=options.quantile_fraction,
                                   resample_probability=options.resample_probability, log_config=True)
-    return BaselineKeepingASHA(baseline, cfg.search.space, time_attr="epoch", metric=search_metric(cfg), mode="min",
+    # With several objectives, ASHA stops trials by the first one.
+    return BaselineKeepingASHA(baseline, cfg.search.space, time_attr="epoch", metric=search_metric(cfg),
+                               mode=search_mode(cfg),
                                max_t=cfg.train.epochs, grace_period=min(cfg.search.grace_period, cfg.train.epochs),
                                reduction_factor=cfg.search.reduction_factor)
 
@@ -297,7 +311,7 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             sync_config=tune.SyncConfig(sync_artifacts=True),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
                                                     checkpoint_score_attribute=cfg.search.metric,
-                                                    checkpoint_score_order="min"),
+                                                    checkpoint_score_order=search_mode(cfg)),
             # A crashed trial (its process or node lost) restarts from its last checkpoint. A diverged
             # or collapsed trial is no failure: it returns normally and is not retried.
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),

@@ -43,7 +43,7 @@ from core.space import applicable
 from core.tracking import TrialLoggers
 
 __all__ = ["CHECKPOINT_FILE", "LocalSession", "TuneSession", "run_trial", "tune_trainable"]
-TRACKED_METRICS = (M.FID, M.MIFID, M.KID)  # each gets a running best_<name>
+TRACKED_METRICS = tuple(M.DIRECTIONS)  # fid, mifid, kid, precision, recall: each gets a running best_<name>
 
 
 # --- Where results go: Ray Tune or a local directory ---------------------------------------------
@@ -153,14 +153,14 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
 
     # Resume. Everything a checkpoint holds is restored, so training continues exactly.
     start_epoch, step = 0, 0
-    best = {f"best_{name}": math.inf for name in TRACKED_METRICS} | {"best_epoch": -1}
+    best = {f"best_{name}": _worst(name) for name in TRACKED_METRICS} | {"best_epoch": -1}
     exploited: dict = {}           # PBT: which trial's weights this one continues, with which new values
     restored = session.restore_state()
     if restored is not None:
         name, state = restored
         family.load_state_dict(state["family"])
         family.set_hparams(cfg.model)  # this run's values win over those saved with the optimizers
-        start_epoch, step, best = state["epoch"], state["step"], state["best"]
+        start_epoch, step, best = state["epoch"], state["step"], best | state["best"]
         _set_rng_state(state["rng"])
         donor = state.get("trial", session.trial_name)
         if donor != session.trial_name:
@@ -217,7 +217,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
             scores = M.evaluate(family.generate(cfg.metrics.num_samples, cfg.metrics.batch_size),
                                 reference, cfg.metrics, device=device)
             for name in TRACKED_METRICS:
-                if scores[name] < best[f"best_{name}"]:
+                if _better(name, scores[name], best[f"best_{name}"]):
                     best[f"best_{name}"] = scores[name]
                     if name == cfg.search.metric:
                         best["best_epoch"] = epoch + 1
@@ -288,7 +288,15 @@ def _worst_for_the_searcher(cfg: ExperimentConfig) -> dict:
     """A diverged or collapsed trial's last report: the value the searcher and scheduler see is the
     worst possible, so TPE does not learn that an exploding setting scored well before it exploded.
     (Its earlier evaluations, and the checkpoints they wrote, keep their real scores.)"""
-    return {f"best_{cfg.search.metric}": math.inf, cfg.search.metric: math.inf}
+    return {key: _worst(name) for name in cfg.search.metrics for key in (f"best_{name}", name)}
+
+
+def _worst(metric: str) -> float:
+    return math.inf if M.DIRECTIONS[metric] == "min" else -math.inf
+
+
+def _better(metric: str, value: float, than: float) -> bool:
+    return value < than if M.DIRECTIONS[metric] == "min" else value > than
 
 
 def _dotted_values(tree: dict, keys) -> dict:

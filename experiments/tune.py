@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    from core.results import format_leaderboard, leaderboard, save_leaderboard, versus_baseline
+    from core.results import format_leaderboard, leaderboard, pareto_summary, save_leaderboard, versus_baseline
     from core.search import experiment_dir, publish_experiment_files, run_search
 
     try:
@@ -87,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     board = leaderboard(grid, cfg)
-    csv_path, txt_path = save_leaderboard(board, exp_dir, cfg.search.metric)
+    csv_path, txt_path = save_leaderboard(board, exp_dir, cfg.search.metric, cfg.search.objectives)
     publish_experiment_files(cfg, args.storage)
     remote = "://" in args.storage
     print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}):")
     print(format_leaderboard(board, exp_dir))
+    if cfg.search.objectives:
+        print(f"\n{pareto_summary(board, cfg.search.objectives)}")
     print(f"\n{versus_baseline(board, cfg.search.metric)}")
     print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
     print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_space(cfg) -> None:
     import yaml
 
+    from core.metrics import DIRECTIONS
     from core.search import baseline_points, perturbation_interval, search_metric, tpe_settings
     from core.space import dimensions
 
@@ -148,7 +151,10 @@ def print_space(cfg) -> None:
     else:
         scheduler = "FIFO (every trial trains all epochs)"
     budget = f", time budget {s.time_budget}" if s.time_budget is not None else ""
-    print(f"\n# Search: {searcher}; {scheduler}; minimizing {search_metric(cfg)}; {s.max_concurrent} concurrent "
+    goal = (" and ".join(f"{'minimizing' if DIRECTIONS[m] == 'min' else 'maximizing'} best_{m}" for m in s.objectives)
+            + " (Pareto front)" if s.objectives else
+            f"{'minimizing' if DIRECTIONS[s.metric] == 'min' else 'maximizing'} {search_metric(cfg)}")
+    print(f"\n# Search: {searcher}; {scheduler}; {goal}; {s.max_concurrent} concurrent "
           f"trials, {s.cpus_per_trial} CPU + {s.gpus_per_trial} GPU each; keep {s.keep_checkpoints} best "
           f"checkpoints by {s.metric}{budget}")
 

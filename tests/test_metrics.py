@@ -341,3 +341,31 @@ def test_every_registered_extractor_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name in fx.EXTRACTORS:
         assert f"- `{name}`" in readme, f"README's Metrics section does not describe metrics.extractor {name!r}"
+
+
+# --- Precision and recall -----------------------------------------------------------------------
+
+
+def knn_precision_recall(gen: np.ndarray, real: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Kynkaanniemi et al. 2019 in plain NumPy: a sample is covered when it lies within the k-th
+    nearest-neighbour radius (self excluded) of any sample of the other set."""
+    def radii(x):
+        d = np.linalg.norm(x[:, None] - x[None], axis=2)
+        return np.sort(d, axis=1)[:, k]          # column 0 is the point itself
+    cross = np.linalg.norm(gen[:, None] - real[None], axis=2)   # (N, M)
+    precision = np.mean((cross <= radii(real)[None, :]).any(axis=1))
+    recall = np.mean((cross.T <= radii(gen)[None, :]).any(axis=1))
+    return float(precision), float(recall)
+
+
+def test_precision_and_recall_are_reported_from_the_same_features(tmp_path):
+    reference = make_reference(paintings(40, seed=0), tmp_path)
+    extractor = fx.get_extractor("random", None, tmp_path)
+    for generated in (paintings(30, seed=1), (paintings(30, seed=1).int() // 3).to(torch.uint8)):
+        scores = evaluate([generated], reference, RANDOM)
+        features = extract_features([generated], extractor, RANDOM.batch_size).double().numpy()
+        precision, recall = knn_precision_recall(features, reference.features.double().numpy())
+        assert scores["precision"] == pytest.approx(precision) and scores["recall"] == pytest.approx(recall)
+    # Dark copies of the paintings lie off the Monet manifold: precision drops.
+    assert evaluate([(paintings(30, seed=1).int() // 3).to(torch.uint8)], reference, RANDOM)["precision"] < \
+        evaluate([paintings(30, seed=1)], reference, RANDOM)["precision"]

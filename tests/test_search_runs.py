@@ -117,3 +117,20 @@ def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path
     first = next(r for r in reports(exp / row["trial"]) if r.get("exploited_from"))
     assert f"epoch {first['exploited_at_epoch']}: copied {first['exploited_from']}" in row["schedule"]
     assert f"continues {first['exploited_from']}'s weights" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_two_objective_search_writes_its_pareto_front(tmp_path):
+    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "3", "search.metric=[fid, precision]")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    exp = tmp_path / "quickstart-smoke"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert {"pareto", "best_fid", "best_precision", "precision", "recall"} <= set(board.columns)
+    # The front, computed here from the trials' own best values, comes first.
+    points = [(r["best_fid"], -r["best_precision"]) for _, r in board.iterrows()]
+    dominated = [any(o[0] <= p[0] and o[1] <= p[1] and o != p for o in points) for p in points]
+    assert list(board["pareto"]) == [not d for d in dominated]
+    assert list(board["pareto"]) == sorted(board["pareto"], reverse=True)
+    assert "Pareto front (fid lower is better, precision higher is better)" in (exp / "leaderboard.txt").read_text()
+    study = study_of(exp)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"] and len(study.trials) == 3
