@@ -90,6 +90,8 @@ def load_experiment_dir(path: str | os.PathLike) -> Experiment:
         frame = result.metrics_dataframe
         if frame is None or frame.empty:
             continue
+        # The searched values each evaluation trained with stay, by their dotted keys (PBT changes them).
+        frame = frame.rename(columns={f"config/{key}": key for key in cfg.search.space})
         frame = frame.drop(columns=[c for c in frame.columns if c in RAY_BOOKKEEPING or c.startswith("config/")])
         frame.insert(0, "trial", Path(result.path).name)
         histories.append(frame)

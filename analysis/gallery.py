@@ -120,7 +120,7 @@ else:
     seed = st.sidebar.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
     count = st.sidebar.slider("Images", 1, 32, 8, key="count")
     label = None
-    if getattr(loaded.family, "num_classes", 0):
+    if loaded.family.conditional_on_labels:
         names = loaded.data.class_names
         label = st.sidebar.selectbox("Class", range(len(names)), format_func=lambda i: names[i], key="label")
     images = as_pil(sample(loaded, count, seed=int(seed), label=label))

@@ -56,6 +56,25 @@ def plot_asha(history: pd.DataFrame, trials: pd.DataFrame, metric: str = "fid", 
     return ax
 
 
+def plot_schedules(history: pd.DataFrame, params: list[str], axes=None):
+    """PBT: each searched value against the epoch, one line per trial, a dot where the trial copied
+    another one (`exploited_from`). Values are what each evaluation trained with."""
+    params = [p for p in params if p in history and pd.api.types.is_numeric_dtype(history[p])]
+    if axes is None:
+        axes = plt.subplots(1, max(1, len(params)), figsize=(4.5 * max(1, len(params)), 3.5), squeeze=False)[1][0]
+    for ax, param in zip(axes, params):
+        for name, rows in history.groupby("trial", sort=True):
+            line, = ax.step(rows["epoch"], rows[param], where="pre", label=str(name))
+            if "exploited_from" in rows:
+                copied = rows[rows["exploited_from"].notna()]
+                ax.plot(copied["epoch"], copied[param], "o", color=line.get_color())
+        ax.set(xlabel="epoch", ylabel=param, title=f"{param} (dot: copied another trial)")
+        values = history[param].dropna()
+        if len(values) and values.min() > 0 and values.max() / values.min() > 20:   # learning rates
+            ax.set_yscale("log")
+    return axes
+
+
 def optuna_figures(study, target_name: str = "objective") -> dict:
     """Optuna's own views of a study (optuna.visualization.matplotlib), {title: matplotlib Figure},
     in reading order. The Pareto front only for a study with several objectives; a view the study

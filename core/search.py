@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import signal
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 import yaml
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
 from core.cluster import SharedAssets, Storage, check_resources, connect
@@ -88,7 +90,9 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
 
     points = baseline_points(cfg) or None
     if cfg.search.searcher == "random":
-        return BasicVariantGenerator(random_state=cfg.search.seed, points_to_evaluate=points)
+        # Ray applies max_concurrent_trials to Searchers only: a BasicVariantGenerator takes its own.
+        return BasicVariantGenerator(random_state=cfg.search.seed, points_to_evaluate=points,
+                                     max_concurrent=cfg.search.max_concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -105,6 +109,35 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
         metric, mode = search_metric(cfg), search_mode(cfg)
     return OptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
                         study_name=cfg.name, storage=storage, sampler=sampler, points_to_evaluate=points)
+
+
+def describe_search(cfg: ExperimentConfig) -> str:
+    """One line saying what the search will do (the run's header and --dry-run print it)."""
+    s = cfg.search
+    if s.searcher == "optuna":
+        tpe = tpe_settings(cfg)
+        searcher = (f"Optuna TPE (seed {s.seed}): {tpe['n_startup_trials']} random start-up trials of {s.num_samples}, "
+                    f"multivariate {'on' if tpe['multivariate'] else 'off'}"
+                    f"{' (grouped: conditional keys)' if tpe['group'] else ''}, "
+                    f"constant liar {'on' if tpe['constant_liar'] else 'off'}")
+    else:
+        searcher = f"random search (seed {s.seed})"
+    if s.scheduler == "pbt":
+        p = s.pbt_options
+        scheduler = (f"PBT every {perturbation_interval(cfg)} epochs: the bottom {p.quantile_fraction:.0%} copy the top "
+                     f"{p.quantile_fraction:.0%}, then perturb x0.8/x1.2 or resample (p={p.resample_probability})")
+    elif s.scheduler == "asha":
+        scheduler = f"ASHA (grace {min(s.grace_period, cfg.train.epochs)} epochs, keeps 1/{s.reduction_factor} per rung)"
+    else:
+        scheduler = "FIFO (every trial trains all epochs)"
+    verb = {"min": "minimizing", "max": "maximizing"}
+    goal = (" and ".join(f"{verb[DIRECTIONS[m]]} best_{m}" for m in s.objectives) + " (Pareto front)"
+            if s.objectives else f"{verb[search_mode(cfg)]} {search_metric(cfg)}")
+    baseline = "baseline first" if baseline_points(cfg) else "no baseline"
+    budget = f"; time budget {s.time_budget}" if s.time_budget is not None else ""
+    return (f"{searcher}; {scheduler}; {goal}; {baseline}; {s.max_concurrent} concurrent trials, "
+            f"{s.cpus_per_trial} CPU + {s.gpus_per_trial} GPU each; keep {s.keep_checkpoints} best checkpoints "
+            f"by {s.metric}{budget}")
 
 
 def tuner_param_space(cfg: ExperimentConfig) -> dict:
@@ -128,7 +161,7 @@ def make_scheduler(cfg: ExperimentConfig):
         return FIFOScheduler()
     if cfg.search.scheduler == "pbt":
         options = cfg.search.pbt_options
-        return BaselineKeepingPBT(baseline, cfg.search.space, time_attr="epoch", metric=search_metric(cfg),
+        return BaselineKeepingPBT(baseline, cfg.search.space, cfg.train.epochs, time_attr="epoch", metric=search_metric(cfg),
                                   mode=search_mode(cfg),
                                   perturbation_interval=perturbation_interval(cfg),
                                   hyperparam_mutations=pbt_mutations(cfg.search.space),
@@ -160,20 +193,43 @@ class BaselineKeepingASHA(ASHAScheduler):
 
 
 class BaselineKeepingPBT(PopulationBasedTraining):
-    """Ray's PBT, with the baseline never exploited (it trains the defaults, unmutated, to the end) and
-    with Ray's pitfall of exploiting a checkpoint that keep-top-k already deleted mended: the donor's
-    current latest checkpoint (always kept) is copied instead."""
+    """Ray's PBT for paintsweep's trials, which report a checkpoint with every evaluation:
+    - the baseline is never exploited (it trains the defaults, unmutated, to the end);
+    - a top trial's checkpoint is its latest reported one: Ray would ask the trial to save, which a
+      function trainable answers with that same checkpoint, registered a second time, and keep-top-k
+      then deletes it twice (FileNotFoundError in Ray's checkpoint manager);
+    - a checkpoint that keep-top-k deleted since is replaced by the donor's current latest (always
+      kept); a donor that never checkpointed is not copied (Ray's own rule);
+    - nothing is exploited at or into the last epoch (`max_t`): a trial would restart with no epoch
+      left to train and end with the donor's record as its own."""
 
-    def __init__(self, baseline: dict | None, space: dict, **kwargs):
+    def __init__(self, baseline: dict | None, space: dict, max_t: int, **kwargs):
         super().__init__(**kwargs)
-        self.baseline, self.space = baseline, space
+        self.baseline, self.space, self.max_t = baseline, space, max_t
 
     def _quantiles(self):
         lower, upper = super()._quantiles()
         return [t for t in lower if not self._is_baseline(t)], upper
 
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self.max_t:
+            return self.CONTINUE   # its last report: the trial ends here
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+        state = self._trial_state[trial]
+        state.last_checkpoint = trial.checkpoint if trial in upper_quantile else None
+        self._num_checkpoints += trial in upper_quantile
+        if trial in lower_quantile:
+            donor = random.choice(upper_quantile)
+            if self._trial_state[donor].last_checkpoint is None:
+                return   # the donor has not checkpointed yet: no exploit this round
+            self._exploit(tune_controller, trial, donor)
+
     def _exploit(self, tune_controller, trial, trial_to_clone):
         donor = self._trial_state[trial_to_clone]
+        if (donor.last_result or {}).get(self._time_attr, 0) >= self.max_t:
+            return
         recorded = donor.last_checkpoint
         if recorded is not None and hasattr(recorded, "path") and \
                 checkpoint_problem(recorded.path, recorded.filesystem) is not None:
@@ -262,7 +318,6 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
     joins a running Ray cluster ("auto" or HOST:PORT), None starts Ray on this machine."""
     import ray
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 
     storage = Storage.parse(storage_path)
@@ -300,7 +355,7 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
         # W&B: one run per trial, core.tracking.TrialLoggers.
-        callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
+        callbacks = [SessionJsonLogger(), SessionCSVLogger(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
         # A trial that had not reported before an interruption has no result files yet: Ray warns
         # about each on every resume, though nothing is wrong.
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -333,7 +388,8 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
                 trainable, param_space=tuner_param_space(cfg), run_config=run_config,
                 tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, exp_dir), scheduler=make_scheduler(cfg),
                                             num_samples=cfg.search.num_samples,
-                                            max_concurrent_trials=cfg.search.max_concurrent,
+                                            max_concurrent_trials=(cfg.search.max_concurrent
+                                                                   if cfg.search.searcher == "optuna" else None),
                                             trial_name_creator=partial(_trial_name, cfg.family),
                                             trial_dirname_creator=partial(_trial_name, cfg.family),
                                             reuse_actors=True))
@@ -345,10 +401,32 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             return grid
         finally:
             remove_damaged_checkpoints(storage, exp_path, progress)
-            remove_staging_leftovers(_trial_ids(storage, exp_path))
+            remove_staging_leftovers(_trial_ids(storage, exp_path, cfg.family))
             publish_experiment_files(cfg, storage_path)   # the study so far, even if the search failed
     finally:
         ray.shutdown()  # stop the trial workers (or leave the cluster) before the interpreter exits
+
+
+class _KeepThisSessionsLog:
+    """Ray's JSON/CSV loggers copy a trial's result file back from storage whenever the trial
+    (re)starts from a checkpoint. Within one driver session that copy can be older than the local
+    file (storage is synced every so often), so a trial that PBT paused and restarted, or that was
+    retried, lost the reports made since the last sync. The local file of this session is kept;
+    a new session (a resume) has none and restores from storage as Ray does."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        local = Path(trial.local_path, file_name)
+        if local.is_file() and local.stat().st_size > 0:
+            return
+        super()._restore_from_remote(file_name, trial)
+
+
+class SessionJsonLogger(_KeepThisSessionsLog, JsonLoggerCallback):
+    pass
+
+
+class SessionCSVLogger(_KeepThisSessionsLog, CSVLoggerCallback):
+    pass
 
 
 class TrialEndLine(Callback):
@@ -391,14 +469,15 @@ def remove_damaged_checkpoints(storage: Storage, exp_path: str, progress=print) 
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def _trial_ids(storage: Storage, exp_path: str) -> list[str]:
+def _trial_ids(storage: Storage, exp_path: str, family: str) -> list[str]:
     """The ids of the experiment's trials, from their directory names (`<family>_<trial id>`)."""
     import pyarrow.fs
 
     fs = storage.filesystem or pyarrow.fs.LocalFileSystem()
     found = fs.get_file_info(pyarrow.fs.FileSelector(exp_path, allow_not_found=True))
-    return [Path(info.path).name.rsplit("_", 1)[-1] for info in found
-            if info.type == pyarrow.fs.FileType.Directory and "_" in Path(info.path).name]
+    prefix = f"{family}_"
+    return [Path(info.path).name[len(prefix):] for info in found
+            if info.type == pyarrow.fs.FileType.Directory and Path(info.path).name.startswith(prefix)]
 
 
 def _non_empty(storage: Storage, path: str) -> bool:

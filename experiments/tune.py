@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.results import format_leaderboard, leaderboard, pareto_summary, save_leaderboard, versus_baseline
     from core.search import experiment_dir, publish_experiment_files, run_search
 
+    from core.search import describe_search
+
+    print(f"Search {cfg.name!r} ({cfg.family}, {cfg.search.num_samples} trials): {describe_search(cfg)}", flush=True)
     try:
         exp_dir = experiment_dir(args.storage, cfg.name, cfg.cache_path)   # a local mirror for a URI
         grid = run_search(cfg, args.storage, resume=args.resume, address=args.address)
@@ -116,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_space(cfg) -> None:
     import yaml
 
-    from core.metrics import DIRECTIONS
-    from core.search import baseline_points, perturbation_interval, search_metric, tpe_settings
+    from core.search import baseline_points, describe_search
     from core.space import dimensions
 
     tree = config_to_dict(cfg)
@@ -134,29 +136,7 @@ def print_space(cfg) -> None:
             print(f"  {key}: {value!r}")
     else:
         print("\n# Baseline: none (search.baseline: false)")
-    s = cfg.search
-    if s.searcher == "optuna":
-        tpe = tpe_settings(cfg)
-        searcher = (f"Optuna TPE (seed {s.seed}): {tpe['n_startup_trials']} random start-up trials of {s.num_samples}, "
-                    f"multivariate {'on' if tpe['multivariate'] else 'off'}{' (grouped: conditional keys)' if tpe['group'] else ''}, "
-                    f"constant liar {'on' if tpe['constant_liar'] else 'off'}")
-    else:
-        searcher = f"random search (seed {s.seed})"
-    if s.scheduler == "pbt":
-        p = s.pbt_options
-        scheduler = (f"PBT every {perturbation_interval(cfg)} epochs: the bottom {p.quantile_fraction:.0%} copy the top "
-                     f"{p.quantile_fraction:.0%}, then perturb x0.8/x1.2 or resample (p={p.resample_probability})")
-    elif s.scheduler == "asha":
-        scheduler = f"ASHA (grace {min(s.grace_period, cfg.train.epochs)} epochs, keeps 1/{s.reduction_factor} per rung)"
-    else:
-        scheduler = "FIFO (every trial trains all epochs)"
-    budget = f", time budget {s.time_budget}" if s.time_budget is not None else ""
-    goal = (" and ".join(f"{'minimizing' if DIRECTIONS[m] == 'min' else 'maximizing'} best_{m}" for m in s.objectives)
-            + " (Pareto front)" if s.objectives else
-            f"{'minimizing' if DIRECTIONS[s.metric] == 'min' else 'maximizing'} {search_metric(cfg)}")
-    print(f"\n# Search: {searcher}; {scheduler}; {goal}; {s.max_concurrent} concurrent "
-          f"trials, {s.cpus_per_trial} CPU + {s.gpus_per_trial} GPU each; keep {s.keep_checkpoints} best "
-          f"checkpoints by {s.metric}{budget}")
+    print(f"\n# Search: {describe_search(cfg)}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,13 @@ def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path
     first = next(r for r in reports(exp / row["trial"]) if r.get("exploited_from"))
     assert f"epoch {first['exploited_at_epoch']}: copied {first['exploited_from']}" in row["schedule"]
     assert f"continues {first['exploited_from']}'s weights" in out.stdout + out.stderr
+    # Ray's PBT pitfalls did not bite: no checkpoint registered twice and deleted twice, no trial that
+    # copied a donor at its last epoch and ended with the donor's record, no report lost on a restart.
+    assert "Error handling checkpoint" not in out.stdout + out.stderr
+    for trial in board["trial"]:
+        epochs = [r["epoch"] for r in reports(exp / trial)]
+        assert max(epochs) == 6 and set(epochs) == set(range(1, 7)), (trial, epochs)
+    assert not board.loc[~board["baseline"], "schedule"].isna().all()
 
 
 @pytest.mark.slow
