@@ -174,15 +174,14 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
 
     from core.checkpoints import remove_staging_leftovers, repair_checkpoint_records
     from core.cluster import Storage, check_resources, connect
-    from core.search import (TrialEndLine, _non_empty, _trial_ids, _trial_name, prepare_experiment,
-                             remove_damaged_checkpoints)
+    from core.search import TrialEndLine, _trial_name, prepare_experiment, remove_damaged_checkpoints
 
     exp_dir = Path(os.path.abspath(exp_dir))
     confirm_path = exp_dir / CONFIRM_DIR
     storage = Storage.parse(exp_dir)
     if resume:
         _check_resumable(confirm_path, plan)
-    elif confirm_path.exists() and _non_empty(storage, str(confirm_path)):
+    elif confirm_path.exists() and any(confirm_path.iterdir()):
         raise ConfirmError(f"{confirm_path} already exists: continue it with --resume, or delete it to start over")
     storage.check_writable()
     connect(address)   # before the preparation: a bad address or resource request fails at once
@@ -200,20 +199,20 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
         # As core.search.run_search: JSON/CSV results only (TensorBoard is written by the trials).
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-        callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
-        run_config = tune.RunConfig(
-            name=CONFIRM_DIR, storage_path=str(exp_dir), callbacks=callbacks, verbose=verbose,
-            sync_config=tune.SyncConfig(sync_artifacts=True),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
-                                                    checkpoint_score_attribute=cfg.search.metric,
-                                                    checkpoint_score_order="min"),
-            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))
         if resume:
             remove_damaged_checkpoints(storage, str(confirm_path), progress)
             repair_checkpoint_records(str(confirm_path), None, progress)
             tuner = tune.Tuner.restore(str(confirm_path), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
-        else:
+        else:   # (a restored run keeps its own RunConfig)
+            callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
+            run_config = tune.RunConfig(
+                name=CONFIRM_DIR, storage_path=str(exp_dir), callbacks=callbacks, verbose=verbose,
+                sync_config=tune.SyncConfig(sync_artifacts=True),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
+                                                        checkpoint_score_attribute=cfg.search.metric,
+                                                        checkpoint_score_order="min"),
+                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))
             tuner = tune.Tuner(
                 trainable, run_config=run_config,
                 param_space={"candidate": tune.grid_search(list(plan.candidates)),
@@ -227,7 +226,9 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
             return tuner.fit()
         finally:
             remove_damaged_checkpoints(storage, str(confirm_path), progress)
-            remove_staging_leftovers(_trial_ids(storage, str(confirm_path)))
+            # Trial directories are `<family>_<trial id>`, and a grid's ids hold an underscore too.
+            prefix = f"{cfg.family}_"
+            remove_staging_leftovers([d.name[len(prefix):] for d in confirm_path.glob(f"{prefix}*") if d.is_dir()])
     finally:
         ray.shutdown()
 

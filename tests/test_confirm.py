@@ -210,6 +210,12 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     lines = [l for l in (exp_dir / "leaderboard.txt").read_text().splitlines() if l.startswith("Confirmation:")]
     assert len(lines) == 1 and "confirm/confirm.csv" in lines[0]
 
+    # --resume of the finished run restores it and retrains nothing: the same table.
+    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "0", "--resume"]) == 0
+    again = pd.read_csv(exp_dir / "confirm" / "confirm.csv")
+    assert list(again["best_fid_mean"]) == list(table["best_fid_mean"])
+    assert len(list((exp_dir / "confirm").glob("*/params.json"))) == 4
+
     # Again without --resume: refused, nothing lost; --resume with other seeds: refused, saying what differs.
     assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2"]) == 2
     assert "already exists: continue it with --resume" in capsys.readouterr().err
