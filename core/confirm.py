@@ -420,9 +420,11 @@ def confirmation_line(table, metric: str, csv_path: Path) -> str:
     if tops.empty:
         return f"{LEADERBOARD_LINE} no trial other than the defaults to confirm ({csv_path})"
     top = tops.iloc[0]
+    if top["verdict"] == TOO_FEW:
+        return (f"{LEADERBOARD_LINE} the winner ({top['trial']}) is not confirmed: too few seeds trained every "
+                f"epoch ({top['n_seeds']} of it, {base['n_seeds']} of the defaults; {csv_path})")
     outcome = {BETTER: "confirmed: better than the defaults", WORSE: "not confirmed: worse than the defaults",
-               SAME: "not confirmed: not distinguishable from the defaults",
-               TOO_FEW: "not confirmed: too few complete seeds"}[top["verdict"]]
+               SAME: "not confirmed: not distinguishable from the defaults"}[top["verdict"]]
     noise = f", {top['within_noise']}" if top["within_noise"] else ""
     return (f"{LEADERBOARD_LINE} the winner ({top['trial']}) retrained on seeds {top['seeds']}: best {metric} "
             f"{top[f'best_{metric}_mean']:.4g} ± {top[f'best_{metric}_sd']:.4g} against the defaults' "

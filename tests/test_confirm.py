@@ -96,6 +96,15 @@ def test_confirm_table_from_seed_results():
     assert table.loc["baseline", "seed_noise_sd"] == pytest.approx(math.sqrt(0.085 / 3))
     text = C.format_confirm_table(table.reset_index(), "fid")
     assert "0.55 ± 0.07071" in text and "seed 1002 diverged" in text
+    outcome = {C.BETTER: "confirmed: better", C.SAME: "not confirmed: not distinguishable"}[table.loc["top 1", "verdict"]]
+    line = C.confirmation_line(table.reset_index(), "fid", Path("confirm/confirm.csv"))
+    assert line.startswith("Confirmation: the winner (cyclegan_a) retrained on seeds 1000 1001: best fid 0.55 ± 0.07071")
+    assert outcome in line and line.endswith("(confirm/confirm.csv)")
+
+    one_seed = C.confirm_table([r for r in runs if r.trial != "t1001"], plan, "fid")
+    assert C.confirmation_line(one_seed, "fid", Path("c.csv")) == (
+        "Confirmation: the winner (cyclegan_a) is not confirmed: too few seeds trained every epoch "
+        "(1 of it, 3 of the defaults; c.csv)")
 
 
 def test_the_confirmation_line_replaces_the_previous_one(tmp_path):
