@@ -1,0 +1,109 @@
+"""Does the search help? Retrain a finished search's best configurations and its defaults with fresh seeds.
+
+    python experiments/confirm.py runs/quickstart                     # the top 3 and the defaults, 3 seeds each
+    python experiments/confirm.py runs/quickstart --top 1 --seeds 5
+    python experiments/confirm.py runs/quickstart --resume            # after Ctrl-C or a crash
+    python experiments/confirm.py runs/quickstart --noise 0           # skip the evaluation-noise draws
+
+Each configuration trains train.epochs with every seed (train.seed 1000, 1001, ...: seeds the search
+never used), as a Ray Tune run of its own in runs/<experiment>/confirm/ with the search's resources.
+Then it prints, and saves in confirm/confirm.csv (and confirm.txt), per configuration: mean ± sd over
+seeds of the best and of the final search metric, the ratio of its mean best to the defaults' with a
+95% confidence interval, Welch's p-value and a verdict ("better than the defaults", "not
+distinguishable", "worse"), beside the seed noise and the evaluation noise (core/confirm.py says how
+to read them). leaderboard.txt gets a "Confirmation:" line saying whether the winner held up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="a finished search's experiment directory (runs/<experiment>)")
+    parser.add_argument("--top", type=int, default=3, help="how many of the leaderboard's best configurations (default 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration (default 3, at least 2)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted confirmation")
+    parser.add_argument("--noise", type=int, default=5, metavar="DRAWS",
+                        help="sample draws that measure the evaluation noise on one checkpoint (default 5; 0: skip)")
+    parser.add_argument("--address", help="join a running Ray cluster ('auto' or HOST:PORT); default: a local Ray")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the evaluation-noise draws run")
+    args = parser.parse_args(argv)
+
+    import yaml
+
+    from core import confirm as C
+    from core.checkpoints import CheckpointError
+    from core.config import ConfigError, build_config
+    from core.data import DataError
+    from core.search import EXPERIMENT_FILE
+
+    exp_dir = Path(args.path)
+    saved = exp_dir / EXPERIMENT_FILE
+    if not saved.is_file():
+        print(f"error: {exp_dir} is not an experiment directory (no {EXPERIMENT_FILE}): pass runs/<experiment> "
+              f"of a search run by experiments/tune.py", file=sys.stderr)
+        return 2
+    try:
+        cfg = build_config(yaml.safe_load(saved.read_text()), source=str(saved))
+        plan = C.make_plan(exp_dir, cfg, args.top, args.seeds)
+        metric = cfg.search.metric
+        print(f"Retraining {len(plan.candidates)} configurations x {len(plan.seeds)} seeds "
+              f"(train.seed {', '.join(map(str, plan.seeds))}; the search used {cfg.train.seed}), "
+              f"{cfg.train.epochs} epochs each, into {exp_dir / C.CONFIRM_DIR}:")
+        for label, values in plan.candidates.items():
+            source = f" (trial {plan.sources[label]})" if plan.sources[label] else " (the experiment's own values)"
+            print(f"  {label}{source}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        grid = C.run_confirm(exp_dir, cfg, plan, resume=args.resume, address=args.address)
+        results = C.seed_results(grid, cfg)
+        noise = evaluation_noise(results, exp_dir, args.noise, args.device) if args.noise else None
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    table = C.confirm_table(results, plan, metric, noise.sd if noise else None)
+    confirm_dir = exp_dir / C.CONFIRM_DIR
+    table.to_csv(confirm_dir / C.TABLE_FILE, index=False)
+    text = "\n".join([f"Confirmation of {exp_dir} (best {metric} per seed, lower is better):",
+                      C.format_confirm_table(table, metric), "", *C.noise_lines(table, metric, noise)])
+    (confirm_dir / C.TEXT_FILE).write_text(text + "\n")
+    line = C.confirmation_line(table, metric, Path(C.CONFIRM_DIR) / C.TABLE_FILE)   # relative to exp_dir
+    board = C.write_confirmation_line(exp_dir, line)
+    print(f"\n{text}\n\n{line}\n\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; updated {board}")
+    if grid.num_errors:
+        print(f"\n{grid.num_errors} retraining(s) crashed. Continue with:\n  python experiments/confirm.py "
+              f"{args.path} --top {args.top} --seeds {args.seeds} --resume")
+        return 1
+    return 0
+
+
+def evaluation_noise(results, exp_dir: Path, draws: int, device: str):
+    """core.confirm.evaluation_noise on the best kept checkpoint of the winner's first complete seed
+    (the baseline's if the winner has none), or None when no seed kept one."""
+    from analysis.checkpoints import load_checkpoint
+    from core import confirm as C
+    from core import metrics as M
+
+    complete = [r for r in results if r.status == "completed" and r.checkpoint]
+    chosen = next((r for label in ("top 1", C.BASELINE) for r in complete if r.candidate == label), None)
+    if chosen is None:
+        print("Evaluation noise not measured: no retraining kept a checkpoint")
+        return None
+    loaded = load_checkpoint(chosen.checkpoint, device=device, progress=lambda message: None)
+    reference = M.load_reference(M.reference_statistics(loaded.data, loaded.cfg.metrics, loaded.cfg.cache_path,
+                                                        device=device, progress=lambda message: None))
+    return C.evaluation_noise(loaded.family, reference, loaded.cfg, draws, device,
+                              checkpoint=os.path.relpath(chosen.checkpoint, exp_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

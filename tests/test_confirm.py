@@ -1,0 +1,233 @@
+"""core/confirm.py and experiments/confirm.py: the statistics against hand-computed values, the plan
+(candidates and fresh seeds) of a search, the evaluation-noise draws, and a real confirmation run of
+a finished smoke search."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import confirm  # noqa: E402
+
+from core import confirm as C  # noqa: E402
+from core.config import load_experiment  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)   # t quantile 0.975 at 2 degrees of freedom (closed form): 4.3027
+
+
+# --- Statistics ------------------------------------------------------------------------------------
+
+
+def test_welch_and_fieller_with_a_constant_baseline_match_the_closed_forms():
+    # Baseline sd 0: Welch's df is the candidate's n - 1 = 2, its t = (1 - 2) / (0.2 / sqrt 3) = -5 sqrt 3,
+    # and Fieller's interval reduces to (mean_x +- t_crit * se_x) / mean_y.
+    c = C.compare_to_baseline([1.0, 1.2, 0.8], [2.0, 2.0, 2.0])
+    t = 5 * math.sqrt(3)
+    assert c.ratio == pytest.approx(0.5)
+    assert c.p_value == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)   # df 2: P(|T| > t) in closed form
+    se = 0.2 / math.sqrt(3)
+    assert (c.low, c.high) == pytest.approx(((1 - T975_DF2 * se) / 2, (1 + T975_DF2 * se) / 2), rel=1e-9)
+    assert c.verdict == C.BETTER
+
+
+def test_fieller_interval_solves_its_defining_equation_and_matches_welch():
+    from scipy import stats
+
+    x, y = [0.5, 0.6, 0.4], [1.0, 1.2, 0.8]   # means 0.5 and 1, variances 0.01 and 0.04
+    c = C.compare_to_baseline(x, y)
+    vx, vy = 0.01 / 3, 0.04 / 3
+    df = (vx + vy) ** 2 / (vx ** 2 / 2 + vy ** 2 / 2)   # Welch-Satterthwaite: 50/17
+    assert df == pytest.approx(50 / 17)
+    t_crit = stats.t.ppf(0.975, df)
+    for r in (c.low, c.high):   # both ends: (mean_x - r mean_y)^2 = t^2 (vx + r^2 vy)
+        assert (0.5 - r) ** 2 == pytest.approx(t_crit ** 2 * (vx + r * r * vy), rel=1e-9)
+    assert c.low < 0.5 < c.high < 1
+    assert c.p_value == pytest.approx(2 * stats.t.sf(math.sqrt(15), df), rel=1e-9)   # t = -0.5 / sqrt(0.05/3)
+    assert c.p_value < 0.05 and c.verdict == C.BETTER   # the interval excludes 1 exactly when p < 0.05
+
+
+def test_verdicts():
+    assert C.compare_to_baseline([2.0, 2.1, 1.9], [1.0, 1.2, 0.8]).verdict == C.WORSE
+    same = C.compare_to_baseline([0.9, 1.3, 1.0], [1.0, 1.2, 0.8])
+    assert same.verdict == C.SAME and same.low < 1 < same.high and same.p_value > 0.05
+    few = C.compare_to_baseline([0.5], [1.0, 2.0])
+    assert few.verdict == C.TOO_FEW and few.ratio == pytest.approx(0.5 / 1.5) and math.isnan(few.p_value)
+    # A baseline whose mean is within its own noise of 0 bounds no ratio.
+    assert C.fieller_interval(1.0, 0.01, 0.1, 0.01, 4.3) == (-math.inf, math.inf)
+    assert C.compare_to_baseline([1.0, 1.0], [2.0, 2.0]).verdict == C.BETTER   # exact: no noise at all
+
+
+def test_pooled_sd_and_noise_marks():
+    # (2 * 1 + 1 * 2) / 3 squared deviations per degree of freedom; the single value adds nothing.
+    assert C.pooled_sd([[1, 2, 3], [2, 4], [7]]) == pytest.approx(math.sqrt(4 / 3))
+    assert math.isnan(C.pooled_sd([[1], [2]]))
+    assert C.noise_mark(-0.05, seed_sd=0.1, eval_sd=0.01) == C.BELOW_SEED_NOISE
+    assert C.noise_mark(0.005, seed_sd=0.1, eval_sd=0.01) == C.BELOW_EVAL_NOISE
+    assert C.noise_mark(-0.5, seed_sd=0.1, eval_sd=0.01) == ""
+    assert C.noise_mark(0.05, seed_sd=0.1, eval_sd=None) == C.BELOW_SEED_NOISE
+
+
+def test_confirm_table_from_seed_results():
+    plan = C.ConfirmPlan({"baseline": {"model.lr_g": 2e-4}, "top 1": {"model.lr_g": 1e-3}},
+                         {"baseline": "", "top 1": "cyclegan_a"}, [1000, 1001, 1002])
+    runs = [C.SeedResult("baseline", s, f"b{s}", "completed", best, best + 1, None)
+            for s, best in zip(plan.seeds, [1.0, 1.2, 0.8])]
+    runs += [C.SeedResult("top 1", s, f"t{s}", "completed", best, best + 2, None)
+             for s, best in zip(plan.seeds[:2], [0.5, 0.6])]
+    runs.append(C.SeedResult("top 1", 1002, "t1002", "diverged", 0.1, math.nan, None))   # not counted
+    table = C.confirm_table(runs, plan, "fid", eval_sd=0.01).set_index("candidate")
+    assert table.loc["top 1", "n_seeds"] == 2 and table.loc["top 1", "seeds"] == "1000 1001"
+    assert table.loc["top 1", "incomplete"] == "seed 1002 diverged"
+    assert table.loc["top 1", "best_fid_mean"] == pytest.approx(0.55)
+    assert table.loc["top 1", "final_fid_mean"] == pytest.approx(2.55)
+    assert table.loc["top 1", "best_fid_sd"] == pytest.approx(math.sqrt(0.005))
+    assert table.loc["top 1", "ratio"] == pytest.approx(0.55)
+    assert table.loc["baseline", "verdict"] == C.BASELINE
+    # Pooled over both: (0.08 + 0.005) / (2 + 1).
+    assert table.loc["baseline", "seed_noise_sd"] == pytest.approx(math.sqrt(0.085 / 3))
+    text = C.format_confirm_table(table.reset_index(), "fid")
+    assert "0.55 ± 0.07071" in text and "seed 1002 diverged" in text
+    outcome = {C.BETTER: "confirmed: better", C.SAME: "not confirmed: not distinguishable"}[table.loc["top 1", "verdict"]]
+    line = C.confirmation_line(table.reset_index(), "fid", Path("confirm/confirm.csv"))
+    assert line.startswith("Confirmation: the winner (cyclegan_a) retrained on seeds 1000 1001: best fid 0.55 ± 0.07071")
+    assert outcome in line and line.endswith("(confirm/confirm.csv)")
+
+    one_seed = C.confirm_table([r for r in runs if r.trial != "t1001"], plan, "fid")
+    assert C.confirmation_line(one_seed, "fid", Path("c.csv")) == (
+        "Confirmation: the winner (cyclegan_a) is not confirmed: too few seeds trained every epoch "
+        "(1 of it, 3 of the defaults; c.csv)")
+
+
+def test_the_confirmation_line_replaces_the_previous_one(tmp_path):
+    (tmp_path / "leaderboard.txt").write_text("trial best_fid\n   a     1.0\n")
+    C.write_confirmation_line(tmp_path, "Confirmation: first")
+    C.write_confirmation_line(tmp_path, "Confirmation: second")
+    assert (tmp_path / "leaderboard.txt").read_text() == "trial best_fid\n   a     1.0\nConfirmation: second\n"
+
+
+# --- The plan --------------------------------------------------------------------------------------
+
+
+def _fake_search(exp_dir: Path, trials: dict[str, tuple[dict, float]]) -> None:
+    """A leaderboard.csv (best first) and each trial's params.json, as a finished search leaves them."""
+    rows = []
+    for trial, (params, best) in trials.items():
+        (exp_dir / trial).mkdir(parents=True)
+        (exp_dir / trial / "params.json").write_text(json.dumps(params))
+        rows.append({"trial": trial, **params, "best_fid": best})
+    pd.DataFrame(rows).to_csv(exp_dir / "leaderboard.csv", index=False)
+
+
+def test_plan_takes_the_defaults_and_the_top_trials_and_seeds_the_search_never_used(tmp_path):
+    cfg = load_experiment(ROOT / "search_spaces" / "quickstart.yaml", ["train.seed=1000"])
+    defaults = {"model.lr_g": 2e-4, "model.lr_d": 2e-4, "model.lambda_cycle": 10.0, "model.lambda_identity": 0.5}
+    other = {"model.lr_g": 1.2345678901234e-4, "model.lr_d": 3e-4, "model.lambda_cycle": 7.0, "model.lambda_identity": 0.0}
+    _fake_search(tmp_path, {"cyclegan_base": (defaults, 1.0),                 # the search's own baseline trial
+                            "cyclegan_a": (other, 2.0),
+                            "cyclegan_b": (other | {"model.lr_d": 5e-4}, 3.0),
+                            "cyclegan_c": (other | {"model.lr_d": 6e-4}, 4.0),
+                            "cyclegan_nan": (other | {"model.lr_d": 7e-4}, math.nan)})
+    plan = C.make_plan(tmp_path, cfg, top=2, n_seeds=3)
+    assert list(plan.candidates) == ["baseline", "top 1", "top 2"]
+    assert plan.candidates["baseline"] == defaults            # read from the experiment's config
+    assert plan.candidates["top 1"] == other                  # exact values from params.json
+    assert plan.sources == {"baseline": "", "top 1": "cyclegan_a", "top 2": "cyclegan_b"}
+    assert plan.seeds == [1001, 1002, 1003]                   # 1000 is the search's train.seed
+
+
+def test_plan_refuses_what_it_cannot_confirm(tmp_path):
+    cfg = load_experiment(ROOT / "search_spaces" / "quickstart.yaml")
+    with pytest.raises(C.ConfirmError, match="leaderboard.csv does not exist.*tune.py"):
+        C.make_plan(tmp_path, cfg)
+    _fake_search(tmp_path, {"cyclegan_a": ({"model.lr_g": 1e-4}, math.nan)})
+    with pytest.raises(C.ConfirmError, match="No trial .* reached an evaluation"):
+        C.make_plan(tmp_path, cfg)
+    with pytest.raises(C.ConfirmError, match="--seeds >= 2"):
+        C.make_plan(tmp_path, cfg, n_seeds=1)
+
+
+# --- Evaluation noise ------------------------------------------------------------------------------
+
+
+def _recorded(trial_dir: Path, epoch: int, metric: str) -> float:
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    return next(row[metric] for row in rows if row["epoch"] == epoch)
+
+
+@pytest.mark.slow
+def test_evaluation_noise_draw_zero_is_what_the_trial_scored(smoke_experiments):
+    from analysis.checkpoints import load_checkpoint
+    from core import metrics as M
+
+    for stem in ("wgan_gp_builtin", "quickstart"):
+        checkpoint = sorted(smoke_experiments[stem].glob("*/checkpoint_*"))[0]
+        loaded = load_checkpoint(checkpoint, progress=lambda message: None)
+        reference = M.load_reference(M.reference_statistics(loaded.data, loaded.cfg.metrics, loaded.cfg.cache_path,
+                                                            progress=lambda message: None))
+        noise = C.evaluation_noise(loaded.family, reference, loaded.cfg, draws=3)
+        assert len(noise.values) == 3 and len(set(noise.values)) == 3 and noise.sd > 0
+        assert noise.samples == loaded.cfg.metrics.num_samples
+        if stem == "wgan_gp_builtin":   # the first draw is the scoring stream's own first n images
+            assert noise.values[0] == pytest.approx(_recorded(checkpoint.parent, loaded.epoch, "fid"), rel=1e-6)
+            assert "fresh samples" in noise.what
+        else:                            # 8 scored images, 4 test photos: drawn with replacement
+            assert "with replacement from 4" in noise.what
+
+
+# --- A real confirmation run -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_experiments, tmp_path, capsys):
+    exp_dir = tmp_path / "quickstart-smoke"
+    shutil.copytree(smoke_experiments["quickstart"], exp_dir)   # never modify the shared fixture
+    search_seed = yaml.safe_load((exp_dir / "experiment.yaml").read_text())["train"]["seed"]
+
+    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "2"]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(exp_dir / "confirm" / "confirm.csv", keep_default_na=False, na_values=[""])
+    assert list(table["candidate"]) == ["baseline", "top 1"]
+    assert table.loc[1, "trial"] == pd.read_csv(exp_dir / "leaderboard.csv")["trial"][0]
+
+    # Every confirm trial: its candidate and seed from params.json, its best from result.json.
+    bests: dict[str, list[float]] = {}
+    seeds = set()
+    for trial_dir in sorted(p.parent for p in (exp_dir / "confirm").glob("*/params.json")):
+        params = json.loads((trial_dir / "params.json").read_text())
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+        assert max(row["epoch"] for row in rows) == 2                   # FIFO: every seed trains all epochs
+        bests.setdefault(params["candidate"], []).append(min(row["fid"] for row in rows))
+        seeds.add(params["train.seed"])
+    assert len(seeds) == 2 and search_seed not in seeds
+    for row in table.itertuples():
+        assert {int(s) for s in str(row.seeds).split()} == seeds
+        assert row.n_seeds == 2
+        assert row.best_fid_mean == pytest.approx(sum(bests[row.candidate]) / 2, rel=1e-12)
+    assert table.loc[1, "verdict"] in (C.BETTER, C.SAME, C.WORSE)
+    assert table["eval_noise_sd"].notna().all() and table["seed_noise_sd"].notna().all()
+
+    assert "ratio [95% CI]" in out and "Seed noise: sd" in out and "Evaluation noise: sd" in out
+    lines = [l for l in (exp_dir / "leaderboard.txt").read_text().splitlines() if l.startswith("Confirmation:")]
+    assert len(lines) == 1 and "confirm/confirm.csv" in lines[0]
+
+    # --resume of the finished run restores it and retrains nothing: the same table.
+    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "0", "--resume"]) == 0
+    again = pd.read_csv(exp_dir / "confirm" / "confirm.csv")
+    assert list(again["best_fid_mean"]) == list(table["best_fid_mean"])
+    assert len(list((exp_dir / "confirm").glob("*/params.json"))) == 4
+
+    # Again without --resume: refused, nothing lost; --resume with other seeds: refused, saying what differs.
+    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2"]) == 2
+    assert "already exists: continue it with --resume" in capsys.readouterr().err
+    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "3", "--resume"]) == 2
+    assert "seeds differ" in capsys.readouterr().err
+    assert (exp_dir / "confirm" / "confirm.csv").is_file()
