@@ -106,6 +106,11 @@ def make_plan(exp_dir: Path, cfg: ExperimentConfig, top: int = 3, n_seeds: int =
 
     if top < 1 or n_seeds < 2:
         raise ConfirmError(f"--top must be >= 1 and --seeds >= 2 (a spread needs two seeds), got {top} and {n_seeds}")
+    from core.metrics import DIRECTIONS
+
+    if DIRECTIONS[cfg.search.metric] != "min":
+        raise ConfirmError(f"confirm.py compares metrics where lower is better (fid, mifid, kid); {exp_dir} was "
+                           f"searched on {cfg.search.metric}. Confirm a search whose (first) search.metric is one of those.")
     board_path = exp_dir / "leaderboard.csv"
     if not board_path.is_file():
         raise ConfirmError(f"{board_path} does not exist: confirm a finished search (python experiments/tune.py "
@@ -169,12 +174,12 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
     (every seed trains all train.epochs) and no searcher: the grid is the plan."""
     import ray
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
     from core.checkpoints import remove_staging_leftovers, repair_checkpoint_records
     from core.cluster import Storage, check_resources, connect
-    from core.search import TrialEndLine, _trial_name, prepare_experiment, remove_damaged_checkpoints
+    from core.search import (SessionCSVLogger, SessionJsonLogger, TrialEndLine, _trial_name, prepare_experiment,
+                             remove_damaged_checkpoints)
 
     exp_dir = Path(os.path.abspath(exp_dir))
     confirm_path = exp_dir / CONFIRM_DIR
@@ -205,7 +210,7 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
             tuner = tune.Tuner.restore(str(confirm_path), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:   # (a restored run keeps its own RunConfig)
-            callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
+            callbacks = [SessionJsonLogger(), SessionCSVLogger(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
             run_config = tune.RunConfig(
                 name=CONFIRM_DIR, storage_path=str(exp_dir), callbacks=callbacks, verbose=verbose,
                 sync_config=tune.SyncConfig(sync_artifacts=True),
