@@ -24,30 +24,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from core.checkpoints import checkpoint_problem  # noqa: E402
-
-
-def kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and everything in its session (Ray's GCS, raylet, workers)."""
-    members = []
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == proc.pid:
-                members.append(p)
-        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
-            pass
-    for p in members:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(members, timeout=30)
-    proc.wait(timeout=30)
+from test_faults import kill_session  # noqa: E402  (the fault tests' way to kill a driver and its Ray)
 
 
 def main() -> int:

@@ -30,7 +30,6 @@ import hashlib
 import importlib.util
 import math
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,8 @@ from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
+
+from core.checkpoints import atomic_torch_save
 
 FEATURE_LAYER = "2048"                   # torch-fidelity's name for the 2048-d pool features (FID, KID)
 FIDELITY_INCEPTION = "inception-v3-compat"  # torch-fidelity's registered FID Inception
@@ -225,19 +226,6 @@ def convert_fid_helper_weights(torchscript_path: Path, out_path: Path) -> Path:
 
 
 # --- Files -------------------------------------------------------------------------------------
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, then os.replace: readers (other trials,
-    a second driver) see either no file or the complete file, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer, same filesystem
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @functools.cache

@@ -36,7 +36,8 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from tqdm import tqdm
 
 from core.config import DataConfig, MetricsConfig
-from core.feature_extractors import Extractor, MetricsError, atomic_torch_save, extractor_identity, get_extractor
+from core.checkpoints import atomic_torch_save
+from core.feature_extractors import Extractor, MetricsError, extractor_identity, get_extractor
 
 __all__ = ["FID", "KID", "KID_STD", "MIFID", "MEMORIZATION", "DIVERSITY", "COLLAPSED", "PRECISION", "RECALL",
            "DIRECTIONS", "MetricsError", "Reference", "evaluate",

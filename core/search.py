@@ -40,6 +40,7 @@ import yaml
 from ray.tune import Callback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from ray.tune.search.optuna import OptunaSearch
 
 from core.cluster import SharedAssets, Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict
@@ -94,7 +95,6 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
         return BasicVariantGenerator(random_state=cfg.search.seed, points_to_evaluate=points,
                                      max_concurrent=cfg.search.max_concurrent)
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     # An RDBStorage instance (not a URL string): the study outlives the run and optuna-dashboard opens it.
     storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_FILE}")
@@ -107,8 +107,8 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
         metric, mode = [f"best_{m}" for m in cfg.search.objectives], [DIRECTIONS[m] for m in cfg.search.objectives]
     else:
         metric, mode = search_metric(cfg), search_mode(cfg)
-    return OptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
-                        study_name=cfg.name, storage=storage, sampler=sampler, points_to_evaluate=points)
+    return ResumableOptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
+                                 study_name=cfg.name, storage=storage, sampler=sampler, points_to_evaluate=points)
 
 
 def describe_search(cfg: ExperimentConfig) -> str:
@@ -138,6 +138,30 @@ def describe_search(cfg: ExperimentConfig) -> str:
     return (f"{searcher}; {scheduler}; {goal}; {baseline}; {s.max_concurrent} concurrent trials, "
             f"{s.cpus_per_trial} CPU + {s.gpus_per_trial} GPU each; keep {s.keep_checkpoints} best checkpoints "
             f"by {s.metric}{budget}")
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch over a study on disk that can be ahead of Ray's own snapshot: a driver
+    killed after a trial finished (told to the study) but before Ray saved that, resumes and runs
+    the trial's last steps again. Its reports then reach an Optuna trial that is already finished;
+    the study keeps the outcome it has (a rerun reproduces it: training is seeded) instead of the
+    search failing with UpdateFinishedTrialError."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._finished_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return False
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
 
 def tuner_param_space(cfg: ExperimentConfig) -> dict:

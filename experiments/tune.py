@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and exit")
     parser.add_argument("--smoke-test", action="store_true", help="tiny everything, offline, to check the setup")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)   # overrides may come before, between or after the flags
 
     overrides = list(args.overrides)
     if args.smoke_test:

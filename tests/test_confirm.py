@@ -179,8 +179,8 @@ def test_evaluation_noise_draw_zero_is_what_the_trial_scored(smoke_experiments):
         if stem == "wgan_gp_builtin":   # the first draw is the scoring stream's own first n images
             assert noise.values[0] == pytest.approx(_recorded(checkpoint.parent, loaded.epoch, "fid"), rel=1e-6)
             assert "fresh samples" in noise.what
-        else:                            # 8 scored images, 4 test photos: drawn with replacement
-            assert "with replacement from 4" in noise.what
+        else:                            # every test photo is scored: drawn with replacement
+            assert f"with replacement from {loaded.data.count('test/photo')}" in noise.what
 
 
 # --- A real confirmation run -----------------------------------------------------------------------

@@ -93,7 +93,8 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     assert f"{trial}: recorded {checkpoint} is gone; resuming from checkpoint_" in out.stdout + out.stderr
     board = pd.read_csv(exp / "leaderboard.csv")
     assert list(board["status"]) == ["completed"], board.to_string()
-    assert fid_by_epoch(exp / trial) == pytest.approx(expected), "the resumed trial's evaluations differ"
+    resumed = fid_by_epoch(exp / trial)
+    assert resumed == pytest.approx(expected), f"the resumed trial's evaluations differ: {resumed} != {expected}"
     assert checkpoint_problem(board["checkpoint"][0]) is None
 
 

@@ -56,6 +56,7 @@ def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_pa
     # trial gets one line with its status and best.
     header = [line for line in out.stdout.splitlines() if "Trial name" in line][-1].strip("│ ")
     assert header.split()[-4:] == ["epoch", "best_fid", "fid", "step"], header
+    assert "Token authentication" not in out.stdout + out.stderr, "Ray's notice about its private cluster"
     ended = re.findall(r"^Trial (cyclegan_\w+) (completed|stopped early), best fid [\d.]+ at epoch \d", out.stdout, re.M)
     assert len(ended) == 2, out.stdout[-3000:]
 
@@ -128,3 +129,24 @@ def test_damaged_checkpoints_are_removed_with_the_reason_and_good_ones_kept(tmp_
     assert torch.load(good / "state.pt", weights_only=True)["epoch"] == 1
     assert messages == [f"removing damaged checkpoint {partial}: state.pt is truncated (not a complete torch file)",
                         f"removing damaged checkpoint {empty}: state.pt is missing"]
+
+
+def test_dry_run_refuses_what_the_run_refuses_with_the_runs_own_message(tmp_path):
+    out = tune("--space", "search_spaces/quickstart.yaml", "--dry-run", "data.source=folder",
+               f"data.root={tmp_path / 'nowhere'}")
+    assert out.returncode == 2 and f"data.root {tmp_path / 'nowhere'} is not a directory" in out.stderr, out.stderr
+    out = tune("--space", "search_spaces/quickstart.yaml", "--dry-run", "data.image_size=20", "data.load_size=24")
+    assert out.returncode == 2 and "too small for a PatchGAN" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_an_empty_space_and_a_missing_base_say_what_is_wrong(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    out = tune("--space", str(empty), "--dry-run")
+    assert out.returncode == 2 and f"{empty} is empty" in out.stderr, out.stderr
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: missing/base.yaml\nname: x\n")
+    out = tune("--space", str(child), "--dry-run")
+    assert out.returncode == 2 and f"{child} names _base_ {tmp_path / 'missing/base.yaml'}, which does not exist" \
+        in out.stderr, out.stderr

@@ -37,7 +37,7 @@ def test_unknown_optuna_option_is_an_error_naming_it():
 def test_optuna_searcher_runs_the_baseline_first_with_the_configured_tpe(tmp_path):
     cfg = quickstart("search.num_samples=20", "search.max_concurrent=2")
     searcher = make_searcher(cfg, tmp_path)
-    assert type(searcher).__name__ == "OptunaSearch"
+    assert type(searcher).__name__ == "ResumableOptunaSearch"
     assert searcher.metric == "best_fid" and searcher.mode == "min"
     assert searcher._points_to_evaluate == [{"model.lr_g": 2e-4, "model.lr_d": 2e-4, "model.lambda_cycle": 10.0,
                                              "model.lambda_identity": 0.5}]
@@ -149,3 +149,18 @@ def test_the_baseline_leaves_out_keys_that_do_not_apply_to_it():
     assert not is_baseline({"model.lambda_identity": 0.5, "model.lambda_cycle": 10.0, "model.lr_g": 2e-4},
                            baseline_point(cfg), CONDITIONAL)
     assert [d.key for d in dimensions(CONDITIONAL)][-1] == "model.lambda_cycle", "conditional keys come last"
+
+
+def test_the_searcher_survives_a_resume_whose_snapshot_is_behind_the_study(tmp_path):
+    """The driver died after telling the study a trial finished, before Ray's snapshot said so: the
+    resumed run reports the trial again. Plain OptunaSearch raises UpdateFinishedTrialError there."""
+    searcher = make_searcher(quickstart("search.baseline=false"), tmp_path)
+    searcher.set_search_properties(None, None, {})
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"best_fid": 3.0, "training_iteration": 1})
+    searcher.on_trial_complete("a", {"best_fid": 2.0, "training_iteration": 2})
+    searcher._completed_trials.discard("a")          # what the older snapshot restores
+    searcher.on_trial_result("a", {"best_fid": 2.5, "training_iteration": 2})
+    searcher.on_trial_complete("a", {"best_fid": 2.5, "training_iteration": 2})
+    (trial,) = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 2.0
