@@ -246,11 +246,11 @@ def constructed_grid(tmp_path, histories: dict[str, tuple[dict, list[dict]]]):
     return results
 
 
-def evaluation(epoch, fid, kid, mifid=None, **extra):
-    return {"epoch": epoch, "fid": fid, "kid": kid, "mifid": fid * 1.5 if mifid is None else mifid, **extra}
+def evaluation(epoch, fid, kid, mifid):
+    return {"epoch": epoch, "fid": fid, "kid": kid, "mifid": mifid}
 
 
-@pytest.mark.parametrize("metric", ["fid", "kid"])
+@pytest.mark.parametrize("metric", ["fid", "kid", "mifid"])
 def test_leaderboard_ranks_by_the_best_evaluation_of_the_search_metric_nan_last_baseline_marked(
         tiny_data, tmp_path, metric):
     from core.results import leaderboard
@@ -260,21 +260,23 @@ def test_leaderboard_ranks_by_the_best_evaluation_of_the_search_metric_nan_last_
     cfg = build_config(tree)
     baseline = baseline_point(cfg)
     point = lambda lr: {**baseline, "model.lr_g": lr}   # noqa: E731
-    # fid and kid disagree on purpose: trial b is best by FID, trial c by KID. Best evaluations are
-    # not the last ones (the board takes each trial's best).
+    # The three metrics rank the trials differently on purpose (best by FID: b, by KID: c, by MiFID:
+    # a). Best evaluations are not the last ones (the board takes each trial's best).
     grid = constructed_grid(tmp_path, {
-        "a": (point(1e-3), [evaluation(1, 5.0, 0.30), evaluation(2, 4.0, 0.20), evaluation(3, 4.5, 0.25)]),
-        "b": (point(5e-4), [evaluation(1, 3.0, 0.40), evaluation(2, 1.0, 0.35), evaluation(3, 2.0, 0.50)]),
+        "a": (point(1e-3), [evaluation(1, 5.0, 0.30, 3.0), evaluation(2, 4.0, 0.20, 1.0), evaluation(3, 4.5, 0.25, 2.0)]),
+        "b": (point(5e-4), [evaluation(1, 3.0, 0.40, 9.0), evaluation(2, 1.0, 0.35, 8.0), evaluation(3, 2.0, 0.50, 9.5)]),
         "nan": (point(2e-3), [{"epoch": 1, "fid": math.nan, "kid": math.nan, "mifid": math.nan,
                                "trial_status": "diverged", "status_detail": "diverged: loss_g=nan"}]),
-        "base": (baseline, [evaluation(1, 6.0, 0.10), evaluation(2, 7.0, 0.15), evaluation(3, 6.5, 0.12)]),
-        "c": (point(3e-5), [evaluation(1, 9.0, 0.05), evaluation(2, 8.0, 0.08), evaluation(3, 8.5, 0.09)]),
+        "base": (baseline, [evaluation(1, 6.0, 0.10, 7.0), evaluation(2, 7.0, 0.15, 6.0), evaluation(3, 6.5, 0.12, 6.5)]),
+        "c": (point(3e-5), [evaluation(1, 9.0, 0.05, 5.0), evaluation(2, 8.0, 0.08, 4.0), evaluation(3, 8.5, 0.09, 4.5)]),
     })
     board = leaderboard(grid, cfg)
 
-    expected = {"fid": ["b", "a", "base", "c", "nan"], "kid": ["c", "base", "a", "b", "nan"]}[metric]
+    expected = {"fid": ["b", "a", "base", "c", "nan"], "kid": ["c", "base", "a", "b", "nan"],
+                "mifid": ["a", "c", "base", "b", "nan"]}[metric]
     assert list(board["trial"]) == expected
-    best = {"fid": {"a": 4.0, "b": 1.0, "base": 6.0, "c": 8.0}, "kid": {"a": 0.20, "b": 0.35, "base": 0.10, "c": 0.05}}
+    best = {"fid": {"a": 4.0, "b": 1.0, "base": 6.0, "c": 8.0}, "kid": {"a": 0.20, "b": 0.35, "base": 0.10, "c": 0.05},
+            "mifid": {"a": 1.0, "b": 8.0, "base": 6.0, "c": 4.0}}
     for _, row in board.iterrows():
         if row["trial"] == "nan":
             assert math.isnan(row[f"best_{metric}"]) and row["status"] == "diverged"
@@ -282,3 +284,46 @@ def test_leaderboard_ranks_by_the_best_evaluation_of_the_search_metric_nan_last_
             assert row[f"best_{metric}"] == best[metric][row["trial"]]
     assert list(board.loc[board["baseline"], "trial"]) == ["base"]
     assert list(board["status"][board["trial"] != "nan"]) == ["completed"] * 4
+
+
+# --- search.metric: kid, end to end ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(tmp_path):
+    """`tune.py --smoke-test search.metric=kid`: two trials of four evaluations, keeping one
+    checkpoint (plus the latest), so the retention policy must choose by KID."""
+    import json
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    epochs = 4
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, str(root / "experiments" / "tune.py"), "--space",
+                          "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path),
+                          "search.metric=kid", "search.scheduler=fifo", f"train.epochs={epochs}",
+                          "search.keep_checkpoints=1"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    exp = tmp_path / "quickstart-smoke"
+
+    best_kid = {}
+    for trial in sorted(exp.glob("cyclegan_*")):
+        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        assert [r["epoch"] for r in reports] == list(range(1, epochs + 1))
+        kids = [r["kid"] for r in reports]
+        best_kid[trial.name] = min(kids)
+        assert reports[-1]["best_kid"] == min(kids)
+        # Ray numbers checkpoints by report (0-based): the best one by KID, plus the latest.
+        kept = {f"checkpoint_{kids.index(min(kids)):06d}", f"checkpoint_{epochs - 1:06d}"}
+        assert {p.name for p in trial.glob("checkpoint_*")} == kept, trial.name
+    assert len(best_kid) == 2
+
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert list(board["trial"]) == sorted(best_kid, key=best_kid.get)
+    assert list(board["best_kid"]) == pytest.approx(sorted(best_kid.values()))
+    for _, row in board.iterrows():   # the kept checkpoint it names is the trial's best by KID
+        reports = [json.loads(line) for line in (exp / row["trial"] / "result.json").read_text().splitlines()]
+        kids = [r["kid"] for r in reports]
+        assert Path(row["checkpoint"]).name == f"checkpoint_{kids.index(min(kids)):06d}"
