@@ -148,3 +148,44 @@ def test_vae_loss_weights_the_kl_by_the_scheduled_beta(tiny_data):
     assert losses["loss"] == pytest.approx(total.item(), rel=1e-5)
     expected = torch.autograd.grad(total, [*encoder.parameters(), *decoder.parameters()])
     assert_close_gradients(steps[0], expected)
+
+
+# --- The GAN losses themselves ------------------------------------------------------------------------
+
+
+def test_every_gan_loss_is_its_textbook_formula():
+    """On fixed logits of both signs (a (2, 1, 2, 2) patch grid), each loss against its formula
+    evaluated with Python's math, one logit at a time."""
+    import math
+
+    from core.models.losses import GAN_LOSSES
+
+    real = torch.tensor([0.7, -1.3, 2.0, 0.1, -0.4, 1.1, 0.0, 3.0]).reshape(2, 1, 2, 2)
+    fake = torch.tensor([-0.2, 1.5, -2.5, 0.3, 0.9, -1.0, 0.6, -0.05]).reshape(2, 1, 2, 2)
+    r, f = real.flatten().tolist(), fake.flatten().tolist()
+    mean = lambda values: sum(values) / len(values)   # noqa: E731
+    softplus = lambda x: math.log1p(math.exp(x))      # noqa: E731
+    expected = {
+        "lsgan": (mean([(x - 1) ** 2 for x in r]) + mean([x ** 2 for x in f]), mean([(x - 1) ** 2 for x in f])),
+        "bce": (mean([softplus(-x) for x in r]) + mean([softplus(x) for x in f]), mean([softplus(-x) for x in f])),
+        "hinge": (mean([max(0.0, 1 - x) for x in r]) + mean([max(0.0, 1 + x) for x in f]), -mean(f)),
+        "wgan": (mean(f) - mean(r), -mean(f)),
+    }
+    assert set(GAN_LOSSES) == set(expected)
+    for name, (d, g) in expected.items():
+        loss = GAN_LOSSES[name]
+        assert loss.d(real, fake).item() == pytest.approx(d, rel=1e-6), f"{name} discriminator"
+        assert loss.g(fake).item() == pytest.approx(g, rel=1e-6), f"{name} generator"
+
+
+def test_gradient_penalty_of_a_linear_critic_is_the_squared_distance_of_its_weight_norm_from_one():
+    """D(x) = mean over 4 patches of <w_p, x>: its gradient is (w_1 + ... + w_4) / 4 at every x,
+    whatever the interpolation, so the penalty is (||w_1 + ... + w_4|| / 4 - 1)^2 exactly."""
+    from core.models.losses import gradient_penalty
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 4, 4)                                    # one weight image per patch
+    critic = lambda x: torch.einsum("bchw,pchw->bp", x, w).reshape(len(x), 1, 2, 2)   # noqa: E731
+    real, fake = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    expected = (w.mean(0).norm().item() - 1) ** 2
+    assert gradient_penalty(critic, real, fake).item() == pytest.approx(expected, rel=1e-5)

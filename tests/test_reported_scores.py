@@ -100,6 +100,11 @@ def test_evaluate_reports_fid_over_the_thresholded_kaggle_distance_with_absolute
     assert scores[M.MIFID] == pytest.approx(numpy_mifid(fid, distance, 0.3), rel=1e-4)
     assert scores[M.MIFID] > 3 * scores[M.FID]   # memorized: penalized
 
+    # A threshold below the distance: not memorized, MiFID is the FID itself.
+    assert distance > 0.01
+    strict = dataclasses.replace(cfg.metrics, mifid_threshold=0.01)
+    assert M.evaluate([images], negated, strict)[M.MIFID] == pytest.approx(fid, rel=1e-4)
+
 
 # --- MiFID as a trial reports it and export prints it ------------------------------------------------
 
@@ -319,6 +324,18 @@ def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(tmp
         kept = {f"checkpoint_{kids.index(min(kids)):06d}", f"checkpoint_{epochs - 1:06d}"}
         assert {p.name for p in trial.glob("checkpoint_*")} == kept, trial.name
     assert len(best_kid) == 2
+
+    # What Ray recorded as each trial's retention policy (the scores above may happen to rank the
+    # checkpoints the same way by FID): keep 1, the lowest kid.
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    state = _loads_with_cloudpickle(Path(_find_newest_experiment_checkpoint(str(exp))).read_text())
+    policies = {(c.num_to_keep, c.checkpoint_score_attribute, c.checkpoint_score_order)
+                for c in (_TrainingRunMetadata.from_json_state(metadata).checkpoint_manager._checkpoint_config
+                          for _, metadata in state["trial_data"])}
+    assert policies == {(1, "kid", "min")}
 
     board = pd.read_csv(exp / "leaderboard.csv")
     assert list(board["trial"]) == sorted(best_kid, key=best_kid.get)
