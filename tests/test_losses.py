@@ -189,3 +189,10 @@ def test_gradient_penalty_of_a_linear_critic_is_the_squared_distance_of_its_weig
     real, fake = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
     expected = (w.mean(0).norm().item() - 1) ** 2
     assert gradient_penalty(critic, real, fake).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_unknown_gan_loss_is_named_with_the_valid_ones():
+    from core.models.losses import get_loss
+
+    with pytest.raises(ValueError, match=r"^Unknown GAN loss 'lsgn'\. Valid: lsgan, bce, hinge, wgan$"):
+        get_loss("lsgn")
