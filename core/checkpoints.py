@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 CHECKPOINT_FILE = "state.pt"
+REPORT_FILE = "report.json"           # beside state.pt: the result the checkpoint was reported with
 CHECKPOINT_PREFIX = "checkpoint_"
 STAGING_PREFIX = "paintsweep-ckpt-"   # + trial id: temp directories a trial writes checkpoints into
 
@@ -47,13 +48,15 @@ class CheckpointError(ValueError):
 
 
 @contextlib.contextmanager
-def staged_checkpoint(state: dict, trial: str):
-    """Write `state` as a checkpoint directory in the system temp directory and yield its path;
-    the directory is removed when the block ends, however it ends (Ray's report copies it to
-    storage and leaves the original, which is ours to delete)."""
+def staged_checkpoint(state: dict, trial: str, report: dict | None = None):
+    """Write `state` (and the `report` it goes with, as JSON) as a checkpoint directory in the
+    system temp directory and yield its path; the directory is removed when the block ends, however
+    it ends (Ray's report copies it to storage and leaves the original, which is ours to delete)."""
     directory = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{trial}-"))
     try:
         torch.save(state, directory / CHECKPOINT_FILE)
+        if report is not None:
+            (directory / REPORT_FILE).write_text(json.dumps(report, default=str))
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -106,7 +109,7 @@ def checkpoint_problem(directory: str | os.PathLike, fs=None) -> str | None:
             damaged = archive.testzip()
     except FileNotFoundError:
         return f"{CHECKPOINT_FILE} is missing"
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:   # pyarrow: ArrowInvalid is a ValueError
         if "not found" in str(e).lower() or "no such file" in str(e).lower():
             return f"{CHECKPOINT_FILE} is missing"
         return f"{CHECKPOINT_FILE} is truncated (not a complete torch file)"
@@ -222,6 +225,51 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> 
         for line in repaired:
             progress(f"resume: {line}")
     return repaired
+
+
+def backfill_reports(experiment_path: str, fs=None, progress=print) -> int:
+    """Before a resume: put back into each trial's result.json the reports that a killed driver had
+    not yet synced to storage although their checkpoints are there (the worker writes checkpoints
+    to storage itself; the driver's copy of result.json is synced every so often). The rows come
+    from each checkpoint's report.json. Returns how many rows were restored."""
+    import pyarrow.fs
+
+    fs = fs or _local_fs()
+    restored = 0
+    found = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path, allow_not_found=True))
+    for trial_dir in sorted(i.path for i in found if i.type == pyarrow.fs.FileType.Directory):
+        kept = [p for p in trial_checkpoints(trial_dir, fs) if checkpoint_problem(p, fs) is None]
+        if not kept:
+            continue
+        results = f"{trial_dir}/result.json"
+        try:
+            with fs.open_input_stream(results) as f:
+                text = f.readall().decode()
+        except (FileNotFoundError, OSError):
+            text = ""
+        lines, recorded = [], set()
+        for line in text.splitlines():
+            try:
+                recorded.add(json.loads(line).get("checkpoint_dir_name"))
+                lines.append(line)
+            except json.JSONDecodeError:   # blank, or the last line of a driver killed mid-write
+                continue
+        missing = []
+        for path in kept:
+            if Path(path).name in recorded:
+                continue
+            try:
+                with fs.open_input_stream(f"{path}/{REPORT_FILE}") as f:
+                    missing.append(json.loads(f.readall().decode()) | {"checkpoint_dir_name": Path(path).name})
+            except (FileNotFoundError, OSError, json.JSONDecodeError):
+                continue
+        if missing:
+            with fs.open_output_stream(results) as f:
+                f.write(("\n".join([*lines, *(json.dumps(row) for row in missing)]) + "\n").encode())
+            restored += len(missing)
+            progress(f"resume: {Path(trial_dir).name}: restored {len(missing)} report(s) of kept checkpoints "
+                     f"that the interrupted driver had not saved ({', '.join(Path(r['checkpoint_dir_name']).name for r in missing)})")
+    return restored
 
 
 def _reported_metrics(trial_dir: str, checkpoint_name: str, fs) -> dict:

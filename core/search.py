@@ -50,7 +50,8 @@ from core.models.base import get_family
 from core.results import trial_status
 from core.space import (baseline_point, is_baseline, is_conditional, optuna_space, pbt_mutations,
                         ray_param_space)
-from core.checkpoints import checkpoint_problem, remove_staging_leftovers, repair_checkpoint_records
+from core.checkpoints import (backfill_reports, checkpoint_problem, remove_staging_leftovers,
+                              repair_checkpoint_records)
 from core.trainable import tune_trainable
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -400,6 +401,7 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             # driver killed at the wrong moment leaves that record naming a deleted checkpoint.
             remove_damaged_checkpoints(storage, exp_path, progress)
             repair_checkpoint_records(exp_path, storage.filesystem, progress)
+            backfill_reports(exp_path, storage.filesystem, progress)
             if grow_to:
                 _grow_search(storage, exp_path, grow_to, progress)
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,

@@ -254,7 +254,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
             if last:
                 final, final_checkpoint = result, state
                 break
-            with staged_checkpoint(state, session.trial_id) as checkpoint_dir:
+            with staged_checkpoint(state, session.trial_id, result) as checkpoint_dir:
                 session.report(result, checkpoint_dir)   # a scheduler stopping the trial raises here
             running.clear()
             n_steps, train_seconds, n_images = 0, 0.0, 0
@@ -268,7 +268,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
         if final_checkpoint is None:
             session.report(final, None)
         else:
-            with staged_checkpoint(final_checkpoint, session.trial_id) as checkpoint_dir:
+            with staged_checkpoint(final_checkpoint, session.trial_id, final) as checkpoint_dir:
                 session.report(final, checkpoint_dir)
     return final
 

@@ -200,3 +200,26 @@ def test_a_resumed_trial_logs_to_the_same_wandb_run_and_records_its_hparams(tiny
                 elif value.tag == "_hparams_/session_end_info":
                     ends.append(value)
     assert starts == [searched, searched] and len(ends) == 2
+
+
+def test_reports_a_killed_driver_had_not_saved_are_restored_from_their_checkpoints(tmp_path):
+    from core.checkpoints import backfill_reports, staged_checkpoint
+
+    trial = tmp_path / "cyclegan_abc"
+    trial.mkdir()
+    for epoch in (1, 2, 3):
+        with staged_checkpoint({"epoch": epoch}, "abc", {"epoch": epoch, "fid": 10.0 - epoch}) as staged:
+            shutil.copytree(staged, trial / f"checkpoint_{epoch - 1:06d}")
+    # The driver had written epoch 1's row only; epoch 3's checkpoint was damaged in the kill.
+    (trial / "result.json").write_text(json.dumps({"epoch": 1, "fid": 9.0, "checkpoint_dir_name": "checkpoint_000000"})
+                                       + "\n" + '{"epoch": 2, "fi')
+    state = trial / "checkpoint_000002" / "state.pt"
+    state.write_bytes(state.read_bytes()[:20])
+    messages = []
+    assert backfill_reports(str(tmp_path), progress=messages.append) == 1
+    rows = reports(trial)
+    assert [(r["epoch"], r["fid"], r["checkpoint_dir_name"]) for r in rows] == [
+        (1, 9.0, "checkpoint_000000"), (2, 8.0, "checkpoint_000001")]
+    assert messages == ["resume: cyclegan_abc: restored 1 report(s) of kept checkpoints that the interrupted "
+                        "driver had not saved (checkpoint_000001)"]
+    assert backfill_reports(str(tmp_path), progress=messages.append) == 0, "done once"
