@@ -261,7 +261,8 @@ def test_leaderboard_ranks_by_the_best_evaluation_of_the_search_metric_nan_last_
     from core.results import leaderboard
     from core.space import baseline_point
 
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 3, "search.metric": metric})
+    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 3, "search.metric": metric,
+                                                            "search.baseline": "true"})
     cfg = build_config(tree)
     baseline = baseline_point(cfg)
     point = lambda lr: {**baseline, "model.lr_g": lr}   # noqa: E731
