@@ -236,9 +236,14 @@ def test_driver_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path)
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_trial_finishes_on_another_node(tmp_path):
+def test_worker_node_killed_mid_trial_finishes_on_another_node(tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 
+    # ray.cluster_utils.Cluster lives in this process, the driver in another: with a token in
+    # ~/.ray/auth_token Ray turns token authentication on for the test cluster, whose token the
+    # driver does not get. This test is about losing a node, not about authentication.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env = {**ENV, "RAY_AUTH_MODE": "disabled"}
     epochs = 3
     args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=2",
             "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
@@ -248,7 +253,7 @@ def test_worker_node_killed_mid_trial_finishes_on_another_node(tmp_path):
     try:
         node_a = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        with driver(*args, "--address", cluster.address) as proc:
+        with driver(*args, "--address", cluster.address, env=env) as proc:
             wait_for(lambda: next(iter(exp.glob("cyclegan_*/checkpoint_000000/state.pt")), None),
                      "the first checkpoint", proc=proc)
             time.sleep(1)   # let the driver register it
