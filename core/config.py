@@ -476,6 +476,13 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def get_dotted(tree: dict, dotted: str) -> Any:
+    """`tree["model"]["lr_g"]` for dotted == "model.lr_g"; None where the tree has no such key."""
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
 def apply_dotted(tree: dict, values: dict[str, Any]) -> dict:
     out = copy.deepcopy(tree)
     for key, value in values.items():

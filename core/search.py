@@ -43,7 +43,7 @@ from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
 from core.cluster import SharedAssets, Storage, check_resources, connect
-from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict
+from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict, get_dotted
 from core.data import load_prepared, prepare_data
 from core.metrics import DIRECTIONS, reference_statistics
 from core.models.base import get_family
@@ -543,7 +543,7 @@ def _check_resumable(cfg: ExperimentConfig, storage: Storage) -> int | None:
     now = config_to_dict(cfg)
     changed = sorted(k for k in _diff_keys(saved, now) if k not in RESUMABLE_CHANGES)
     if changed:
-        lines = "; ".join(f"{k}: {_dotted(saved, k)!r} then, {_dotted(now, k)!r} now" for k in changed)
+        lines = "; ".join(f"{k}: {get_dotted(saved, k)!r} then, {get_dotted(now, k)!r} now" for k in changed)
         raise ConfigError(f"The configuration changed since {shown} started ({lines}). A resume may only raise "
                           f"--num-samples or change search.time_budget: resume with the original space, or "
                           f"start a new experiment with --name.")
@@ -577,12 +577,6 @@ def _grow_search(storage: Storage, exp_path: str, num_samples: int, progress=pri
     state["total_samples"], state["finished"] = num_samples, False
     with fs.open_output_stream(states[-1]) as f:
         f.write(cloudpickle.dumps(state))
-
-
-def _dotted(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
 
 
 class TimeBudget:

@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 from core import metrics as M
 from core.checkpoints import (CHECKPOINT_FILE, checkpoint_problem, load_state, newest_intact, staged_checkpoint,
                               trial_checkpoints)
-from core.config import ExperimentConfig, apply_dotted, build_config
+from core.config import ExperimentConfig, apply_dotted, build_config, get_dotted
 from core.data import load_prepared
 from core.models.base import get_family
 from core.space import applicable
@@ -166,8 +166,8 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
         if donor != session.trial_name:
             # PBT copied another trial's checkpoint into this one and changed some values: its
             # running best is the donor's so far, and the checkpoint says what it trained with.
-            before = {k: v for k, v in _dotted_values(state["config"], searched).items()}
-            changes = {k: (before.get(k), v) for k, v in searched.items() if before.get(k) != v}
+            changes = {k: (get_dotted(state["config"], k), v) for k, v in searched.items()
+                       if get_dotted(state["config"], k) != v}
             exploited = {"exploited_from": donor, "exploited_at_epoch": start_epoch,
                          "exploit_changes": "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in changes.items())}
             _log(session, f"exploit at epoch {start_epoch}: continues {donor}'s weights from {name}, with "
@@ -297,17 +297,6 @@ def _worst(metric: str) -> float:
 
 def _better(metric: str, value: float, than: float) -> bool:
     return value < than if M.DIRECTIONS[metric] == "min" else value > than
-
-
-def _dotted_values(tree: dict, keys) -> dict:
-    """{dotted key: value in `tree`} for the given keys (those the tree has)."""
-    out = {}
-    for key in keys:
-        node = tree
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        out[key] = node
-    return out
 
 
 def _short(value) -> str:
