@@ -73,6 +73,7 @@ BASELINE = "baseline"
 FIRST_FRESH_SEED = 1000                 # fresh seeds: the first integers from here no search trial used
 CONFIDENCE = 0.95
 LEADERBOARD_LINE = "Confirmation:"      # the line of leaderboard.txt that confirm.py writes (and replaces)
+NOISE_LINE = "Noise:"                   # the line of leaderboard.txt naming the noise levels (confirm.py)
 TRANSLATION_FAMILIES = ("cyclegan",)    # score translated test photos: their draws are photo subsets
 
 BETTER, SAME, WORSE, TOO_FEW = "better than the defaults", "not distinguishable", "worse", "too few seeds"
@@ -447,6 +448,33 @@ def write_confirmation_line(exp_dir: Path, line: str) -> Path:
     tmp.write_text("\n".join([*kept, line]) + "\n")
     os.replace(tmp, path)   # a reader sees the old file or the new one
     return path
+
+
+def mark_leaderboard_noise(exp_dir: Path, cfg: ExperimentConfig, seed_sd: float, eval_sd: float | None) -> Path:
+    """Mark the leaderboard's rows that are within noise of its winner: leaderboard.csv gets a
+    `within_noise` column (noise_mark of the row's best minus the winner's best; "" for the winner
+    and rows outside the noise), leaderboard.txt the same column and a line naming the noise levels.
+    A row marked "below seed noise" cannot be told from the winner by training each once."""
+    import pandas as pd
+
+    from core.results import save_leaderboard
+
+    metric = cfg.search.metric
+    csv_path = exp_dir / "leaderboard.csv"
+    board = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
+    column = f"best_{metric}"
+    best = board[column].iloc[0] if len(board) and column in board else math.nan
+    board["within_noise"] = ["" if i == 0 or math.isnan(value) else noise_mark(value - best, seed_sd, eval_sd)
+                             for i, value in enumerate(board[column] if column in board else [])]
+    save_leaderboard(board, exp_dir, metric, cfg.search.objectives)
+    eval_part = f", evaluation noise sd {eval_sd:.4g}" if eval_sd is not None else ""
+    marked = int((board["within_noise"] != "").sum())
+    line = (f"{NOISE_LINE} seed noise sd {seed_sd:.4g}{eval_part} of best {metric} (measured by confirm.py): "
+            f"{marked} trial(s) within noise of the winner, marked in the within_noise column")
+    text = csv_path.with_suffix(".txt")
+    lines = text.read_text().splitlines()
+    text.write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    return csv_path
 
 
 def _mean(values: list[float]) -> float:

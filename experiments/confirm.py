@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                       C.format_confirm_table(table, metric), "", *C.noise_lines(table, metric, noise)])
     (confirm_dir / C.TEXT_FILE).write_text(text + "\n")
     line = C.confirmation_line(table, metric, Path(C.CONFIRM_DIR) / C.TABLE_FILE)   # relative to exp_dir
+    C.mark_leaderboard_noise(exp_dir, cfg, table["seed_noise_sd"].iloc[0], noise.sd if noise else None)
     board = C.write_confirmation_line(exp_dir, line)
     print(f"\n{text}\n\n{line}\n\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; updated {board}")
     if grid.num_errors:

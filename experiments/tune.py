@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.search.objectives:
         print(f"\n{pareto_summary(board, cfg.search.objectives)}")
     print(f"\n{versus_baseline(board, cfg.search.metric)}")
+    from core.metrics import DIRECTIONS
+
+    if len(board) > 1 and not remote and DIRECTIONS[cfg.search.metric] == "min":   # what confirm.py compares
+        print(f"Each trial trained once: is the winner better than the defaults, or selection noise? "
+              f"python experiments/confirm.py {exp_dir} retrains both with fresh seeds.")
     print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
     print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
     print(f"Optuna study:    optuna-dashboard sqlite:///{exp_dir / 'optuna.db'}" if cfg.search.searcher == "optuna" else "")

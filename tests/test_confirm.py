@@ -114,6 +114,29 @@ def test_the_confirmation_line_replaces_the_previous_one(tmp_path):
     assert (tmp_path / "leaderboard.txt").read_text() == "trial best_fid\n   a     1.0\nConfirmation: second\n"
 
 
+def test_the_leaderboard_marks_the_trials_within_noise_of_its_winner(tmp_path):
+    from types import SimpleNamespace
+
+    from core.results import save_leaderboard
+
+    board = pd.DataFrame({"trial": ["w", "a", "b", "c", "d"], "baseline": [False, True, False, False, False],
+                          "status": ["completed"] * 4 + ["diverged"],
+                          "best_fid": [1.0, 1.05, 1.3, 2.0, math.nan]})
+    save_leaderboard(board, tmp_path, "fid")
+    C.write_confirmation_line(tmp_path, "Confirmation: old")
+    cfg = SimpleNamespace(search=SimpleNamespace(metric="fid", objectives=None))
+    C.mark_leaderboard_noise(tmp_path, cfg, seed_sd=0.5, eval_sd=0.1)
+
+    marked = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False)
+    # 1.05 - 1.0 < 0.1 (evaluation noise); 1.3 - 1.0 < 0.5 (seed noise); 2.0 - 1.0 is neither.
+    assert list(marked["within_noise"]) == ["", C.BELOW_EVAL_NOISE, C.BELOW_SEED_NOISE, "", ""]
+    lines = (tmp_path / "leaderboard.txt").read_text().splitlines()
+    assert lines[0] == "best: fid 1 (w), 0.95x the defaults (baseline fid 1.05)"   # save_leaderboard's line stays first
+    assert lines[1] == ("Noise: seed noise sd 0.5, evaluation noise sd 0.1 of best fid (measured by confirm.py): "
+                        "2 trial(s) within noise of the winner, marked in the within_noise column")
+    assert "within_noise" in lines[3] and not any(l.startswith("Confirmation:") for l in lines)
+
+
 # --- The plan --------------------------------------------------------------------------------------
 
 
@@ -218,6 +241,8 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert "ratio [95% CI]" in out and "Seed noise: sd" in out and "Evaluation noise: sd" in out
     lines = [l for l in (exp_dir / "leaderboard.txt").read_text().splitlines() if l.startswith("Confirmation:")]
     assert len(lines) == 1 and "confirm/confirm.csv" in lines[0]
+    assert "within_noise" in pd.read_csv(exp_dir / "leaderboard.csv")
+    assert sum(l.startswith("Noise: seed noise sd") for l in (exp_dir / "leaderboard.txt").read_text().splitlines()) == 1
 
     # --resume of the finished run restores it and retrains nothing: the same table.
     assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "0", "--resume"]) == 0
