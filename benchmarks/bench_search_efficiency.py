@@ -10,7 +10,8 @@ Methods (each search on its own Ray Tune run, searcher seed = trial seed = the b
   random+FIFO  random search, every trial trains all epochs, no baseline trial: what a user without
                the harness would run. Its epochs, trials x epochs, are the budget B of every method.
   TPE+ASHA     Optuna TPE (the space's startup/multivariate settings) with ASHA and the baseline trial
-               first; it gets --tpe-factor times as many trials and is cut at B.
+               first; it gets --tpe-factor times as many trials and is stopped at B (a Ray Tune
+               stopper counting the epochs reported; trials still running then are cut off).
   PBT          Population Based Training, population = the random-search trial count (so it also
                spends exactly B), the baseline kept as one member, a perturbation every epoch.
 
@@ -50,6 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from confirm import evaluation_noise  # noqa: E402  (experiments/confirm.py: the same draws it reports)
 
 from core.config import load_experiment  # noqa: E402
 
@@ -108,6 +112,21 @@ def replay(grid, metric: str, eval_every: int) -> tuple[Replay, dict[str, dict]]
     return Replay(events, spent), configs
 
 
+class EpochBudget:
+    """A Ray Tune Stopper that ends the whole search once its trials have reported `budget` epochs
+    (each report: eval_every epochs), so a search with more trials than fit does not train past B."""
+
+    def __init__(self, budget: int, eval_every: int):
+        self.budget, self.eval_every, self.spent = budget, eval_every, 0
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.spent += self.eval_every
+        return False
+
+    def stop_all(self) -> bool:
+        return self.spent >= self.budget
+
+
 def earlier_run(storage: Path, name: str):
     """(the ResultGrid of a search this storage already finished, whether one was started): a
     rerun with --storage reuses finished searches and resumes an interrupted one."""
@@ -122,8 +141,10 @@ def earlier_run(storage: Path, name: str):
     return ResultGrid(analysis), True
 
 
-def run_method(space: Path, overrides: list[str], storage: Path, method: str, trials: int, seed: int, address):
-    """One search of `method`; returns (config, its Replay, its trials' configs)."""
+def run_method(space: Path, overrides: list[str], storage: Path, method: str, trials: int, seed: int, address,
+               budget: int):
+    """One search of `method`, stopped once it has trained `budget` epochs; returns (config, its
+    Replay, its trials' configs)."""
     from core.search import run_search
 
     name = f"{space.stem}-{method.lower().replace('+', '-')}-s{seed}"
@@ -132,7 +153,7 @@ def run_method(space: Path, overrides: list[str], storage: Path, method: str, tr
     grid, started = earlier_run(storage, name)
     if grid is None:
         grid = run_search(cfg, storage_path=storage, resume=started, address=address, verbose=0,
-                          progress=lambda *_: None)
+                          progress=lambda *_: None, stop=EpochBudget(budget, cfg.train.eval_every))
     events, configs = replay(grid, cfg.search.metric, cfg.train.eval_every)
     return cfg, events, configs
 
@@ -161,11 +182,14 @@ def confirm_winners(space_cfg, winners: dict[str, dict], storage: Path, fresh_se
     exp_dir.mkdir(parents=True, exist_ok=True)
     resume = (exp_dir / C.CONFIRM_DIR / C.PLAN_FILE).is_file()
     grid = C.run_confirm(exp_dir, space_cfg, plan, resume=resume, address=address, verbose=0, progress=lambda *_: None)
+    results = C.seed_results(grid, space_cfg)
     bests: dict[str, list[float]] = {}
-    for r in C.seed_results(grid, space_cfg):
+    for r in results:
         if r.status == "completed":
             bests.setdefault(r.candidate, []).append(r.best)
-    return {label: bests.get(same_as.get(label, label), []) for label in [C.BASELINE, *winners]}
+    # Evaluation noise: the baseline's first complete seed's best checkpoint, scored on 5 draws.
+    noise = evaluation_noise(results, exp_dir, draws=5, device="cpu")
+    return {label: bests.get(same_as.get(label, label), []) for label in [C.BASELINE, *winners]}, noise
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -205,7 +229,8 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
         start = time.monotonic()
         target = None
         for method in METHODS:
-            cfg, events, configs = run_method(space, overrides, args.storage, method, counts[method], seed, args.address)
+            cfg, events, configs = run_method(space, overrides, args.storage, method, counts[method], seed,
+                                              args.address, budget)
             best = events.best_within(budget)
             if method == "random+FIFO":
                 target, ratio, needed = best, 1.0, events.budget
@@ -221,14 +246,18 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
                 f"{needed if needed is not None else 'not reached':>21}  {fmt(ratio, 2):>6}  {trial}")
         print(f"     (seed {seed}: {time.monotonic() - start:.0f} s)", flush=True)
 
-    confirmed = confirm_winners(space_cfg, winners, args.storage, args.fresh_seeds, args.address)
+    confirmed, noise = confirm_winners(space_cfg, winners, args.storage, args.fresh_seeds, args.address)
     base = confirmed[C.BASELINE]
     base_mean = statistics.mean(base) if base else math.nan
-    seed_sd = C.pooled_sd(confirmed.values())
+    # Pooled over the distinct configurations retrained (a winner equal to another is one group).
+    distinct = {tuple(values): values for values in confirmed.values()}.values()
+    seed_sd = C.pooled_sd(distinct)
     say("")
     say(f"fresh seeds {C.FIRST_FRESH_SEED}-{C.FIRST_FRESH_SEED + args.fresh_seeds - 1}: baseline (the space's "
         f"defaults) best {metric} {fmt(base_mean)} ± {fmt(statistics.stdev(base) if len(base) > 1 else math.nan)}; "
-        f"seed noise (pooled sd of one run's best) {fmt(seed_sd)}")
+        f"seed noise (pooled sd of one run's best) {fmt(seed_sd)}; evaluation noise (sd over "
+        f"{len(noise.values) if noise else 0} draws of {space_cfg.metrics.num_samples} images, one baseline "
+        f"checkpoint) {fmt(noise.sd if noise else math.nan)}")
     say(f"{'method':<11}  {'best ' + metric + ' in B: median [range]':>34}  {'budget ratio: median':>20}  "
         f"{'reached':>7}  {'confirmed / baseline: median [range]':>36}  {'better than defaults':>20}")
     summary = {}

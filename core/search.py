@@ -127,6 +127,8 @@ def describe_search(cfg: ExperimentConfig) -> str:
         p = s.pbt_options
         scheduler = (f"PBT every {perturbation_interval(cfg)} epochs: the bottom {p.quantile_fraction:.0%} copy the top "
                      f"{p.quantile_fraction:.0%}, then perturb x0.8/x1.2 or resample (p={p.resample_probability})")
+        if architecture_keys(cfg):
+            scheduler += f"; {', '.join(architecture_keys(cfg))} copied with the weights, never perturbed"
     elif s.scheduler == "asha":
         scheduler = f"ASHA (grace {min(s.grace_period, cfg.train.epochs)} epochs, keeps 1/{s.reduction_factor} per rung)"
     else:
@@ -189,7 +191,7 @@ def make_scheduler(cfg: ExperimentConfig):
         return BaselineKeepingPBT(baseline, cfg.search.space, cfg.train.epochs, time_attr="epoch", metric=search_metric(cfg),
                                   mode=search_mode(cfg),
                                   perturbation_interval=perturbation_interval(cfg),
-                                  hyperparam_mutations=pbt_mutations(cfg.search.space),
+                                  hyperparam_mutations=pbt_mutations(cfg.search.space, architecture_keys(cfg)),
                                   quantile_fraction=options.quantile_fraction,
                                   resample_probability=options.resample_probability, log_config=True)
     # With several objectives, ASHA stops trials by the first one.
@@ -197,6 +199,15 @@ def make_scheduler(cfg: ExperimentConfig):
                                mode=search_mode(cfg),
                                max_t=cfg.train.epochs, grace_period=min(cfg.search.grace_period, cfg.train.epochs),
                                reduction_factor=cfg.search.reduction_factor)
+
+
+def architecture_keys(cfg: ExperimentConfig) -> list[str]:
+    """The searched keys that fix a trial's network shape (its family's architecture_keys, dotted):
+    a PBT trial takes them from the donor whose weights it copies, never mutated."""
+    from core.models import get_family
+
+    fixed = {f"model.{key}" for key in get_family(cfg.family).architecture_keys}
+    return [key for key in cfg.search.space if key in fixed]
 
 
 class BaselineKeepingASHA(ASHAScheduler):
@@ -336,11 +347,12 @@ def publish_experiment_files(cfg: ExperimentConfig, storage_path: str | os.PathL
 
 
 def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", *, resume: bool = False,
-               address: str | None = None, verbose: int = 1, progress=print):
+               address: str | None = None, verbose: int = 1, progress=print, stop=None):
     """Run (or resume) the search; returns Ray Tune's ResultGrid.
 
     `storage_path` is a local path, a shared file-system path or a URI (s3://, gs://); `address`
-    joins a running Ray cluster ("auto" or HOST:PORT), None starts Ray on this machine."""
+    joins a running Ray cluster ("auto" or HOST:PORT), None starts Ray on this machine. `stop`: a
+    Ray Tune Stopper for the whole run (the search benchmark cuts searches at a budget of epochs)."""
     import ray
     from ray import tune
 
@@ -386,7 +398,7 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         run_config = tune.RunConfig(
             name=cfg.name, storage_path=storage.path, storage_filesystem=storage.filesystem,
-            callbacks=callbacks, verbose=verbose,
+            callbacks=callbacks, verbose=verbose, stop=stop,
             # Trials write TensorBoard events in their working directory; Ray copies them to storage.
             sync_config=tune.SyncConfig(sync_artifacts=True),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from core.config import ConfigError, ExperimentConfig
 
@@ -120,14 +120,18 @@ def _choice_label(value: Any):
     return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
 
 
-def pbt_mutations(space: dict) -> dict:
+def pbt_mutations(space: dict, fixed: Iterable[str] = ()) -> dict:
     """PBT's hyperparam_mutations from the space: ranges are perturbed (x0.8 / x1.2, or resampled),
-    choices resampled. Keys PBT must not change mid-training are the family's business
-    (Family.set_hparams refuses architecture keys)."""
+    choices resampled. `fixed` (dotted keys: the family's architecture keys) are left out: a trial
+    that copies a donor's weights must take the donor's network shape with them, and Ray's exploit
+    copies every unmutated value from the donor's config."""
     from ray import tune
 
+    fixed = set(fixed)
     mutations = {}
     for d in dimensions(space):
+        if d.key in fixed:
+            continue
         if d.kind == "choice":
             mutations[d.key] = list(d.args)
         elif d.kind == "loguniform":

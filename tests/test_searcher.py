@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from core.config import ConfigError, load_experiment
-from core.search import make_scheduler, make_searcher, perturbation_interval, search_metric, tpe_settings
+from core.search import describe_search, make_scheduler, make_searcher, perturbation_interval, search_metric, tpe_settings
 from core.space import applicable, baseline_point, dimensions, is_baseline, optuna_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -95,6 +95,15 @@ def test_fifo_and_pbt_schedulers():
     assert (pbt._quantile_fraction, pbt._resample_probability) == (0.5, 0.1)
     assert set(pbt._hyperparam_mutations) == set(cfg.search.space)
     assert pbt._hyperparam_mutations["model.lambda_identity"] == [0.0, 0.5]
+
+
+def test_pbt_never_perturbs_a_key_that_shapes_the_networks():
+    """A PBT trial continues its donor's weights: a mutated latent_dim or conditional would not fit
+    them (the VAE space searches both; found by the search benchmark, whose PBT trials errored)."""
+    cfg = load_experiment(SPACES / "vae_builtin.yaml", ["search.scheduler=pbt", "search.searcher=random"])
+    pbt = make_scheduler(cfg)
+    assert set(pbt._hyperparam_mutations) == set(cfg.search.space) - {"model.latent_dim", "model.conditional"}
+    assert "model.latent_dim, model.conditional copied with the weights, never perturbed" in describe_search(cfg)
 
 
 def test_pbt_needs_random_search():
