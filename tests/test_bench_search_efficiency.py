@@ -1,0 +1,49 @@
+"""benchmarks/bench_search_efficiency.py's accounting: the replay of a search's evaluations in the
+order they happened, the budget each costs, and the stopper that ends a search at its budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_search_efficiency",
+                                               ROOT / "benchmarks" / "bench_search_efficiency.py")
+bench = sys.modules["bench_search_efficiency"] = importlib.util.module_from_spec(_spec)   # (dataclasses need it)
+_spec.loader.exec_module(bench)
+
+
+def _result(trial: str, rows: list[tuple[int, int, float]], config: dict):
+    """A ResultGrid entry: its per-evaluation frame (timestamp, epoch, fid) and final config."""
+    frame = pd.DataFrame(rows, columns=["timestamp", "epoch", "fid"]).assign(trial_id=trial)
+    return SimpleNamespace(metrics_dataframe=frame, config=config)
+
+
+def test_the_replay_orders_evaluations_by_time_and_charges_each_its_epochs():
+    grid = [_result("a", [(10, 1, 5.0), (12, 2, 4.0), (14, 3, 3.0)], {"lr": 1}),
+            _result("b", [(11, 1, 6.0), (13, 2, math.nan)], {"lr": 2}),   # diverged: NaN, epochs still spent
+            _result("c", [(15, 1, 2.5)], {"lr": 3})]
+    events, configs = bench.replay(grid, "fid", eval_every=1)
+    nan_as_none = [(spent, None if math.isnan(score) else score, trial) for spent, score, trial in events.events]
+    assert nan_as_none == [(1, 5.0, "a"), (2, 6.0, "b"), (3, 4.0, "a"), (4, None, "b"), (5, 3.0, "a"), (6, 2.5, "c")]
+    assert events.budget == 6
+    assert events.best_within(5) == 3.0 and events.winner_within(5) == "a"
+    assert events.best_within(6) == 2.5 and events.winner_within(6) == "c"
+    assert events.trials_within(2) == 2
+    assert events.budget_to_reach(4.0, limit=6) == 3
+    assert events.budget_to_reach(2.5, limit=5) is None     # reached only at 6, past the limit
+    assert configs == {"a": {"lr": 1}, "b": {"lr": 2}, "c": {"lr": 3}}
+
+    every_two, _ = bench.replay(grid, "fid", eval_every=2)   # one report covers two epochs
+    assert every_two.budget == 12 and every_two.budget_to_reach(4.0, limit=12) == 6
+
+
+def test_the_epoch_budget_stops_the_whole_search_once_spent():
+    stopper = bench.EpochBudget(budget=4, eval_every=2)
+    assert stopper("t1", {"epoch": 2}) is False and not stopper.stop_all()
+    assert stopper("t2", {"epoch": 2}) is False and stopper.stop_all()
