@@ -55,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from confirm import evaluation_noise  # noqa: E402  (experiments/confirm.py: the same draws it reports)
 
+from ray.tune import Stopper  # noqa: E402
+
 from core.config import load_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,19 +114,19 @@ def replay(grid, metric: str, eval_every: int) -> tuple[Replay, dict[str, dict]]
     return Replay(events, spent), configs
 
 
-class EpochBudget:
+class EpochBudget(Stopper):
     """A Ray Tune Stopper that ends the whole search once its trials have reported `budget` epochs
     (each report: eval_every epochs), so a search with more trials than fit does not train past B."""
 
     def __init__(self, budget: int, eval_every: int):
-        self.budget, self.eval_every, self.spent = budget, eval_every, 0
+        self.budget, self.eval_every, self.reports = budget, eval_every, set()
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        self.spent += self.eval_every
+        self.reports.add((trial_id, result.get("epoch")))   # a set: Ray may show it a result twice
         return False
 
     def stop_all(self) -> bool:
-        return self.spent >= self.budget
+        return len(self.reports) * self.eval_every >= self.budget
 
 
 def earlier_run(storage: Path, name: str):
@@ -152,8 +154,10 @@ def run_method(space: Path, overrides: list[str], storage: Path, method: str, tr
                                   f"search.seed={seed}", f"train.seed={seed}"])
     grid, started = earlier_run(storage, name)
     if grid is None:
+        # Random search and PBT spend exactly the budget by construction; TPE+ASHA is stopped at it.
+        stop = EpochBudget(budget, cfg.train.eval_every) if method == "TPE+ASHA" else None
         grid = run_search(cfg, storage_path=storage, resume=started, address=address, verbose=0,
-                          progress=lambda *_: None, stop=EpochBudget(budget, cfg.train.eval_every))
+                          progress=lambda *_: None, stop=stop)
     events, configs = replay(grid, cfg.search.metric, cfg.train.eval_every)
     return cfg, events, configs
 

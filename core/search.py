@@ -43,13 +43,13 @@ from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
 from core.cluster import SharedAssets, Storage, check_resources, connect
-from core.config import ConfigError, ExperimentConfig, build_config, config_to_dict, get_dotted
+from core.config import ConfigError, ExperimentConfig, apply_dotted, build_config, config_to_dict, get_dotted
 from core.data import load_prepared, prepare_data
 from core.metrics import DIRECTIONS, reference_statistics
 from core.models.base import get_family
 from core.results import trial_status
-from core.space import (baseline_point, is_baseline, is_conditional, optuna_space, pbt_mutations,
-                        ray_param_space)
+from core.space import (applicable, baseline_point, dimensions, is_baseline, is_conditional, optuna_space,
+                        pbt_mutations, ray_param_space)
 from core.checkpoints import (backfill_reports, checkpoint_problem, remove_staging_leftovers,
                               repair_checkpoint_records)
 from core.trainable import tune_trainable
@@ -188,7 +188,8 @@ def make_scheduler(cfg: ExperimentConfig):
         return FIFOScheduler()
     if cfg.search.scheduler == "pbt":
         options = cfg.search.pbt_options
-        return BaselineKeepingPBT(baseline, cfg.search.space, cfg.train.epochs, time_attr="epoch", metric=search_metric(cfg),
+        return BaselineKeepingPBT(baseline, cfg.search.space, cfg.train.epochs, config_to_dict(cfg),
+                                  time_attr="epoch", metric=search_metric(cfg),
                                   mode=search_mode(cfg),
                                   perturbation_interval=perturbation_interval(cfg),
                                   hyperparam_mutations=pbt_mutations(cfg.search.space, architecture_keys(cfg)),
@@ -237,11 +238,22 @@ class BaselineKeepingPBT(PopulationBasedTraining):
     - a checkpoint that keep-top-k deleted since is replaced by the donor's current latest (always
       kept); a donor that never checkpointed is not copied (Ray's own rule);
     - nothing is exploited at or into the last epoch (`max_t`): a trial would restart with no epoch
-      left to train and end with the donor's record as its own."""
+      left to train and end with the donor's record as its own;
+    - the donor's checkpoint is copied into the exploiting trial's own directory
+      (`<trial>/pbt_donor/checkpoint_NNNNNN`, one per trial, replaced by its next exploit): Ray
+      only points at the donor's, and with more trials than slots the exploiting trial waits,
+      paused, while the donor trains on and keep-top-k deletes that checkpoint ("Could not recover
+      from checkpoint as it does not exist on storage anymore");
+    - a perturbed value stays inside its searched range (Ray's x0.8/x1.2 walks out of it; integers
+      stay integers), and a perturbation the family refuses (the VAE's beta_cycle must exceed
+      beta_warmup) is drawn again, up to EXPLORE_TRIES times, else the donor's values are kept."""
 
-    def __init__(self, baseline: dict | None, space: dict, max_t: int, **kwargs):
+    DONOR_DIR = "pbt_donor"
+    EXPLORE_TRIES = 20
+
+    def __init__(self, baseline: dict | None, space: dict, max_t: int, experiment: dict, **kwargs):
         super().__init__(**kwargs)
-        self.baseline, self.space, self.max_t = baseline, space, max_t
+        self.baseline, self.space, self.max_t, self.experiment = baseline, space, max_t, experiment
 
     def _quantiles(self):
         lower, upper = super()._quantiles()
@@ -274,6 +286,48 @@ class BaselineKeepingPBT(PopulationBasedTraining):
                 return   # nothing intact to copy: no exploit this round
             donor.last_checkpoint, donor.last_result = latest, trial_to_clone.last_result
         super()._exploit(tune_controller, trial, trial_to_clone)
+        restore = trial.run_metadata.checkpoint_manager._latest_checkpoint_result
+        restore.checkpoint = self._private_copy(restore.checkpoint, trial)
+
+    def _private_copy(self, checkpoint, trial):
+        """`checkpoint` copied to <trial>/pbt_donor/<its name> (the previous copy removed first)."""
+        import pyarrow.fs
+        from ray.tune import Checkpoint
+
+        fs = checkpoint.filesystem
+        target_dir = f"{trial.storage.trial_fs_path}/{self.DONOR_DIR}"
+        fs.delete_dir_contents(target_dir, missing_dir_ok=True)
+        target = f"{target_dir}/{Path(checkpoint.path).name}"
+        pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=fs, destination_filesystem=fs)
+        return Checkpoint(target, filesystem=fs)
+
+    def _get_new_config(self, trial, trial_to_clone):
+        """Ray's explore, kept inside the searched ranges and drawn again while the family refuses it."""
+        for _ in range(self.EXPLORE_TRIES):
+            new_config, operations = super()._get_new_config(trial, trial_to_clone)
+            new_config = self._inside_ranges(new_config)
+            if self._valid(new_config):
+                return new_config, operations
+        return dict(trial_to_clone.config), {}
+
+    def _inside_ranges(self, config: dict) -> dict:
+        config = dict(config)
+        for d in dimensions(self.space):
+            value = config.get(d.key)
+            if d.kind == "choice" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            low, high = d.args
+            config[d.key] = min(max(int(round(value)) if d.kind == "int" else float(value), low), high)
+        return config
+
+    def _valid(self, config: dict) -> bool:
+        searched = applicable(config, self.space)
+        try:
+            build_config(apply_dotted(self.experiment, {k: v for k, v in searched.items() if k in self.space}),
+                         source="PBT perturbation")
+        except ConfigError:
+            return False
+        return True
 
     _is_baseline = BaselineKeepingASHA._is_baseline
 

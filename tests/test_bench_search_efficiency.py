@@ -46,4 +46,5 @@ def test_the_replay_orders_evaluations_by_time_and_charges_each_its_epochs():
 def test_the_epoch_budget_stops_the_whole_search_once_spent():
     stopper = bench.EpochBudget(budget=4, eval_every=2)
     assert stopper("t1", {"epoch": 2}) is False and not stopper.stop_all()
+    assert stopper("t1", {"epoch": 2}) is False and not stopper.stop_all(), "the same report counts once"
     assert stopper("t2", {"epoch": 2}) is False and stopper.stop_all()

@@ -98,13 +98,20 @@ def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(tm
 
 @pytest.mark.slow
 def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path):
-    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "4", "search.max_concurrent=2",
+    # More trials than slots, and one kept checkpoint: an exploiting trial waits, paused, while its
+    # donor trains on and keep-top-k deletes the checkpoint it was to copy (unless copied at once).
+    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "5", "search.max_concurrent=2",
                "search.scheduler=pbt", "search.searcher=random", "train.epochs=6", "search.baseline=false",
-               "search.pbt={perturbation_interval: 1, quantile_fraction: 0.5}")
+               "search.keep_checkpoints=1", "search.pbt={perturbation_interval: 1, quantile_fraction: 0.5}")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     exp = tmp_path / "quickstart-smoke"
     board = pd.read_csv(exp / "leaderboard.csv")
-    assert len(board) == 4 and (board["status"] == "completed").all(), board.to_string()
+    assert len(board) == 5 and (board["status"] == "completed").all(), board.to_string()
+    assert "Could not recover from checkpoint" not in out.stdout + out.stderr
+    # Disk stays bounded: per trial the kept checkpoint, the latest, and at most one donor copy.
+    for trial in board["trial"]:
+        assert len(list((exp / trial).glob("checkpoint_*"))) <= 2, trial
+        assert len(list((exp / trial).glob("pbt_donor/checkpoint_*"))) <= 1, trial
     exploited = board.dropna(subset=["schedule"]) if "schedule" in board else board.iloc[0:0]
     assert len(exploited) >= 1, out.stdout[-4000:]
     trials = set(board["trial"])

@@ -106,6 +106,28 @@ def test_pbt_never_perturbs_a_key_that_shapes_the_networks():
     assert "model.latent_dim, model.conditional copied with the weights, never perturbed" in describe_search(cfg)
 
 
+def test_a_pbt_perturbation_stays_in_range_and_valid_for_the_family():
+    """Ray's explore multiplies by 0.8/1.2 without bounds and knows nothing of the VAE's rule that
+    beta_cycle > beta_warmup; every perturbation the scheduler hands a trial is in range and valid."""
+    from types import SimpleNamespace
+
+    cfg = load_experiment(SPACES / "vae_builtin.yaml", ["search.scheduler=pbt", "search.searcher=random",
+                                                        "search.pbt={resample_probability: 0.0}"])
+    pbt = make_scheduler(cfg)
+    donor = SimpleNamespace(config={"model.lr": 1.0e-2, "model.latent_dim": 32, "model.beta": 0.1,   # range edges
+                                    "model.beta_schedule": "cyclic", "model.beta_warmup": 3, "model.beta_cycle": 4,
+                                    "model.conditional": False, "train.batch_size": 16})
+    space = {d.key: d for d in dimensions(cfg.search.space)}
+    seen_edges = set()
+    for _ in range(60):
+        config, _ = pbt._get_new_config(SimpleNamespace(config={}), donor)
+        assert all(space[k].contains(v) for k, v in config.items() if k in space), config
+        assert config["model.beta_cycle"] > config["model.beta_warmup"], config
+        assert isinstance(config["model.beta_warmup"], int) and isinstance(config["model.beta_cycle"], int)
+        seen_edges |= {config["model.lr"] == 1.0e-2, config["model.beta"] == 0.1}
+    assert True in seen_edges, "x1.2 of the top of the lr range (or x0.8 of the bottom of beta's) is clipped to it"
+
+
 def test_pbt_needs_random_search():
     with pytest.raises(ConfigError, match="pbt needs search.searcher: random"):
         quickstart("search.scheduler=pbt")
