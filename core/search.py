@@ -54,6 +54,8 @@ from core.checkpoints import (backfill_reports, checkpoint_problem, remove_stagi
                               repair_checkpoint_records)
 from core.trainable import tune_trainable
 
+logger = logging.getLogger(__name__)
+
 EXPERIMENT_FILE = "experiment.yaml"
 OPTUNA_FILE = "optuna.db"
 
@@ -240,7 +242,7 @@ class BaselineKeepingPBT(PopulationBasedTraining):
     - nothing is exploited at or into the last epoch (`max_t`): a trial would restart with no epoch
       left to train and end with the donor's record as its own;
     - the donor's checkpoint is copied into the exploiting trial's own directory
-      (`<trial>/pbt_donor/checkpoint_NNNNNN`, one per trial, replaced by its next exploit): Ray
+      (`<trial>/pbt_donor/<n>/checkpoint_NNNNNN`, one per trial, replaced by its next exploit): Ray
       only points at the donor's, and with more trials than slots the exploiting trial waits,
       paused, while the donor trains on and keep-top-k deletes that checkpoint ("Could not recover
       from checkpoint as it does not exist on storage anymore");
@@ -278,27 +280,44 @@ class BaselineKeepingPBT(PopulationBasedTraining):
         donor = self._trial_state[trial_to_clone]
         if (donor.last_result or {}).get(self._time_attr, 0) >= self.max_t:
             return
-        recorded = donor.last_checkpoint
-        if recorded is not None and hasattr(recorded, "path") and \
-                checkpoint_problem(recorded.path, recorded.filesystem) is not None:
-            latest = trial_to_clone.checkpoint
-            if latest is None or checkpoint_problem(latest.path, latest.filesystem) is not None:
+        recorded, recorded_result = donor.last_checkpoint, donor.last_result
+        if not _intact(recorded):
+            recorded, recorded_result = trial_to_clone.checkpoint, trial_to_clone.last_result
+            if not _intact(recorded):
                 return   # nothing intact to copy: no exploit this round
-            donor.last_checkpoint, donor.last_result = latest, trial_to_clone.last_result
-        super()._exploit(tune_controller, trial, trial_to_clone)
-        restore = trial.run_metadata.checkpoint_manager._latest_checkpoint_result
-        restore.checkpoint = self._private_copy(restore.checkpoint, trial)
+        try:
+            copied = self._private_copy(recorded, trial)
+        except OSError as e:   # (pyarrow's FileNotFoundError included) the donor's files went meanwhile
+            logger.warning("PBT: no exploit of %s into %s this round: copying %s failed (%s)",
+                           trial_to_clone, trial, recorded.path, e)
+            return
+        # Ray's exploit restores the trial from donor.last_checkpoint: hand it the private copy.
+        kept = donor.last_checkpoint, donor.last_result
+        donor.last_checkpoint, donor.last_result = copied, recorded_result
+        try:
+            super()._exploit(tune_controller, trial, trial_to_clone)
+        finally:
+            donor.last_checkpoint, donor.last_result = kept
 
     def _private_copy(self, checkpoint, trial):
-        """`checkpoint` copied to <trial>/pbt_donor/<its name> (the previous copy removed first)."""
+        """`checkpoint` copied to <trial>/pbt_donor/<n>/<its name>, a new <n> per exploit; the
+        trial's earlier copies are removed once this one is complete (never the source itself,
+        which may be one of them: a donor's latest checkpoint is its own restore copy until it
+        reports the next)."""
         import pyarrow.fs
         from ray.tune import Checkpoint
 
         fs = checkpoint.filesystem
-        target_dir = f"{trial.storage.trial_fs_path}/{self.DONOR_DIR}"
-        fs.delete_dir_contents(target_dir, missing_dir_ok=True)
-        target = f"{target_dir}/{Path(checkpoint.path).name}"
+        donor_dir = f"{trial.storage.trial_fs_path}/{self.DONOR_DIR}"
+        earlier = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(donor_dir, allow_not_found=True))]
+        number = 1 + max((int(Path(p).name) for p in earlier if Path(p).name.isdigit()), default=0)
+        target = f"{donor_dir}/{number}/{Path(checkpoint.path).name}"
+        fs.create_dir(target, recursive=True)
         pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=fs, destination_filesystem=fs)
+        source = Path(checkpoint.path)
+        for path in earlier:
+            if Path(path) not in source.parents:
+                fs.delete_dir(path)
         return Checkpoint(target, filesystem=fs)
 
     def _get_new_config(self, trial, trial_to_clone):
@@ -330,6 +349,11 @@ class BaselineKeepingPBT(PopulationBasedTraining):
         return True
 
     _is_baseline = BaselineKeepingASHA._is_baseline
+
+
+def _intact(checkpoint) -> bool:
+    """A ray.tune.Checkpoint whose files pass core.checkpoints' integrity check."""
+    return hasattr(checkpoint, "path") and checkpoint_problem(checkpoint.path, checkpoint.filesystem) is None
 
 
 @dataclass

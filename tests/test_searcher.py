@@ -128,6 +128,30 @@ def test_a_pbt_perturbation_stays_in_range_and_valid_for_the_family():
     assert True in seen_edges, "x1.2 of the top of the lr range (or x0.8 of the bottom of beta's) is clipped to it"
 
 
+def test_an_exploit_copies_the_donors_checkpoint_into_the_trial_and_keeps_one_copy(tmp_path):
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+    from ray.tune import Checkpoint
+
+    cfg = quickstart("search.scheduler=pbt", "search.searcher=random")
+    pbt = make_scheduler(cfg)
+    fs = pyarrow.fs.LocalFileSystem()
+    donor = tmp_path / "donor"
+    for epoch in (3, 4):
+        (donor / f"checkpoint_00000{epoch}").mkdir(parents=True)
+        (donor / f"checkpoint_00000{epoch}" / "state.pt").write_bytes(bytes([epoch]) * 10)
+    trial = SimpleNamespace(storage=SimpleNamespace(trial_fs_path=str(tmp_path / "trial")))
+
+    first = pbt._private_copy(Checkpoint(str(donor / "checkpoint_000003"), filesystem=fs), trial)
+    assert Path(first.path) == tmp_path / "trial" / "pbt_donor" / "1" / "checkpoint_000003"
+    assert (Path(first.path) / "state.pt").read_bytes() == bytes([3]) * 10
+    second = pbt._private_copy(Checkpoint(str(donor / "checkpoint_000004"), filesystem=fs), trial)
+    assert (Path(second.path) / "state.pt").read_bytes() == bytes([4]) * 10
+    assert [p.name for p in (tmp_path / "trial" / "pbt_donor").iterdir()] == ["2"], "the earlier copy is gone"
+    assert (donor / "checkpoint_000003" / "state.pt").is_file(), "the donor's own files are untouched"
+
+
 def test_pbt_needs_random_search():
     with pytest.raises(ConfigError, match="pbt needs search.searcher: random"):
         quickstart("search.scheduler=pbt")
