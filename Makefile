@@ -1,5 +1,5 @@
 # Every target sets itself up: a virtualenv in .venv with the pinned dependencies.
-#   make quickstart   a real CycleGAN search on builtin data (CPU, minutes)
+#   make quickstart   a real WGAN-GP search on builtin data, then its winner confirmed with fresh seeds (CPU, ~10 min)
 #   make test         the test suite (CPU, tiny sizes)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 quickstart: install
 	$(PY) experiments/tune.py --space search_spaces/quickstart.yaml
+	$(PY) experiments/confirm.py runs/quickstart --top 1 --seeds 5
 
 test: install
 	$(PY) -m pytest tests -ra

@@ -1,6 +1,6 @@
 """A kept trial checkpoint -> a live model family, and images from it (export.py, the gallery, notebooks).
 
-    loaded = load_checkpoint("runs/quickstart/cyclegan_3f2a1b7c/checkpoint_000007")
+    loaded = load_checkpoint("runs/quickstart/wgan_gp_3f2a1b7c/checkpoint_000005")
     batches = loaded.family.generate(16, batch_size=8)          # what the search scored
     images = sample(loaded, n=8, seed=3)                          # fresh samples, (8, 3, H, W) uint8
 

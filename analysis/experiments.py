@@ -3,7 +3,7 @@
     exp = load_experiment_dir("runs/quickstart")
     exp.trials      # one row per trial, best first (core.results.leaderboard) + experiment, family, trial_dir
     exp.history     # one row per evaluation of every trial (each trial's progress.csv, via Ray)
-    trials, history = load_experiments(["runs/quickstart", "runs/wgan_gp_builtin"])   # stacked
+    trials, history = load_experiments(["runs/quickstart", "runs/cyclegan-builtin"])   # stacked
 
 Ray's `ExperimentAnalysis` reads the experiment state and every trial's result.json/progress.csv
 without starting a Ray cluster; `ResultGrid` over it is exactly what `run_search` returned, so the

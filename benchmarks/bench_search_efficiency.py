@@ -60,7 +60,7 @@ from ray.tune import Stopper  # noqa: E402
 from core.config import load_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACES = [ROOT / "search_spaces" / "vae_builtin.yaml", ROOT / "search_spaces" / "quickstart.yaml"]
+SPACES = [ROOT / "search_spaces" / "vae_builtin.yaml", ROOT / "search_spaces" / "cyclegan_builtin.yaml"]
 BENCH_SIZE = ["data.builtin_count=200", "train.epochs=4", "train.iters_per_epoch=10", "train.eval_every=1",
               "metrics.num_samples=50", "metrics.kid_subset_size=25", "search.grace_period=1",
               "search.max_concurrent=2", "search.pbt.perturbation_interval=1"]

@@ -6,7 +6,7 @@ in this process with a LocalSession, once as the only trial of a real `tune.Tune
 reports is compared. The runs alternate (bare, tune, bare, tune, ...) so drift in machine load
 hits both sides alike.
 
-    python benchmarks/bench_trainable_overhead.py [--repeats 3] [--space search_spaces/quickstart.yaml] [overrides...]
+    python benchmarks/bench_trainable_overhead.py [--repeats 3] [--space search_spaces/cyclegan_builtin.yaml] [overrides...]
 """
 
 import argparse
@@ -43,7 +43,7 @@ def in_tune(tree, ready, storage, cpus) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", default="search_spaces/quickstart.yaml")
+    parser.add_argument("--space", default="search_spaces/cyclegan_builtin.yaml")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()

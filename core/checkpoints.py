@@ -7,7 +7,7 @@ scores came from, so that export, the gallery and the notebooks rebuild the mode
 
     with staged_checkpoint(state, trial="3f2a1b7c") as directory:   # a temp dir, removed on any exit
         tune.report(metrics, checkpoint=Checkpoint.from_directory(directory))   # Ray copies it to storage
-    problem = checkpoint_problem("runs/quickstart/cyclegan_3f2a1b7c/checkpoint_000004")  # None = intact
+    problem = checkpoint_problem("runs/quickstart/wgan_gp_3f2a1b7c/checkpoint_000004")  # None = intact
     state = load_state(path)                                        # one clear CheckpointError if not
 
 Every place that chooses a checkpoint (the trial's restore, the post-search sweep, the leaderboard,

@@ -48,13 +48,13 @@ def tiny_data(tiny_data_cfg, paintsweep_cache) -> PreparedData:
 
 # --- Finished smoke experiments (analysis, export and gallery tests share them) -----------------
 
-SMOKE_SPACES = ("quickstart", "wgan_gp_builtin")   # a CycleGAN and a WGAN-GP search, 2 trials each
+SMOKE_SPACES = ("cyclegan_builtin", "wgan_gp_builtin")   # a CycleGAN and a WGAN-GP search, 2 trials each
 
 
 @pytest.fixture(scope="session")
 def smoke_experiments(tmp_path_factory) -> dict[str, Path]:
     """{space stem: experiment dir} of `tune.py --smoke-test` runs (about 1 min in all). The
-    quickstart one logs to W&B too (logging.wandb=true), with no API key and WANDB_MODE unset:
+    CycleGAN one logs to W&B too (logging.wandb=true), with no API key and WANDB_MODE unset:
     W&B must then stay offline and never wait for the network."""
     import subprocess
     import sys
@@ -64,7 +64,7 @@ def smoke_experiments(tmp_path_factory) -> dict[str, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     out = {}
     for stem in SMOKE_SPACES:
-        extra = ["logging.wandb=true"] if stem == "quickstart" else []
+        extra = ["logging.wandb=true"] if stem == "cyclegan_builtin" else []
         done = subprocess.run([sys.executable, str(root / "experiments" / "tune.py"), "--space",
                                str(root / "search_spaces" / f"{stem}.yaml"), "--smoke-test", "--storage",
                                str(storage), *extra], cwd=root, env=env, capture_output=True, text=True,

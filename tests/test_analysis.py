@@ -27,46 +27,46 @@ def reported(trial_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def quickstart(smoke_experiments):
-    return load_experiment_dir(smoke_experiments["quickstart"])
+def cyclegan(smoke_experiments):
+    return load_experiment_dir(smoke_experiments["cyclegan_builtin"])
 
 
-def test_trials_table_matches_what_trials_reported(quickstart, smoke_experiments):
-    exp_dir = smoke_experiments["quickstart"]
+def test_trials_table_matches_what_trials_reported(cyclegan, smoke_experiments):
+    exp_dir = smoke_experiments["cyclegan_builtin"]
     trial_dirs = sorted(p for p in exp_dir.iterdir() if (p / "result.json").is_file())
-    assert sorted(quickstart.trials["trial"]) == [p.name for p in trial_dirs] and len(trial_dirs) == 2
+    assert sorted(cyclegan.trials["trial"]) == [p.name for p in trial_dirs] and len(trial_dirs) == 2
     for trial_dir in trial_dirs:
-        row = quickstart.trials.set_index("trial").loc[trial_dir.name]
+        row = cyclegan.trials.set_index("trial").loc[trial_dir.name]
         results = reported(trial_dir)
         best = min(results, key=lambda r: r["fid"])
         assert row["best_fid"] == pytest.approx(best["fid"]) and row["mifid"] == pytest.approx(best["mifid"])
         assert row["kid"] == pytest.approx(best["kid"]) and row["epoch"] == best["epoch"]
-        assert row["status"] == ("completed" if results[-1]["epoch"] == quickstart.cfg.train.epochs
+        assert row["status"] == ("completed" if results[-1]["epoch"] == cyclegan.cfg.train.epochs
                                  else "stopped early")
         assert row["epochs_trained"] == results[-1]["epoch"]
         params = json.loads((trial_dir / "params.json").read_text())
-        assert {k: row[k] for k in quickstart.searched} == pytest.approx(params)
+        assert {k: row[k] for k in cyclegan.searched} == pytest.approx(params)
         # The checkpoint column is the one saved at the best evaluation.
         state = torch.load(Path(row["checkpoint"]) / "state.pt", map_location="cpu", weights_only=True)
         assert state["epoch"] == best["epoch"] and row["trial_dir"] == str(trial_dir)
-    assert list(quickstart.trials["best_fid"]) == sorted(quickstart.trials["best_fid"])   # best first
+    assert list(cyclegan.trials["best_fid"]) == sorted(cyclegan.trials["best_fid"])   # best first
 
 
-def test_history_has_every_evaluation(quickstart, smoke_experiments):
-    for trial, rows in quickstart.history.groupby("trial"):
-        results = reported(smoke_experiments["quickstart"] / trial)
+def test_history_has_every_evaluation(cyclegan, smoke_experiments):
+    for trial, rows in cyclegan.history.groupby("trial"):
+        results = reported(smoke_experiments["cyclegan_builtin"] / trial)
         assert list(rows["epoch"]) == [r["epoch"] for r in results]
         for column in ("fid", "mifid", "kid", "memorization_distance", "loss_g", "lr_g"):
             assert list(rows[column]) == pytest.approx([r[column] for r in results])
-    assert not any(c.startswith("config/") or c == "hostname" for c in quickstart.history.columns)
+    assert not any(c.startswith("config/") or c == "hostname" for c in cyclegan.history.columns)
 
 
-def test_importances_and_several_experiments(quickstart, smoke_experiments):
-    importances = param_importances(quickstart)
-    assert set(importances.index) == set(quickstart.searched) and importances.sum() == pytest.approx(1.0)
+def test_importances_and_several_experiments(cyclegan, smoke_experiments):
+    importances = param_importances(cyclegan)
+    assert set(importances.index) == set(cyclegan.searched) and importances.sum() == pytest.approx(1.0)
     trials, history = load_experiments(smoke_experiments.values())
     assert set(trials["family"]) == {"cyclegan", "wgan_gp"} and len(trials) == 4
-    assert set(history["experiment"]) == {"quickstart-smoke", "wgan_gp_builtin-smoke"}
+    assert set(history["experiment"]) == {"cyclegan_builtin-smoke", "wgan_gp_builtin-smoke"}
     assert trials["model.lr_g"].notna().all() and trials["model.lambda_cycle"].isna().sum() == 2
 
 
@@ -75,19 +75,19 @@ def test_not_an_experiment_is_one_clear_error(tmp_path):
         load_experiment_dir(tmp_path)
 
 
-def test_plots_draw_one_line_per_trial(quickstart):
-    ax = plots.plot_metric_curves(quickstart.history)
-    assert len(ax.lines) == len(quickstart.trials)
-    ax = plots.plot_asha(quickstart.history, quickstart.trials)
-    stopped = quickstart.trials["status"].str.startswith("stopped").sum()
+def test_plots_draw_one_line_per_trial(cyclegan):
+    ax = plots.plot_metric_curves(cyclegan.history)
+    assert len(ax.lines) == len(cyclegan.trials)
+    ax = plots.plot_asha(cyclegan.history, cyclegan.trials)
+    stopped = cyclegan.trials["status"].str.startswith("stopped").sum()
     assert str(stopped) in ax.get_title()
-    png = plots.figure_png(plots.show_image_rows(samples.top_trial_grids(quickstart.trials, k=2)))
+    png = plots.figure_png(plots.show_image_rows(samples.top_trial_grids(cyclegan.trials, k=2)))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_optuna_draws_the_stored_study(quickstart):
+def test_optuna_draws_the_stored_study(cyclegan):
     """Optuna's own views of optuna.db: every one drawn, showing the trials' values and the searched keys."""
-    study = load_study(quickstart)
+    study = load_study(cyclegan)
     figures = plots.optuna_figures(study, target_name="best fid")
     assert list(figures) == ["optimization history", "parallel coordinates", "hyperparameter importance (fANOVA)",
                              "slice: the objective against each searched value", "contour: pairs of searched values",
@@ -95,24 +95,24 @@ def test_optuna_draws_the_stored_study(quickstart):
     history = figures["optimization history"].axes[0]
     values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
     assert list(history.collections[0].get_offsets()[:, 1]) == pytest.approx(values)   # one point per trial
-    assert sorted(values) == pytest.approx(sorted(quickstart.trials["best_fid"]))     # = the leaderboard's best FIDs
+    assert sorted(values) == pytest.approx(sorted(cyclegan.trials["best_fid"]))     # = the leaderboard's best FIDs
     importance = figures["hyperparameter importance (fANOVA)"].axes[0]
-    assert {label.get_text() for label in importance.get_yticklabels()} == set(quickstart.searched)
-    assert len(figures["slice: the objective against each searched value"].axes) >= len(quickstart.searched)
+    assert {label.get_text() for label in importance.get_yticklabels()} == set(cyclegan.searched)
+    assert len(figures["slice: the objective against each searched value"].axes) >= len(cyclegan.searched)
     assert all(plots.figure_png(figure)[:8] == b"\x89PNG\r\n\x1a\n" for figure in figures.values())
 
 
-def test_sample_grids_come_from_the_best_evaluation(quickstart):
-    grids = samples.top_trial_grids(quickstart.trials, k=2)
-    assert list(grids) == list(quickstart.trials["trial"][:2])
+def test_sample_grids_come_from_the_best_evaluation(cyclegan):
+    grids = samples.top_trial_grids(cyclegan.trials, k=2)
+    assert list(grids) == list(cyclegan.trials["trial"][:2])
     for images in grids.values():
         grid = images["samples/photo_to_monet"]
         # CycleGAN rows: input, translation, reconstruction of k 32-px photos, make_grid padding 2.
         assert grid.shape[0] == 3 * (32 + 2) + 2 and (grid.shape[1] - 2) % 34 == 0 and grid.std() > 1
 
 
-def test_checkpoint_samples_are_the_generator_on_the_photos(quickstart):
-    loaded = load_checkpoint(quickstart.trials["checkpoint"][0], progress=lambda message: None)
+def test_checkpoint_samples_are_the_generator_on_the_photos(cyclegan):
+    loaded = load_checkpoint(cyclegan.trials["checkpoint"][0], progress=lambda message: None)
     photos = torch.stack([loaded.family.test_photos[i][0] for i in range(3)])
     assert torch.equal(sample(loaded, 3, photos=photos), next(iter(loaded.family.generate(3, 3))))
     a, b, c = sample(loaded, 4, seed=1), sample(loaded, 4, seed=1), sample(loaded, 4, seed=2)
@@ -135,14 +135,14 @@ def run_notebook(name: str, parameters: dict) -> nbformat.NotebookNode:
 
 @pytest.mark.slow
 def test_notebooks_run_top_to_bottom(smoke_experiments):
-    overview = run_notebook("overview.ipynb", {"EXPERIMENT": str(smoke_experiments["quickstart"])})
+    overview = run_notebook("overview.ipynb", {"EXPERIMENT": str(smoke_experiments["cyclegan_builtin"])})
     compare = run_notebook("compare.ipynb", {"EXPERIMENTS": [str(p) for p in smoke_experiments.values()]})
     # Every plot and sample grid was drawn; overview: curves + ASHA, Optuna's six views, two sample figures.
     for notebook, figures in ((overview, 9), (compare, 4)):
         images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) == figures
     text = "".join(o.get("text", "") for cell in overview.cells for o in cell.get("outputs", []))
-    assert "quickstart-smoke: cyclegan, 2 trials" in text
+    assert "cyclegan_builtin-smoke: cyclegan, 2 trials" in text
 
 
 def test_notebooks_are_committed_without_outputs():
@@ -154,17 +154,17 @@ def test_notebooks_are_committed_without_outputs():
 
 
 def test_wandb_offline_run_per_trial_with_tensorboard_names(smoke_experiments):
-    """The quickstart smoke search ran with logging.wandb=true, no API key and WANDB_MODE unset:
+    """The CycleGAN smoke search ran with logging.wandb=true, no API key and WANDB_MODE unset:
     each trial left one offline W&B run holding the same scalar tags as its TensorBoard events,
     and the sample grids of every evaluation."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    trial_dirs = [p for p in smoke_experiments["quickstart"].iterdir() if (p / "result.json").is_file()]
+    trial_dirs = [p for p in smoke_experiments["cyclegan_builtin"].iterdir() if (p / "result.json").is_file()]
     for trial_dir in trial_dirs:
         runs = list((trial_dir / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, f"{trial_dir.name}: {runs}"
         record = next(runs[0].glob("run-*.wandb")).read_bytes()
-        assert b"quickstart-smoke" in record   # the group: the experiment's name
+        assert b"cyclegan_builtin-smoke" in record   # the group: the experiment's name
         tags = EventAccumulator(str(trial_dir)).Reload().Tags()["scalars"]
         assert {"metrics/fid", "metrics/mifid", "losses/loss_g"} <= set(tags)
         # KNOWN GAP: a trial ASHA stops can be ended by Ray before W&B writes its run file, so the
@@ -180,7 +180,7 @@ def test_wandb_offline_run_per_trial_with_tensorboard_names(smoke_experiments):
 
 def test_relative_experiment_paths_work(smoke_experiments, monkeypatch):
     # Ray reads a relative path as a URI with an empty scheme; users type runs/quickstart.
-    exp = smoke_experiments["quickstart"]
+    exp = smoke_experiments["cyclegan_builtin"]
     monkeypatch.chdir(exp.parent)
     assert is_experiment_dir(exp.name)
     assert len(load_experiment_dir(exp.name).trials) == 2

@@ -151,7 +151,7 @@ def _fake_search(exp_dir: Path, trials: dict[str, tuple[dict, float]]) -> None:
 
 
 def test_plan_takes_the_defaults_and_the_top_trials_and_seeds_the_search_never_used(tmp_path):
-    cfg = load_experiment(ROOT / "search_spaces" / "quickstart.yaml", ["train.seed=1000"])
+    cfg = load_experiment(ROOT / "search_spaces" / "cyclegan_builtin.yaml", ["train.seed=1000"])
     defaults = {"model.lr_g": 2e-4, "model.lr_d": 2e-4, "model.lambda_cycle": 10.0, "model.lambda_identity": 0.5}
     other = {"model.lr_g": 1.2345678901234e-4, "model.lr_d": 3e-4, "model.lambda_cycle": 7.0, "model.lambda_identity": 0.0}
     _fake_search(tmp_path, {"cyclegan_base": (defaults, 1.0),                 # the search's own baseline trial
@@ -168,7 +168,7 @@ def test_plan_takes_the_defaults_and_the_top_trials_and_seeds_the_search_never_u
 
 
 def test_plan_refuses_what_it_cannot_confirm(tmp_path):
-    cfg = load_experiment(ROOT / "search_spaces" / "quickstart.yaml")
+    cfg = load_experiment(ROOT / "search_spaces" / "cyclegan_builtin.yaml")
     with pytest.raises(C.ConfirmError, match="leaderboard.csv does not exist.*tune.py"):
         C.make_plan(tmp_path, cfg)
     _fake_search(tmp_path, {"cyclegan_a": ({"model.lr_g": 1e-4}, math.nan)})
@@ -191,7 +191,7 @@ def test_evaluation_noise_draw_zero_is_what_the_trial_scored(smoke_experiments):
     from analysis.checkpoints import load_checkpoint
     from core import metrics as M
 
-    for stem in ("wgan_gp_builtin", "quickstart"):
+    for stem in ("wgan_gp_builtin", "cyclegan_builtin"):
         checkpoint = sorted(smoke_experiments[stem].glob("*/checkpoint_*"))[0]
         loaded = load_checkpoint(checkpoint, progress=lambda message: None)
         reference = M.load_reference(M.reference_statistics(loaded.data, loaded.cfg.metrics, loaded.cfg.cache_path,
@@ -211,8 +211,8 @@ def test_evaluation_noise_draw_zero_is_what_the_trial_scored(smoke_experiments):
 
 @pytest.mark.slow
 def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_experiments, tmp_path, capsys):
-    exp_dir = tmp_path / "quickstart-smoke"
-    shutil.copytree(smoke_experiments["quickstart"], exp_dir)   # never modify the shared fixture
+    exp_dir = tmp_path / "cyclegan_builtin-smoke"
+    shutil.copytree(smoke_experiments["cyclegan_builtin"], exp_dir)   # never modify the shared fixture
     search_seed = yaml.safe_load((exp_dir / "experiment.yaml").read_text())["train"]["seed"]
 
     assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "2"]) == 0

@@ -77,7 +77,7 @@ def test_refuses_counts_kaggle_rejects(checkpoint_256, tmp_path, capsys):
 
 def test_refuses_other_image_sizes_and_non_experiments(smoke_experiments, tmp_path, capsys):
     # The smoke experiment's best checkpoint (found through the leaderboard) is 32 px.
-    assert export.main([str(smoke_experiments["quickstart"]), "--out", str(tmp_path / "a.zip")]) == 2
+    assert export.main([str(smoke_experiments["cyclegan_builtin"]), "--out", str(tmp_path / "a.zip")]) == 2
     assert "makes 32x32 images; Kaggle needs 256x256" in capsys.readouterr().err
     assert export.main([str(tmp_path), "--out", str(tmp_path / "a.zip")]) == 2
     assert "neither a checkpoint directory" in capsys.readouterr().err and not (tmp_path / "a.zip").exists()
@@ -89,7 +89,7 @@ def test_upscale_exports_a_smaller_checkpoint_as_valid_256px_jpegs(smoke_experim
     from PIL import Image
 
     out = tmp_path / "images.zip"
-    assert export.main([str(smoke_experiments["quickstart"]), "--out", str(out), "--upscale",
+    assert export.main([str(smoke_experiments["cyclegan_builtin"]), "--out", str(out), "--upscale",
                         "--count", "3", "--any-count"]) == 0
     printed = capsys.readouterr().out
     assert "FID" in printed and "MiFID" in printed and "memorization distance" in printed

@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
-SPACE = ["--space", "search_spaces/quickstart.yaml", "--smoke-test"]
+SPACE = ["--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 ENV.pop("RAY_ADDRESS", None)
 # Epochs of a few seconds (the smoke test's are a fraction of one), so a fault lands mid-epoch.
@@ -157,7 +157,7 @@ def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(tmp_path):
     epochs = 3
     args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=2",
             "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
-    exp = tmp_path / "quickstart-smoke"
+    exp = tmp_path / "cyclegan_builtin-smoke"
     with driver(*args) as proc:
         # Once epoch 1's checkpoint is in storage (and a moment later registered by the driver),
         # kill the trial's worker process while it trains epoch 2.
@@ -191,7 +191,7 @@ def test_driver_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path)
     epochs, trials = 3, 4
     args = [*SPACE, "--storage", str(tmp_path), "--num-samples", str(trials), "search.max_concurrent=1",
             "search.scheduler=fifo", f"train.epochs={epochs}", "train.iters_per_epoch=6"]
-    exp = tmp_path / "quickstart-smoke"
+    exp = tmp_path / "cyclegan_builtin-smoke"
 
     def any_checkpoint():
         return list(exp.glob("cyclegan_*/checkpoint_*/state.pt"))
@@ -247,7 +247,7 @@ def test_worker_node_killed_mid_trial_finishes_on_another_node(tmp_path, monkeyp
     epochs = 3
     args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=2",
             "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
-    exp = tmp_path / "quickstart-smoke"
+    exp = tmp_path / "cyclegan_builtin-smoke"
     # A head without CPUs (it runs only Ray's services), so the trial must start on worker A.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
@@ -315,7 +315,7 @@ def test_search_stored_in_s3_keeps_results_study_leaderboard_and_shipped_data(s3
 
     keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="paintsweep")
             for o in page.get("Contents", [])}
-    exp = "runs/quickstart-smoke"
+    exp = "runs/cyclegan_builtin-smoke"
     for name in ("experiment.yaml", "optuna.db", "leaderboard.csv", "leaderboard.txt", "assets/COMPLETE"):
         assert f"{exp}/{name}" in keys, (name, sorted(keys)[:40])
     states = sorted(k for k in keys if k.endswith("/state.pt"))

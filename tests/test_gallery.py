@@ -30,19 +30,19 @@ def app(smoke_experiments, monkeypatch):
     (AppTest runs the script in this process, so it parses this sys.argv)."""
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setattr(sys, "argv", [GALLERY, "--storage", str(smoke_experiments["quickstart"].parent)])
+    monkeypatch.setattr(sys, "argv", [GALLERY, "--storage", str(smoke_experiments["cyclegan_builtin"].parent)])
     at = AppTest.from_file(GALLERY, default_timeout=120)
     return at.run()
 
 
 def test_browses_the_storage_it_was_started_with(app, smoke_experiments):
     assert not app.exception and not app.error
-    assert app.text_input(key="storage").value == str(smoke_experiments["quickstart"].parent)
-    assert app.selectbox(key="experiment").options == ["quickstart-smoke", "wgan_gp_builtin-smoke"]
+    assert app.text_input(key="storage").value == str(smoke_experiments["cyclegan_builtin"].parent)
+    assert app.selectbox(key="experiment").options == ["cyclegan_builtin-smoke", "wgan_gp_builtin-smoke"]
 
 
 def test_a_folder_without_experiments_is_an_error_message(app):
-    app.text_input(key="storage").set_value("quickstart-smoke").run()   # relative to --storage: trials, no experiments
+    app.text_input(key="storage").set_value("cyclegan_builtin-smoke").run()   # relative to --storage: trials, no experiments
     assert not app.exception and "No paintsweep experiment" in app.error[0].value
 
 
@@ -51,8 +51,8 @@ def test_a_folder_outside_the_storage_is_refused(app, smoke_experiments, tmp_pat
     """Another folder of experiments the user can read: typed absolute, reached with `..` from
     inside --storage, or through a symbolic link inside --storage. None of them is listed."""
     other = tmp_path / "elsewhere"
-    shutil.copytree(smoke_experiments["quickstart"].parent, other, symlinks=True)   # real experiments
-    root = smoke_experiments["quickstart"].parent
+    shutil.copytree(smoke_experiments["cyclegan_builtin"].parent, other, symlinks=True)   # real experiments
+    root = smoke_experiments["cyclegan_builtin"].parent
     typed = {"absolute": str(other), "dot-dot": os.path.relpath(other, root), "symlink": "link-out"}[outside]
     link = root / "link-out"
     if outside == "symlink":
@@ -82,7 +82,7 @@ def test_sampling_family_follows_seed_and_count(app):
 
 
 def test_cyclegan_translates_a_test_photo(app):
-    app.selectbox(key="experiment").set_value("quickstart-smoke").run()
+    app.selectbox(key="experiment").set_value("cyclegan_builtin-smoke").run()
     assert not app.exception and not app.error
     captions = [img.caption for img in app.get("image")[0].proto.imgs]
     assert captions == ["test photo 0", "translated"]
@@ -104,7 +104,7 @@ def test_server_listens_on_localhost_only(smoke_experiments, tmp_path):
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", GALLERY, "--server.headless", "true",
                                "--server.port", str(port), "--", "--storage",
-                               str(smoke_experiments["quickstart"].parent)],
+                               str(smoke_experiments["cyclegan_builtin"].parent)],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(120):
@@ -160,7 +160,7 @@ def test_screenshot_in_headless_chromium(smoke_experiments, tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", GALLERY, "--server.headless", "true",
                                "--server.address", "127.0.0.1", "--server.port", str(port),
                                "--browser.gatherUsageStats", "false", "--", "--storage",
-                               str(smoke_experiments["quickstart"].parent)],
+                               str(smoke_experiments["cyclegan_builtin"].parent)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chrome = None
     # Chromium leaves a singleton-socket folder in $TMPDIR: give it a short private one (a socket

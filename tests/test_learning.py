@@ -15,7 +15,7 @@ SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 # Per space: fixed values for what the space searches, chosen from its range (a sane setting).
 CASES = {
-    "quickstart.yaml": ["model.lr_g=2.0e-4", "model.lr_d=2.0e-4", "model.lambda_cycle=10.0",
+    "cyclegan_builtin.yaml": ["model.lr_g=2.0e-4", "model.lr_d=2.0e-4", "model.lambda_cycle=10.0",
                         "model.lambda_identity=0.5", "train.epochs=3", "train.iters_per_epoch=40",
                         "data.test_fraction=0.4"],   # 64 test photos: each scored image a distinct one
     "wgan_gp_builtin.yaml": ["train.epochs=4", "train.iters_per_epoch=40"],

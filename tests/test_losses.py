@@ -54,7 +54,7 @@ def assert_close_gradients(actual, expected):
 @pytest.mark.parametrize("lambda_cycle, lambda_identity", [(3.0, 0.3), (7.0, 0.0)])
 def test_cyclegan_generator_loss_is_weighted_by_lambda_cycle_and_lambda_identity(tiny_data, lambda_cycle,
                                                                                  lambda_identity):
-    family = build_family("quickstart.yaml", tiny_data, **{"model.lambda_cycle": lambda_cycle,
+    family = build_family("cyclegan_builtin.yaml", tiny_data, **{"model.lambda_cycle": lambda_cycle,
                                                            "model.lambda_identity": lambda_identity})
     batch = next(iter(family.make_loader(torch.Generator().manual_seed(0))))
     photo, monet = batch["photo"], batch["monet"]          # (B, 3, 32, 32) in [-1, 1]

@@ -123,7 +123,7 @@ def _get(url: str) -> dict:
 def test_optuna_dashboard_serves_the_study_over_http(smoke_experiments, tmp_path):
     import optuna
 
-    experiment = smoke_experiments["quickstart"]
+    experiment = smoke_experiments["cyclegan_builtin"]
     db = tmp_path / "optuna.db"
     shutil.copy(experiment / "optuna.db", db)   # the dashboard may write (notes, caches): not the shared one
     port = _free_port()
@@ -139,13 +139,13 @@ def test_optuna_dashboard_serves_the_study_over_http(smoke_experiments, tmp_path
                 time.sleep(0.5)
         else:
             pytest.fail("optuna-dashboard did not answer within 60 s")
-        (summary,) = [s for s in listed["study_summaries"] if s["study_name"] == "quickstart-smoke"]
+        (summary,) = [s for s in listed["study_summaries"] if s["study_name"] == "cyclegan_builtin-smoke"]
         served = _get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")["trials"]
     finally:
         server.terminate()
         server.wait(timeout=30)
 
-    study = optuna.load_study(study_name="quickstart-smoke", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    study = optuna.load_study(study_name="cyclegan_builtin-smoke", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(served) == len(study.trials) == 2
     for shown, trial in zip(sorted(served, key=lambda t: t["number"]), study.trials):
         assert shown["number"] == trial.number and shown["state"] == trial.state.name.capitalize()

@@ -19,7 +19,7 @@ from core.checkpoints import checkpoint_problem
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
 EXPORT = [sys.executable, str(ROOT / "experiments" / "export.py")]
-SMOKE = ["--space", "search_spaces/quickstart.yaml", "--smoke-test"]
+SMOKE = ["--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test"]
 
 
 def run(cmd, env=None, timeout=600):
@@ -72,12 +72,12 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     uninterrupted = tmp_path / "a"
     out = run([*TUNE, *args, "--storage", str(uninterrupted)])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (expected_trial,) = (uninterrupted / "quickstart-smoke").glob("cyclegan_*")
+    (expected_trial,) = (uninterrupted / "cyclegan_builtin-smoke").glob("cyclegan_*")
     expected = fid_by_epoch(expected_trial)
     assert sorted(expected) == list(range(1, epochs + 1))
 
     storage = tmp_path / "b"
-    exp = storage / "quickstart-smoke"
+    exp = storage / "cyclegan_builtin-smoke"
     with driver(*args, "--storage", str(storage)) as proc:
         wait_for(lambda: len(list(exp.glob("cyclegan_*/checkpoint_00000[2-9]/state.pt"))), "three evaluations",
                  proc=proc)
@@ -115,7 +115,7 @@ def test_a_search_leaves_nothing_in_tmpdir_and_keeps_only_what_the_config_says(t
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
-    trials = sorted((tmp_path / "runs" / "quickstart-smoke").glob("cyclegan_*"))
+    trials = sorted((tmp_path / "runs" / "cyclegan_builtin-smoke").glob("cyclegan_*"))
     assert len(trials) == 2
     for trial in trials:
         results = reports(trial)
@@ -132,10 +132,10 @@ def test_a_search_leaves_nothing_in_tmpdir_and_keeps_only_what_the_config_says(t
 
 @pytest.mark.slow
 def test_damaged_best_checkpoint_export_falls_back_and_resume_tells_the_truth(smoke_experiments, tmp_path):
-    exp = tmp_path / "quickstart-smoke"
-    shutil.copytree(smoke_experiments["quickstart"], exp)
+    exp = tmp_path / "cyclegan_builtin-smoke"
+    shutil.copytree(smoke_experiments["cyclegan_builtin"], exp)
     board = pd.read_csv(exp / "leaderboard.csv")
-    best = exp / os.path.relpath(board["checkpoint"][0], smoke_experiments["quickstart"])
+    best = exp / os.path.relpath(board["checkpoint"][0], smoke_experiments["cyclegan_builtin"])
     state = best / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])   # a copy cut short
 
@@ -180,7 +180,7 @@ def test_a_resumed_trial_logs_to_the_same_wandb_run_and_records_its_hparams(tiny
     from core.tracking import wandb_run_id
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"logging.wandb": "true", "logging.wandb_mode": "offline"})
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{"logging.wandb": "true", "logging.wandb_mode": "offline"})
     searched = {"model.lr_g": 3.0e-4, "model.lambda_cycle": 7.5}
     run_local(tree, tiny_data, tmp_path, searched=searched, max_epochs=1)   # then "crashed"
     run_local(tree, tiny_data, tmp_path, searched=searched)                # retried from its checkpoint

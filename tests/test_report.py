@@ -58,7 +58,7 @@ def test_not_an_experiment_is_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_report_opens_in_headless_chromium(smoke_experiments, tmp_path):
-    experiment = smoke_experiments["quickstart"]
+    experiment = smoke_experiments["cyclegan_builtin"]
     out = tmp_path / "report.html"
     done = subprocess.run([sys.executable, str(REPORT), str(experiment), "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -112,7 +112,7 @@ def test_confirmation_results_and_unknown_columns_are_shown(smoke_experiments, t
     from analysis.report import render_report
 
     experiment = tmp_path / "copy"
-    shutil.copytree(smoke_experiments["quickstart"], experiment, symlinks=True)
+    shutil.copytree(smoke_experiments["cyclegan_builtin"], experiment, symlinks=True)
     pd.DataFrame({"trial": ["defaults", "winner"], "seeds": [3, 3], "fid_mean": [0.97, 1.10],
                   "fid_std": [0.11, 0.11]}).to_csv(experiment / "confirm.csv", index=False)
     exp = load_experiment_dir(experiment)

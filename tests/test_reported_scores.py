@@ -75,7 +75,7 @@ def test_evaluate_reports_fid_over_the_thresholded_kaggle_distance_with_absolute
     component): cos(g, r) is close to -1, so Kaggle's 1 - |cos| is small (a copy, penalized) while
     1 - cos would be close to 2 (no penalty). The random extractor's features are >= 0 (ReLU), so
     without the negation |cos| = cos and the absolute value would go untested."""
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"metrics.mifid_threshold": 0.3})
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{"metrics.mifid_threshold": 0.3})
     cfg = build_config(tree)
     reference = reference_of(tree, tiny_data)
     images = torch.randint(0, 256, (8, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
@@ -114,7 +114,7 @@ def one_epoch_trial(tiny_data, tmp_path_factory):
     """A CycleGAN trial of one epoch with a MiFID threshold every distance falls below (so the
     reported MiFID must divide by the distance itself). Its data config is the `tiny_data` fixture's, so
     export, which rebuilds the data from the checkpoint's config, scores against the same Monets."""
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 1, "metrics.mifid_threshold": 1.0,
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{"train.epochs": 1, "metrics.mifid_threshold": 1.0,
                                                             "data.builtin_count": 24})
     root = tmp_path_factory.mktemp("one-epoch")
     session = run(tree, tiny_data, root)
@@ -167,7 +167,7 @@ def test_a_resumed_trial_trains_with_the_changed_learning_rate_and_loss_weight(t
     """Interrupted after epoch 1 and resumed (the same trial, its own checkpoint) with a new lr_g and
     lambda_cycle: the optimizer steps with the new rate, the checkpoint records the new values, and
     the weight changes training (the resume differs from one with only the weight left as it was)."""
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 2, "search.baseline": "false"})
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{"train.epochs": 2, "search.baseline": "false"})
     old = {"model.lr_g": 2.0e-4, "model.lambda_cycle": 10.0}
     new = {"model.lr_g": 7.0e-4, "model.lambda_cycle": 3.0}
     for root in ("new", "same-weight"):
@@ -261,7 +261,7 @@ def test_leaderboard_ranks_by_the_best_evaluation_of_the_search_metric_nan_last_
     from core.results import leaderboard
     from core.space import baseline_point
 
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 3, "search.metric": metric,
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{"train.epochs": 3, "search.metric": metric,
                                                             "search.baseline": "true"})
     cfg = build_config(tree)
     baseline = baseline_point(cfg)
@@ -308,11 +308,11 @@ def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(tmp
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run([sys.executable, str(root / "experiments" / "tune.py"), "--space",
-                          "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path),
+                          "search_spaces/cyclegan_builtin.yaml", "--smoke-test", "--storage", str(tmp_path),
                           "search.metric=kid", "search.scheduler=fifo", f"train.epochs={epochs}",
                           "search.keep_checkpoints=1"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    exp = tmp_path / "quickstart-smoke"
+    exp = tmp_path / "cyclegan_builtin-smoke"
 
     best_kid = {}
     for trial in sorted(exp.glob("cyclegan_*")):

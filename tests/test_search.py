@@ -34,7 +34,7 @@ def test_dry_run_prints_the_real_cyclegan_space():
 
 def test_bad_space_gives_one_clear_error_and_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("_base_: %s\nmodel: {lamda_cycle: 3.0}\n" % (ROOT / "search_spaces/quickstart.yaml"))
+    bad.write_text("_base_: %s\nmodel: {lamda_cycle: 3.0}\n" % (ROOT / "search_spaces/cyclegan_builtin.yaml"))
     out = tune("--space", str(bad), "--dry-run")
     assert out.returncode == 2
     assert "Did you mean 'lambda_cycle'" in out.stderr
@@ -42,16 +42,16 @@ def test_bad_space_gives_one_clear_error_and_exit_code_2(tmp_path):
 
 
 def test_resume_of_a_directory_without_an_experiment_is_refused(tmp_path):
-    out = tune("--space", "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path), "--resume")
+    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test", "--storage", str(tmp_path), "--resume")
     assert out.returncode == 2
     assert "Nothing to resume" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_path):
-    out = tune("--space", "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path))
+    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test", "--storage", str(tmp_path))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Leaderboard" in out.stdout
-    exp = tmp_path / "quickstart-smoke"
+    exp = tmp_path / "cyclegan_builtin-smoke"
     # The console: Ray's trial table leads with the epoch and the running best, and each finished
     # trial gets one line with its status and best.
     header = [line for line in out.stdout.splitlines() if "Trial name" in line][-1].strip("│ ")
@@ -74,7 +74,7 @@ def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_pa
 
     import optuna
 
-    study = optuna.load_study(study_name="quickstart-smoke", storage=f"sqlite:///{exp / 'optuna.db'}")
+    study = optuna.load_study(study_name="cyclegan_builtin-smoke", storage=f"sqlite:///{exp / 'optuna.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2 and all("model.lr_g" in t.params for t in complete)
 
@@ -84,9 +84,9 @@ def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_pa
 
 @pytest.mark.slow
 def test_interrupted_search_resumes_without_losing_finished_trials(tmp_path):
-    args = ["--space", "search_spaces/quickstart.yaml", "--smoke-test", "--storage", str(tmp_path),
+    args = ["--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test", "--storage", str(tmp_path),
             "--num-samples", "4", "search.max_concurrent=1", "train.epochs=3"]
-    exp = tmp_path / "quickstart-smoke"
+    exp = tmp_path / "cyclegan_builtin-smoke"
     driver = subprocess.Popen([*TUNE, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     # Wait until one trial has finished all its epochs, then interrupt like Ctrl-C.
@@ -132,10 +132,10 @@ def test_damaged_checkpoints_are_removed_with_the_reason_and_good_ones_kept(tmp_
 
 
 def test_dry_run_refuses_what_the_run_refuses_with_the_runs_own_message(tmp_path):
-    out = tune("--space", "search_spaces/quickstart.yaml", "--dry-run", "data.source=folder",
+    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--dry-run", "data.source=folder",
                f"data.root={tmp_path / 'nowhere'}")
     assert out.returncode == 2 and f"data.root {tmp_path / 'nowhere'} is not a directory" in out.stderr, out.stderr
-    out = tune("--space", "search_spaces/quickstart.yaml", "--dry-run", "data.image_size=20", "data.load_size=24")
+    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--dry-run", "data.image_size=20", "data.load_size=24")
     assert out.returncode == 2 and "too small for a PatchGAN" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 

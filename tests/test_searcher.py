@@ -11,19 +11,19 @@ from core.search import describe_search, make_scheduler, make_searcher, perturba
 from core.space import applicable, baseline_point, dimensions, is_baseline, optuna_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
-QUICKSTART = SPACES / "quickstart.yaml"
+CYCLEGAN = SPACES / "cyclegan_builtin.yaml"
 
 
-def quickstart(*overrides):
-    return load_experiment(QUICKSTART, list(overrides))
+def cyclegan(*overrides):
+    return load_experiment(CYCLEGAN, list(overrides))
 
 
 def test_tpe_start_up_trials_scale_with_the_budget_and_liar_follows_concurrency():
-    assert tpe_settings(quickstart("search.num_samples=24", "search.max_concurrent=4")) == {
+    assert tpe_settings(cyclegan("search.num_samples=24", "search.max_concurrent=4")) == {
         "n_startup_trials": 6, "multivariate": True, "constant_liar": True, "group": False}
-    assert tpe_settings(quickstart("search.num_samples=6", "search.max_concurrent=1"))["n_startup_trials"] == 3
-    assert tpe_settings(quickstart("search.max_concurrent=1"))["constant_liar"] is False
-    explicit = quickstart("search.optuna={n_startup_trials: 5, multivariate: false, constant_liar: false}",
+    assert tpe_settings(cyclegan("search.num_samples=6", "search.max_concurrent=1"))["n_startup_trials"] == 3
+    assert tpe_settings(cyclegan("search.max_concurrent=1"))["constant_liar"] is False
+    explicit = cyclegan("search.optuna={n_startup_trials: 5, multivariate: false, constant_liar: false}",
                           "search.max_concurrent=4")
     assert tpe_settings(explicit) == {"n_startup_trials": 5, "multivariate": False, "constant_liar": False,
                                       "group": False}
@@ -31,11 +31,11 @@ def test_tpe_start_up_trials_scale_with_the_budget_and_liar_follows_concurrency(
 
 def test_unknown_optuna_option_is_an_error_naming_it():
     with pytest.raises(ConfigError, match="n_startup_trials"):
-        quickstart("search.optuna={n_start_trials: 5}")
+        cyclegan("search.optuna={n_start_trials: 5}")
 
 
 def test_optuna_searcher_runs_the_baseline_first_with_the_configured_tpe(tmp_path):
-    cfg = quickstart("search.num_samples=20", "search.max_concurrent=2")
+    cfg = cyclegan("search.num_samples=20", "search.max_concurrent=2")
     searcher = make_searcher(cfg, tmp_path)
     assert type(searcher).__name__ == "ResumableOptunaSearch"
     assert searcher.metric == "best_fid" and searcher.mode == "min"
@@ -44,19 +44,19 @@ def test_optuna_searcher_runs_the_baseline_first_with_the_configured_tpe(tmp_pat
     sampler = searcher._sampler
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._n_startup_trials == 5 and sampler._multivariate and sampler._constant_liar
-    assert not make_searcher(quickstart("search.baseline=false"), tmp_path)._points_to_evaluate
+    assert not make_searcher(cyclegan("search.baseline=false"), tmp_path)._points_to_evaluate
 
 
 def test_random_searcher_also_runs_the_baseline_first(tmp_path):
-    searcher = make_searcher(quickstart("search.searcher=random"), tmp_path)
+    searcher = make_searcher(cyclegan("search.searcher=random"), tmp_path)
     assert type(searcher).__name__ == "BasicVariantGenerator"
-    assert searcher._points_to_evaluate == [baseline_point(quickstart())]
+    assert searcher._points_to_evaluate == [baseline_point(cyclegan())]
 
 
 def test_asha_compares_the_running_best_by_epoch_and_never_stops_the_baseline():
     from ray.tune.schedulers import TrialScheduler
 
-    cfg = quickstart("train.epochs=8", "search.grace_period=2", "search.reduction_factor=3")
+    cfg = cyclegan("train.epochs=8", "search.grace_period=2", "search.reduction_factor=3")
     asha = make_scheduler(cfg)
     assert type(asha).__name__ == "BaselineKeepingASHA"
     assert (asha._time_attr, asha._metric, asha._mode) == ("epoch", "best_fid", "min")
@@ -84,8 +84,8 @@ def test_asha_compares_the_running_best_by_epoch_and_never_stops_the_baseline():
 
 
 def test_fifo_and_pbt_schedulers():
-    assert type(make_scheduler(quickstart("search.scheduler=fifo"))).__name__ == "FIFOScheduler"
-    cfg = quickstart("search.scheduler=pbt", "search.searcher=random", "train.eval_every=2", "train.epochs=8",
+    assert type(make_scheduler(cyclegan("search.scheduler=fifo"))).__name__ == "FIFOScheduler"
+    cfg = cyclegan("search.scheduler=pbt", "search.searcher=random", "train.eval_every=2", "train.epochs=8",
                      "search.pbt={perturbation_interval: 5, quantile_fraction: 0.5, resample_probability: 0.1}")
     pbt = make_scheduler(cfg)
     assert type(pbt).__name__ == "BaselineKeepingPBT"
@@ -134,7 +134,7 @@ def test_an_exploit_copies_the_donors_checkpoint_into_the_trial_and_keeps_one_co
     import pyarrow.fs
     from ray.tune import Checkpoint
 
-    cfg = quickstart("search.scheduler=pbt", "search.searcher=random")
+    cfg = cyclegan("search.scheduler=pbt", "search.searcher=random")
     pbt = make_scheduler(cfg)
     fs = pyarrow.fs.LocalFileSystem()
     donor = tmp_path / "donor"
@@ -154,13 +154,13 @@ def test_an_exploit_copies_the_donors_checkpoint_into_the_trial_and_keeps_one_co
 
 def test_pbt_needs_random_search():
     with pytest.raises(ConfigError, match="pbt needs search.searcher: random"):
-        quickstart("search.scheduler=pbt")
+        cyclegan("search.scheduler=pbt")
 
 
 def test_a_baseline_outside_the_searched_range_is_an_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"model.lr_g = 0.0002 \(the space's own value\) is outside"):
-        quickstart("search.space={model.lr_g: {loguniform: [1.0e-3, 2.0e-3]}}")
-    quickstart("search.space={model.lr_g: {loguniform: [1.0e-3, 2.0e-3]}}", "search.baseline=false")
+        cyclegan("search.space={model.lr_g: {loguniform: [1.0e-3, 2.0e-3]}}")
+    cyclegan("search.space={model.lr_g: {loguniform: [1.0e-3, 2.0e-3]}}", "search.baseline=false")
 
 
 # --- Conditional keys ---------------------------------------------------------------------------
@@ -191,13 +191,13 @@ def test_conditions_are_checked():
     bad = {"model.lambda_identity": {"choice": [0.0, 0.5]},
            "model.lambda_cycle": {"uniform": [2.0, 15.0], "when": {"model.lambda_identity": 0.7}}}
     with pytest.raises(ConfigError, match="never takes 0.7"):
-        quickstart(f"search.space={bad}")
+        cyclegan(f"search.space={bad}")
     with pytest.raises(ConfigError, match="must be another `choice` key"):
-        quickstart("search.space={model.lr_g: {loguniform: [1.0e-4, 1.0e-3], when: {model.lr_d: 0.1}}}")
+        cyclegan("search.space={model.lr_g: {loguniform: [1.0e-4, 1.0e-3], when: {model.lr_d: 0.1}}}")
 
 
 def test_the_baseline_leaves_out_keys_that_do_not_apply_to_it():
-    cfg = quickstart("model.lambda_identity=0.0", f"search.space={CONDITIONAL}")
+    cfg = cyclegan("model.lambda_identity=0.0", f"search.space={CONDITIONAL}")
     assert baseline_point(cfg) == {"model.lambda_identity": 0.0, "model.lr_g": 2e-4}
     assert is_baseline({"model.lambda_identity": 0.0, "model.lambda_cycle": 9.0, "model.lr_g": 2e-4},
                        baseline_point(cfg), CONDITIONAL)
@@ -209,7 +209,7 @@ def test_the_baseline_leaves_out_keys_that_do_not_apply_to_it():
 def test_the_searcher_survives_a_resume_whose_snapshot_is_behind_the_study(tmp_path):
     """The driver died after telling the study a trial finished, before Ray's snapshot said so: the
     resumed run reports the trial again. Plain OptunaSearch raises UpdateFinishedTrialError there."""
-    searcher = make_searcher(quickstart("search.baseline=false"), tmp_path)
+    searcher = make_searcher(cyclegan("search.baseline=false"), tmp_path)
     searcher.set_search_properties(None, None, {})
     searcher.suggest("a")
     searcher.on_trial_result("a", {"best_fid": 3.0, "training_iteration": 1})
@@ -217,5 +217,5 @@ def test_the_searcher_survives_a_resume_whose_snapshot_is_behind_the_study(tmp_p
     searcher._completed_trials.discard("a")          # what the older snapshot restores
     searcher.on_trial_result("a", {"best_fid": 2.5, "training_iteration": 2})
     searcher.on_trial_complete("a", {"best_fid": 2.5, "training_iteration": 2})
-    (trial,) = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    (trial,) = optuna.load_study(study_name="cyclegan-builtin", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 2.0

@@ -15,7 +15,7 @@ from core.trainable import CHECKPOINT_FILE, LocalSession, run_trial
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 # One per family, explicit: a renamed or missing space fails its cases instead of dropping them, and
 # test_every_offline_space_is_exercised fails when a new offline space is not listed here.
-BUILTIN_SPACES = ["quickstart.yaml", "wgan_gp_builtin.yaml", "vae_builtin.yaml"]
+BUILTIN_SPACES = ["cyclegan_builtin.yaml", "wgan_gp_builtin.yaml", "vae_builtin.yaml"]
 
 
 def test_every_offline_space_is_exercised():
@@ -103,7 +103,7 @@ def test_reports_metrics_checkpoints_and_tensorboard(space, tiny_data, tmp_path)
 
 
 def test_diverging_trial_ends_cleanly_and_keeps_earlier_checkpoints(tiny_data, tmp_path):
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 3, "train.iters_per_epoch": 4})
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{"train.epochs": 3, "train.iters_per_epoch": 4})
     first = run(tree, tiny_data, tmp_path, max_epochs=1)    # one good epoch, checkpointed
     good = torch.load(tmp_path / "checkpoint_000001" / CHECKPOINT_FILE, weights_only=True)
     blown = apply_dotted(tree, {"model.lr_g": 1.0e12, "model.lr_d": 1.0e12})
@@ -164,7 +164,7 @@ def test_saturated_generator_ends_the_trial_as_collapsed(tiny_data, tmp_path):
 
 
 def test_healthy_training_is_not_flagged_as_collapsed(tiny_data, tmp_path):
-    session = run(tiny_experiment("quickstart.yaml", tiny_data), tiny_data, tmp_path)
+    session = run(tiny_experiment("cyclegan_builtin.yaml", tiny_data), tiny_data, tmp_path)
     assert all(r["collapsed"] == 0 and r["diversity"] > 0 for r in session.results)
 
 
@@ -172,7 +172,7 @@ def test_a_pbt_exploit_continues_the_donors_weights_with_the_new_values(tiny_dat
     """What Ray does in an exploit: the trial restarts from another trial's checkpoint with mutated
     values. The optimizers must run with the new values, from the donor's weights, and the report
     and the log must say who was copied, when, and what changed."""
-    tree = tiny_experiment("quickstart.yaml", tiny_data, **{"train.epochs": 3})
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{"train.epochs": 3})
     old, new = {"model.lr_g": 2.0e-4, "model.lambda_cycle": 10.0}, {"model.lr_g": 5.0e-4, "model.lambda_cycle": 4.0}
     run(tree, tiny_data, tmp_path / "donor", searched=old, trial_name="donor", max_epochs=1)
     donor_checkpoint = tmp_path / "donor" / "checkpoint_000001"
@@ -185,7 +185,7 @@ def test_a_pbt_exploit_continues_the_donors_weights_with_the_new_values(tiny_dat
     state = torch.load(tmp_path / "b" / "checkpoint_000002" / CHECKPOINT_FILE, weights_only=True)
     assert state["trial"] == "b" and state["config"]["model"]["lr_g"] == 5.0e-4   # what it trained with
     assert [g["lr"] for g in state["family"]["opt_g"]["param_groups"]] == [5.0e-4]
-    assert first["lr_g"] == 5.0e-4   # the learning rate epoch 2 trained with (quickstart: no decay yet)
+    assert first["lr_g"] == 5.0e-4   # the learning rate epoch 2 trained with (cyclegan_builtin: no decay yet)
 
     # From the donor's weights: the same as the donor continuing with the new values itself, and
     # not the same as the new values trained from scratch.
