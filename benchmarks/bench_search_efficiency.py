@@ -104,6 +104,9 @@ def replay(grid, metric: str, eval_every: int) -> tuple[Replay, dict[str, dict]]
         frame = result.metrics_dataframe
         if frame is None or frame.empty or metric not in frame:
             continue
+        # A row a resume restored from a checkpoint's report.json before 2026-12-01 has no time or
+        # trial id of Ray's: its neighbours' stand in.
+        frame = frame.assign(timestamp=frame["timestamp"].ffill().bfill(), trial_id=frame["trial_id"].ffill().bfill())
         for timestamp, trial, epoch, score in zip(frame["timestamp"], frame["trial_id"], frame["epoch"], frame[metric]):
             rows.append((int(timestamp), str(trial), int(epoch), float(score)))   # a diverged trial: NaN, epochs spent
         configs[str(frame["trial_id"].iloc[-1])] = result.config

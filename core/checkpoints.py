@@ -248,21 +248,31 @@ def backfill_reports(experiment_path: str, fs=None, progress=print) -> int:
         except (FileNotFoundError, OSError):
             text = ""
         lines, recorded = [], set()
+        # Ray's own fields of a row that report.json (the trial's report) lacks: the trial id (the
+        # directory is <family>_<trial id>) and the time (the report file's), so that the restored
+        # rows sort and group like the others.
+        trial_id = Path(trial_dir).name.split("_", 1)[-1]
         for line in text.splitlines():
             try:
-                recorded.add(json.loads(line).get("checkpoint_dir_name"))
-                lines.append(line)
+                row = json.loads(line)
             except json.JSONDecodeError:   # blank, or the last line of a driver killed mid-write
                 continue
+            recorded.add(row.get("checkpoint_dir_name"))
+            trial_id = row.get("trial_id", trial_id)
+            lines.append(line)
         missing = []
         for path in kept:
             if Path(path).name in recorded:
                 continue
+            report = f"{path}/{REPORT_FILE}"
             try:
-                with fs.open_input_stream(f"{path}/{REPORT_FILE}") as f:
-                    missing.append(json.loads(f.readall().decode()) | {"checkpoint_dir_name": Path(path).name})
+                with fs.open_input_stream(report) as f:
+                    row = json.loads(f.readall().decode())
+                written = fs.get_file_info(report).mtime
             except (FileNotFoundError, OSError, json.JSONDecodeError):
                 continue
+            missing.append({"trial_id": trial_id, "timestamp": int(written.timestamp()) if written else None}
+                           | row | {"checkpoint_dir_name": Path(path).name})
         if missing:
             with fs.open_output_stream(results) as f:
                 f.write(("\n".join([*lines, *(json.dumps(row) for row in missing)]) + "\n").encode())

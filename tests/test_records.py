@@ -220,6 +220,9 @@ def test_reports_a_killed_driver_had_not_saved_are_restored_from_their_checkpoin
     rows = reports(trial)
     assert [(r["epoch"], r["fid"], r["checkpoint_dir_name"]) for r in rows] == [
         (1, 9.0, "checkpoint_000000"), (2, 8.0, "checkpoint_000001")]
+    # The restored row has Ray's trial id (from the directory name) and the time its report was written.
+    written = (trial / "checkpoint_000001" / "report.json").stat().st_mtime
+    assert rows[1]["trial_id"] == "abc" and abs(rows[1]["timestamp"] - written) <= 1
     assert messages == ["resume: cyclegan_abc: restored 1 report(s) of kept checkpoints that the interrupted "
                         "driver had not saved (checkpoint_000001)"]
     assert backfill_reports(str(tmp_path), progress=messages.append) == 0, "done once"
