@@ -13,9 +13,9 @@ from core.metrics import reference_statistics
 from core.trainable import CHECKPOINT_FILE, LocalSession, run_trial
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
-# One per family, explicit: a renamed or missing space fails its cases instead of dropping them, and
+# Every builtin space (one or more per family), explicit: a renamed or missing space fails its cases instead of dropping them, and
 # test_every_offline_space_is_exercised fails when a new offline space is not listed here.
-BUILTIN_SPACES = ["cyclegan_builtin.yaml", "wgan_gp_builtin.yaml", "vae_builtin.yaml"]
+BUILTIN_SPACES = ["cyclegan_builtin.yaml", "quickstart.yaml", "wgan_gp_builtin.yaml", "vae_builtin.yaml"]
 
 
 def test_every_offline_space_is_exercised():
