@@ -1,10 +1,12 @@
 """Does the search pay off? Random search + FIFO, TPE + ASHA and PBT at the same budget of training
 epochs, over several searcher seeds, each search's winner then retrained with fresh seeds.
 
-    python benchmarks/bench_search_efficiency.py                 # the recorded run (RESULTS.md): ~70 min on 2 cores
     python benchmarks/bench_search_efficiency.py --smoke         # 1 seed, 6 trials: does it run (~4 min)
-    python benchmarks/bench_search_efficiency.py --spaces search_spaces/vae_builtin.yaml --seeds 0 1 2
-    python benchmarks/bench_search_efficiency.py --storage /tmp/bench   # keep the searches; a rerun reuses finished ones
+    # the recorded runs (RESULTS.md), ~20 and ~50 minutes on 2 shared cores:
+    python benchmarks/bench_search_efficiency.py --spaces search_spaces/vae_builtin.yaml --storage /tmp/bench
+    python benchmarks/bench_search_efficiency.py --spaces search_spaces/cyclegan_builtin.yaml --storage /tmp/bench5 train.iters_per_epoch=5
+    python benchmarks/bench_search_efficiency.py                 # both spaces at BENCH_SIZE (temporary storage)
+(--storage keeps the searches; a rerun reuses finished ones and resumes an interrupted one.)
 
 Methods (each search on its own Ray Tune run, searcher seed = trial seed = the benchmark seed):
   random+FIFO  random search, every trial trains all epochs, no baseline trial: what a user without
