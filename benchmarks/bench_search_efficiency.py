@@ -3,8 +3,8 @@ epochs, over several searcher seeds, each search's winner then retrained with fr
 
     python benchmarks/bench_search_efficiency.py --smoke         # 1 seed, 6 trials: does it run (~4 min)
     # the recorded runs (RESULTS.md), ~20 and ~50 minutes on 2 shared cores:
-    python benchmarks/bench_search_efficiency.py --spaces search_spaces/vae_builtin.yaml --storage /tmp/bench
-    python benchmarks/bench_search_efficiency.py --spaces search_spaces/cyclegan_builtin.yaml --storage /tmp/bench5 train.iters_per_epoch=5
+    python benchmarks/bench_search_efficiency.py --spaces search_spaces/vae_builtin.yaml --storage runs/bench-vae
+    python benchmarks/bench_search_efficiency.py --spaces search_spaces/cyclegan_builtin.yaml --storage runs/bench-cyclegan train.iters_per_epoch=5
     python benchmarks/bench_search_efficiency.py                 # both spaces at BENCH_SIZE (temporary storage)
 (--storage keeps the searches; a rerun reuses finished ones and resumes an interrupted one.)
 
