@@ -18,13 +18,17 @@ config. Its run id is derived from the experiment and trial (`wandb_run_id`) and
 `resume="allow"`, so a trial retried after a crash or continued by `--resume` keeps logging into the
 same run. Offline unless an API key is configured (logging.wandb_mode overrides); offline runs are
 written under the trial directory (`<trial>/wandb/offline-run-*`); `wandb sync` uploads them later.
+When the run ends, W&B's process-wide leftovers go too (its service process and temp directories:
+`_wandb_release`), because Ray ends a trial's process without the exit hooks W&B relies on.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
+import shutil
 
 from core import metrics as M
 from core.config import ExperimentConfig
@@ -78,8 +82,12 @@ class TrialLoggers:
             self._hparams_end(status)
             self.tensorboard.close()
         if self.wandb is not None:
-            self.wandb.summary["trial_status"] = status
-            self.wandb.finish()
+            run, self.wandb = self.wandb, None
+            try:
+                run.summary["trial_status"] = status
+                run.finish()
+            finally:
+                _wandb_release()
         self.tensorboard = self.wandb = None
 
     # --- TensorBoard's HParams records ---------------------------------------------------------
@@ -122,6 +130,8 @@ def wandb_run_id(experiment: str, trial_name: str) -> str:
 def _wandb_run(cfg: ExperimentConfig, session, config_tree: dict):
     import wandb
 
+    for path in _wandb_staging_dirs():   # removed when the previous trial in this process ended
+        os.makedirs(path, exist_ok=True)
     # Online only with a key: without one (or without network) online mode blocks for ~100 s.
     mode = cfg.logging.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     settings = wandb.Settings(console="off",        # Ray already captures the trial's output
@@ -135,6 +145,49 @@ def _wandb_run(cfg: ExperimentConfig, session, config_tree: dict):
                       id=wandb_run_id(cfg.name, session.trial_name), resume="allow",
                       job_type=cfg.family, config=config_tree, dir=str(session.trial_dir), mode=mode,
                       reinit="finish_previous", settings=settings)
+
+
+def _wandb_release() -> None:
+    """Remove what W&B keeps in the temp directory for the process, not the run, once the trial's
+    run has finished. W&B removes these only in exit hooks (atexit), while Ray ends a trial's
+    worker process on its own terms (a reused worker lives on after the trial; when the search
+    ends it may be ray.kill-ed), often before those hooks run, and SIGKILLs the processes the
+    worker started (RAY_kill_child_processes_on_worker_exit).
+
+    - wandb-core, the service process every run of a process talks to, and its socket directory
+      (TMPDIR/wandb-<pid>-<pid>-<n>): wandb.teardown() stops it, which removes the directory. The
+      next trial in this process (Ray's reuse_actors) starts a new one (about a second).
+    - The staging directories W&B creates when it is imported (TMPDIR/tmp*wandb-media, where
+      wandb.Image writes before a log copies the file into the run, and tmp*wandb-artifacts)."""
+    import wandb
+
+    try:
+        wandb.teardown()
+    finally:
+        for path in _wandb_staging_dirs():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _wandb_staging_dirs() -> list[str]:
+    """The paths of W&B's import-time staging directories. They are private module attributes
+    (tempfile.TemporaryDirectory objects removed only by atexit) and no public API or setting
+    moves or removes them, so they are looked up defensively: a W&B version without one of them
+    just has nothing to remove there, and only a directory whose name says it is W&B's is
+    returned. Every user of a directory joins its `.name` when it writes, so the same path
+    recreated for the next trial is the directory W&B uses."""
+    found = []
+    for module, attributes in (("wandb.sdk.data_types._private", ("MEDIA_TMP",)),
+                               ("wandb.sdk.artifacts.artifact", ("Artifact", "_TMP_DIR"))):
+        try:
+            value = importlib.import_module(module)
+            for attribute in attributes:
+                value = getattr(value, attribute)
+        except (ImportError, AttributeError):
+            continue
+        name = getattr(value, "name", None)
+        if isinstance(name, str) and "wandb" in os.path.basename(name):
+            found.append(name)
+    return found
 
 
 def scalar_tag(key: str) -> str:

@@ -202,6 +202,53 @@ def test_a_resumed_trial_logs_to_the_same_wandb_run_and_records_its_hparams(tiny
     assert starts == [searched, searched] and len(ends) == 2
 
 
+@pytest.mark.slow
+def test_a_search_that_logs_to_wandb_leaves_nothing_in_tmpdir(tiny_data, tmp_path, monkeypatch):
+    """W&B creates temp directories when it is imported (media and artifact staging) and wandb-core
+    makes one for its socket; Ray ends trial processes without the exit hooks that remove them.
+    Two trials, one after the other in a reused worker (the second reopens W&B after the first
+    closed it): the first is stopped by Ray after its first report (as ASHA stops a trial: an
+    exception inside the report), the second trains to the end."""
+    from test_trainable import tiny_experiment
+
+    from core.config import build_config
+    from core.search import run_search
+
+    # Ray Tune imports wandb in the driver too (this process: it counts callbacks for its telemetry),
+    # and the import makes W&B's staging directories. Those are the long-lived driver's, removed by
+    # its exit hooks (tune.py exits normally): made before TMPDIR changes, they are not counted.
+    import wandb  # noqa: F401
+
+    # A short fresh TMPDIR: Ray puts its session (with unix sockets of at most 107 bytes) there too;
+    # its workers inherit the variable, so the W&B of every trial uses it.
+    temp = Path(tempfile.mkdtemp(prefix="pst-", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tree = tiny_experiment("cyclegan_builtin.yaml", tiny_data, **{
+        "logging.wandb": "true", "search.num_samples": 2, "search.max_concurrent": 1, "search.scheduler": "fifo"})
+    first = []
+
+    def stop_the_first_trial(trial_id, result) -> bool:
+        first[:] = first or [trial_id]
+        return trial_id == first[0]
+
+    try:
+        grid = run_search(build_config(tree), tmp_path, verbose=0, progress=lambda message: None,
+                          stop=stop_the_first_trial)
+        left = sorted(p.name for p in temp.iterdir() if "wandb" in p.name)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+    assert len(grid) == 2 and not grid.errors, grid.errors
+    trials = sorted((tmp_path / tree["name"]).glob("cyclegan_*"), key=lambda t: t.name.endswith(first[0]))
+    assert [[r["epoch"] for r in reports(t)] for t in trials] == [[1, 2], [1]], "one completed, one stopped"
+    assert [len(list((t / "wandb").glob("offline-run-*"))) for t in trials] == [1, 1], "each trial logged to W&B"
+    assert not left, f"left in TMPDIR: {left}"
+
+
 def test_reports_a_killed_driver_had_not_saved_are_restored_from_their_checkpoints(tmp_path):
     from core.checkpoints import backfill_reports, staged_checkpoint
 
