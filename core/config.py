@@ -177,7 +177,7 @@ SCHEDULERS = ("asha", "fifo", "pbt")
 @dataclass
 class OptunaOptions:
     """`search.optuna:`, how Optuna's TPE sampler runs (searcher: optuna)."""
-    n_startup_trials: int | None = None  # trials proposed at random before TPE models; None = max(3, num_samples // 4)
+    n_startup_trials: int | None = None  # trials proposed at random before TPE models; None = min(10, max(3, num_samples // 4))
     multivariate: bool = True            # model the hyperparameters jointly, not one by one
     constant_liar: bool | None = None    # keep concurrent proposals apart; None = on when max_concurrent > 1
 

@@ -75,7 +75,11 @@ def search_mode(cfg: ExperimentConfig) -> str:
 def tpe_settings(cfg: ExperimentConfig) -> dict:
     """Optuna TPESampler's settings for this search (search.optuna, with budget-scaled defaults)."""
     options = cfg.search.optuna_options
-    startup = options.n_startup_trials if options.n_startup_trials is not None else max(3, cfg.search.num_samples // 4)
+    # A quarter of the trials, at least 3 and at most Optuna's own default of 10: a long search cut
+    # early by ASHA or a budget spends most of its trials on the model, not on random draws (the
+    # search benchmark, RESULTS.md: 15 random start-ups of the ~35 trials that fit its budget).
+    startup = (options.n_startup_trials if options.n_startup_trials is not None
+               else min(10, max(3, cfg.search.num_samples // 4)))
     liar = options.constant_liar if options.constant_liar is not None else cfg.search.max_concurrent > 1
     # `group`: multivariate TPE over a space whose keys come and go (when: clauses) models each
     # set of keys that occur together.

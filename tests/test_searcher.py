@@ -22,6 +22,7 @@ def test_tpe_start_up_trials_scale_with_the_budget_and_liar_follows_concurrency(
     assert tpe_settings(cyclegan("search.num_samples=24", "search.max_concurrent=4")) == {
         "n_startup_trials": 6, "multivariate": True, "constant_liar": True, "group": False}
     assert tpe_settings(cyclegan("search.num_samples=6", "search.max_concurrent=1"))["n_startup_trials"] == 3
+    assert tpe_settings(cyclegan("search.num_samples=60"))["n_startup_trials"] == 10   # Optuna's default caps it
     assert tpe_settings(cyclegan("search.max_concurrent=1"))["constant_liar"] is False
     explicit = cyclegan("search.optuna={n_startup_trials: 5, multivariate: false, constant_liar: false}",
                           "search.max_concurrent=4")
