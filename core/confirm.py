@@ -54,6 +54,7 @@ import json
 import math
 import os
 import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial, reduce
 from pathlib import Path
@@ -179,8 +180,8 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
 
     from core.checkpoints import remove_staging_leftovers, repair_checkpoint_records
     from core.cluster import Storage, check_resources, connect
-    from core.search import (SessionCSVLogger, SessionJsonLogger, TrialEndLine, _trial_name, prepare_experiment,
-                             remove_damaged_checkpoints)
+    from core.search import (SessionCSVLogger, SessionJsonLogger, TrialEndLine, _trial_name, driver_lock,
+                             prepare_experiment, remove_damaged_checkpoints)
 
     exp_dir = Path(os.path.abspath(exp_dir))
     confirm_path = exp_dir / CONFIRM_DIR
@@ -191,10 +192,12 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
         raise ConfirmError(f"{confirm_path} already exists: continue it with --resume, or delete it to start over")
     storage.check_writable()
     connect(address)   # before the preparation: a bad address or resource request fails at once
+    held = ExitStack()   # the driver lock, once the directory exists
     try:
         check_resources(cfg)
         ready = prepare_experiment(cfg, progress=progress)   # cached by the search: quick
         confirm_path.mkdir(exist_ok=True)
+        held.enter_context(driver_lock(confirm_path, f"The confirmation of {exp_dir.name}"))
         if not resume:
             plan.save(confirm_path / PLAN_FILE)
         trainable = tune.with_parameters(confirm_trainable, candidates=plan.candidates,
@@ -237,6 +240,7 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
             remove_staging_leftovers([d.name[len(prefix):] for d in confirm_path.glob(f"{prefix}*") if d.is_dir()])
     finally:
         ray.shutdown()
+        held.close()
 
 
 def _check_resumable(confirm_path: Path, plan: ConfirmPlan) -> None:

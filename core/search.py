@@ -11,7 +11,8 @@ no lock, so trials only ever read them.
 Experiment directory (`<storage>/<name>/`): Ray Tune's state and one directory per trial
 (result.json, progress.csv, TensorBoard events, checkpoint_*), plus ours: `experiment.yaml` (the
 resolved config), `optuna.db` (the Optuna study: `optuna-dashboard sqlite:///.../optuna.db`) and
-`leaderboard.csv` / `leaderboard.txt`.
+`leaderboard.csv` / `leaderboard.txt`, and `.driver.lock` (held while a driver runs there, so a
+second driver on the same experiment is refused: `driver_lock`).
 
 Storage and cluster (core.cluster): `storage_path` may be a URI (s3://, gs://); Ray then writes
 results and checkpoints straight to it, our files live in a local mirror (SQLite needs a real file
@@ -31,6 +32,7 @@ import shutil
 import signal
 import time
 import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -450,10 +452,12 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
                           f"it with --resume, or choose another --name.")
     storage.check_writable()
     connect(address)   # before the long preparation: a bad address or resource request fails at once
+    held = ExitStack()   # the driver lock, once the directory exists
     try:
         check_resources(cfg)
         ready = prepare_experiment(cfg, progress=progress)   # before any file: a failure leaves nothing behind
         exp_dir.mkdir(parents=True, exist_ok=True)
+        held.enter_context(driver_lock(exp_dir, f"Experiment {cfg.name}"))
         for name in (OPTUNA_FILE, TimeBudget.FILE):   # a resume from another machine: the driver's own files
             if storage.remote and resume and not (exp_dir / name).is_file() and storage.exists(storage.join(cfg.name, name)):
                 storage.download(storage.join(cfg.name, name), exp_dir / name)
@@ -525,6 +529,40 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             publish_experiment_files(cfg, storage_path)   # the study so far, even if the search failed
     finally:
         ray.shutdown()  # stop the trial workers (or leave the cluster) before the interpreter exits
+        held.close()
+
+
+DRIVER_LOCK = ".driver.lock"
+
+
+@contextmanager
+def driver_lock(directory: Path, what: str):
+    """Hold an exclusive lock on `directory` while a driver runs there. Two drivers on one
+    experiment (a second --resume in another terminal, two benchmark processes sharing a storage)
+    would both restore its unfinished trials and overwrite each other's results and checkpoints.
+    The lock is the operating system's (flock on DRIVER_LOCK, whose text names the holder): it ends
+    with the process, so a killed driver leaves none behind. It guards this machine's directory;
+    for a remote storage that is the local mirror, so drivers on two machines are not kept apart."""
+    import fcntl
+    import socket
+
+    handle = open(Path(directory) / DRIVER_LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{what} is being run by {holder}. Wait for it to finish or stop it: two drivers "
+                          f"at once would overwrite each other's trials.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()   # (the file stays: removing it would let a waiting driver lock a deleted file)
 
 
 class _KeepThisSessionsLog:

@@ -150,3 +150,31 @@ def test_an_empty_space_and_a_missing_base_say_what_is_wrong(tmp_path):
     out = tune("--space", str(child), "--dry-run")
     assert out.returncode == 2 and f"{child} names _base_ {tmp_path / 'missing/base.yaml'}, which does not exist" \
         in out.stderr, out.stderr
+
+
+def test_a_second_driver_on_one_experiment_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+    """Two drivers on one experiment would restore the same trials and overwrite each other's
+    records; the second is refused with who holds it. The lock dies with its process."""
+    from core.config import ConfigError
+    from core.search import driver_lock
+
+    with driver_lock(tmp_path, "Experiment x"):
+        with pytest.raises(ConfigError, match=r"^Experiment x is being run by pid \d+ on .+ since .+ Wait for it"):
+            with driver_lock(tmp_path, "Experiment x"):
+                pass
+    with driver_lock(tmp_path, "Experiment x"):   # released when the first ended
+        pass
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.search import driver_lock\n"
+                               "with driver_lock(sys.argv[1], 'Experiment x'):\n    print('held', flush=True); time.sleep(60)",
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match=f"pid {holder.pid} "):
+            with driver_lock(tmp_path, "Experiment x"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with driver_lock(tmp_path, "Experiment x"):   # a killed driver's lock went with it
+        pass
