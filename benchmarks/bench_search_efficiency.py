@@ -2,9 +2,9 @@
 epochs, over several searcher seeds, each search's winner then retrained with fresh seeds.
 
     python benchmarks/bench_search_efficiency.py --smoke         # 1 seed, 6 trials: does it run (~4 min)
-    # the recorded runs (RESULTS.md), ~20 and ~50 minutes on 2 shared cores:
+    # the recorded runs (RESULTS.md), ~20 minutes each on 2 cores:
     python benchmarks/bench_search_efficiency.py --spaces search_spaces/vae_builtin.yaml --storage runs/bench-vae
-    python benchmarks/bench_search_efficiency.py --spaces search_spaces/cyclegan_builtin.yaml --storage runs/bench-cyclegan train.iters_per_epoch=5
+    python benchmarks/bench_search_efficiency.py --spaces search_spaces/cyclegan_builtin.yaml --storage runs/bench-cyclegan
     python benchmarks/bench_search_efficiency.py                 # both spaces at BENCH_SIZE (temporary storage)
 (--storage keeps the searches; a rerun reuses finished ones and resumes an interrupted one.)
 
@@ -32,9 +32,13 @@ replay, per method over the seeds:
 The retraining of a space is one core.confirm run (a Ray Tune grid: candidate x fresh seed), the
 same machinery as `python experiments/confirm.py`.
 
-The benchmark size (BENCH_SIZE, added before the command line's overrides) makes one search of 24
-trials take minutes on 2 cores: 200 builtin images, 4 epochs of 10 iterations, FID on 50 samples
-with the random-feature extractor (comparable between trials here, not with published FIDs).
+The benchmark size (BENCH_SIZE, then FAMILY_SIZE, then the command line's overrides) makes one search of 24
+trials take minutes on 2 cores: 200 builtin images, 4 epochs of 10 iterations, FID on 100 samples
+with the random-feature extractor (comparable between trials here, not with published FIDs; the
+CycleGAN space scores its 50 test photos and trains 5 iterations an epoch, FAMILY_SIZE). ASHA
+keeps the space's grace period (2 epochs in the builtin spaces): at 1 epoch of 10 iterations most
+β-VAEs score the same FID (~25), so ASHA's first rung ranked them by noise.
+Many searches start faster on one Ray: `ray start --head` and then --address auto.
 The targets (issue 12): TPE+ASHA's median budget ratio <= 0.5, and on the CycleGAN quickstart space a
 confirmed winner / baseline <= 0.8. The script prints whether they hold; it never fails on them.
 """
@@ -59,13 +63,15 @@ from confirm import evaluation_noise  # noqa: E402  (experiments/confirm.py: the
 
 from ray.tune import Stopper  # noqa: E402
 
-from core.config import load_experiment  # noqa: E402
+from core.config import ConfigError, load_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = [ROOT / "search_spaces" / "vae_builtin.yaml", ROOT / "search_spaces" / "cyclegan_builtin.yaml"]
 BENCH_SIZE = ["data.builtin_count=200", "train.epochs=4", "train.iters_per_epoch=10", "train.eval_every=1",
-              "metrics.num_samples=50", "metrics.kid_subset_size=25", "search.grace_period=1",
+              "metrics.num_samples=100", "metrics.kid_subset_size=50",
               "search.max_concurrent=2", "search.pbt.perturbation_interval=1"]
+FAMILY_SIZE = {   # after BENCH_SIZE: CycleGAN trains 2.5x slower an iteration and has 50 test photos to score
+    "cyclegan": ["train.iters_per_epoch=5", "metrics.num_samples=50", "metrics.kid_subset_size=25"]}
 SMOKE = ["train.epochs=3", "train.iters_per_epoch=4"]
 METHODS = {   # name -> overrides; num_samples is set per method (see the module docstring)
     "random+FIFO": ["search.searcher=random", "search.scheduler=fifo", "search.baseline=false"],
@@ -222,11 +228,14 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
         print(line, flush=True)
         lines.append(line)
 
+    family = load_experiment(space).family
+    overrides = [*BENCH_SIZE, *FAMILY_SIZE.get(family, []), *overrides]
     space_cfg = load_experiment(space, [*overrides, f"name={space.stem}-bench"])
     metric, epochs = space_cfg.search.metric, space_cfg.train.epochs
     budget = args.trials * epochs
     tpe_trials = max(1, round(args.tpe_factor * args.trials))
     counts = {"random+FIFO": args.trials, "TPE+ASHA": tpe_trials, "PBT": args.trials}
+    say(f"overrides: {' '.join(overrides)}")
     say(f"## {space.name} ({space_cfg.family}): budget B = {budget} epochs per search ({args.trials} random-search "
         f"trials x {epochs} epochs); TPE+ASHA {tpe_trials} trials cut at B; PBT population {args.trials}; "
         f"searcher seeds {' '.join(map(str, args.seeds))}; {args.fresh_seeds} fresh seeds per winner")
@@ -266,11 +275,14 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
     distinct = {tuple(values): values for values in confirmed.values()}.values()
     seed_sd = C.pooled_sd(distinct)
     say("")
-    say(f"fresh seeds {C.FIRST_FRESH_SEED}-{C.FIRST_FRESH_SEED + args.fresh_seeds - 1}: baseline (the space's "
-        f"defaults) best {metric} {fmt(base_mean)} ± {fmt(statistics.stdev(base) if len(base) > 1 else math.nan)}; "
-        f"seed noise (pooled sd of one run's best) {fmt(seed_sd)}; evaluation noise (sd over "
-        f"{len(noise.values) if noise else 0} draws of {space_cfg.metrics.num_samples} images, one baseline "
-        f"checkpoint) {fmt(noise.sd if noise else math.nan)}")
+    if not args.fresh_seeds:
+        say("no confirmation (--fresh-seeds 0)")
+    else:
+        say(f"fresh seeds {C.FIRST_FRESH_SEED}-{C.FIRST_FRESH_SEED + args.fresh_seeds - 1}: baseline (the space's "
+            f"defaults) best {metric} {fmt(base_mean)} ± {fmt(statistics.stdev(base) if len(base) > 1 else math.nan)}; "
+            f"seed noise (pooled sd of one run's best) {fmt(seed_sd)}; evaluation noise (sd over "
+            f"{len(noise.values) if noise else 0} draws of {space_cfg.metrics.num_samples} images, one baseline "
+            f"checkpoint) {fmt(noise.sd if noise else math.nan)}")
     say(f"{'method':<11}  {'best ' + metric + ' in B: median [range]':>34}  {'budget ratio: median':>20}  "
         f"{'reached':>7}  {'confirmed / baseline: median [range]':>36}  {'better than defaults':>20}")
     summary = {}
@@ -319,19 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.smoke:
         args.seeds, args.trials, args.fresh_seeds = args.seeds[:1], 6, 2
-    overrides = [*BENCH_SIZE, *(SMOKE if args.smoke else []), *args.overrides]
+    overrides = [*(SMOKE if args.smoke else []), *args.overrides]   # after BENCH_SIZE and FAMILY_SIZE
     keep = args.storage is not None
     temporary = None if keep else tempfile.TemporaryDirectory(prefix="paintsweep-bench-")
     args.storage = (args.storage or Path(temporary.name)).resolve()
 
     header = (f"# bench_search_efficiency {time.strftime('%Y-%m-%d')} on {platform.node()} "
-              f"({__import__('os').cpu_count()} CPUs); overrides: {' '.join(overrides)}")
+              f"({__import__('os').cpu_count()} CPUs)")
     print(header, flush=True)
     lines = [header, ""]
     started = time.monotonic()
     try:
         for space in args.spaces:
             lines += bench_space(space, args, overrides)
+    except ConfigError as error:   # e.g. another benchmark process is running a search of this storage
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     finally:
         if temporary is not None:
             temporary.cleanup()
