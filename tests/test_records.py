@@ -79,8 +79,11 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     storage = tmp_path / "b"
     exp = storage / "cyclegan_builtin-smoke"
     with driver(*args, "--storage", str(storage)) as proc:
-        wait_for(lambda: len(list(exp.glob("cyclegan_*/checkpoint_00000[2-9]/state.pt"))), "three evaluations",
-                 proc=proc)
+        # Ray writes its snapshot every few seconds: under load it may still name no checkpoint when
+        # the third is in storage, so wait for both.
+        wait_for(lambda: len(list(exp.glob("cyclegan_*/checkpoint_00000[2-9]/state.pt")))
+                 and any(exp.glob("experiment_state-*.json")) and recorded_latest_checkpoint(exp),
+                 "three evaluations, and a snapshot naming a checkpoint", proc=proc)
         kill_session(proc)
     named = recorded_latest_checkpoint(exp)
     assert len(named) == 1, f"the snapshot records no checkpoint yet: {named}"

@@ -130,9 +130,13 @@ def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path
     for trial in board["trial"]:
         rows = reports(exp / trial)
         # A trial that copies a donor further ahead jumps to the donor's epoch; otherwise every
-        # evaluation is on record, and every trial trains to the last epoch itself.
+        # evaluation is on record (no epoch skipped), and every trial trains to the last epoch
+        # itself. Under load Ray's PBT has once restored a paused trial from the checkpoint before
+        # its last report (2026-12-01: epochs 1-5, 5, 6): the epoch is trained and reported again,
+        # nothing is lost, so a repeat is allowed.
         for before, after in zip(rows, rows[1:]):
-            assert after["epoch"] == before["epoch"] + 1 or after.get("exploited_from"), (trial, [r["epoch"] for r in rows])
+            assert before["epoch"] <= after["epoch"] <= before["epoch"] + 1 or after.get("exploited_from"), \
+                (trial, [r["epoch"] for r in rows])
         assert rows[-1]["epoch"] == 6 and rows[-1]["trial_id"] in trial, trial
     assert not board.loc[~board["baseline"], "schedule"].isna().all()
 
