@@ -48,3 +48,15 @@ def test_the_epoch_budget_stops_the_whole_search_once_spent():
     assert stopper("t1", {"epoch": 2}) is False and not stopper.stop_all()
     assert stopper("t1", {"epoch": 2}) is False and not stopper.stop_all(), "the same report counts once"
     assert stopper("t2", {"epoch": 2}) is False and stopper.stop_all()
+
+
+def test_a_budget_target_is_decided_only_when_the_seeds_interval_is_on_one_side():
+    ratios = [0.44, 0.47, 0.61, 0.77, math.inf]           # the 2026-12-01 CycleGAN run: one seed not reached
+    interval = bench.median_interval(ratios)
+    assert interval == (0.44, math.inf), "5 seeds: the 90% interval of the median is [min, max]"
+    assert bench.target_verdict(0.61, interval, 0.5).startswith("missed by the median; not decided")
+    ten = [0.1, 0.2, 0.25, 0.3, 0.3, 0.35, 0.4, 0.42, 0.45, 0.9]
+    low, high = bench.median_interval(ten)
+    assert (low, high) == (0.2, 0.45), "10 seeds: the 2nd and 9th order statistics (98%)"
+    assert bench.target_verdict(0.325, (low, high), 0.5).startswith("holds; decided")
+    assert bench.target_verdict(0.8, (0.6, 1.0), 0.5).startswith("missed; decided")
