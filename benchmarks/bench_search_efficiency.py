@@ -229,7 +229,8 @@ def median_range(values: list[float]) -> str:
 def median_interval(values: list[float], confidence: float = MEDIAN_CONFIDENCE) -> tuple[float, float]:
     """A distribution-free interval for the median over the searcher seeds (order statistics,
     scipy's quantile_test): a ratio per seed is dominated by how lucky random search's best draw
-    was, so the median of 5 moves a lot; with 5 seeds the interval is [min, max] (94%)."""
+    was, so the median of 5 moves a lot. With 5 seeds the interval is [min, max] (94%); with fewer,
+    no interval reaches 90% (NaN)."""
     from scipy.stats import quantile_test
 
     interval = quantile_test(values, q=statistics.median(values), p=0.5).confidence_interval(confidence)
@@ -240,6 +241,8 @@ def target_verdict(median: float, interval: tuple[float, float], target: float) 
     """'holds' / 'missed' by the median, and whether the seeds decide it (the interval's side of target)."""
     low, high = interval
     said = "holds" if median <= target else "missed"
+    if math.isnan(low) or math.isnan(high):   # fewer than 5 values: no interval reaches the confidence
+        return f"{said} by the median; not decided: too few seeds for a {MEDIAN_CONFIDENCE:.0%} interval (5 or more)"
     if high <= target or low > target:
         return f"{said}; decided: the whole interval is on that side"
     return f"{said} by the median; not decided by these seeds: the interval contains {target}"

@@ -60,3 +60,6 @@ def test_a_budget_target_is_decided_only_when_the_seeds_interval_is_on_one_side(
     assert (low, high) == (0.2, 0.45), "10 seeds: the 2nd and 9th order statistics (98%)"
     assert bench.target_verdict(0.325, (low, high), 0.5).startswith("holds; decided")
     assert bench.target_verdict(0.8, (0.6, 1.0), 0.5).startswith("missed; decided")
+    four = bench.median_interval([0.1, 0.2, 0.3, 0.4])
+    assert all(math.isnan(end) for end in four), "4 seeds: even [min, max] covers the median only 88%"
+    assert "too few seeds" in bench.target_verdict(0.25, four, 0.5)
