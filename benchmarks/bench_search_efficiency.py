@@ -1,8 +1,8 @@
 """Does the search pay off? Random search + FIFO, TPE + ASHA and PBT at the same budget of training
 epochs, over several searcher seeds, each search's winner then retrained with fresh seeds.
 
-    python benchmarks/bench_search_efficiency.py --smoke         # 1 seed, 6 trials: does it run (~4 min)
-    # the recorded runs (RESULTS.md), ~20 minutes each on 2 cores:
+    python benchmarks/bench_search_efficiency.py --smoke         # 1 seed, 6 trials: does it run (4-8 min)
+    # the recorded runs (RESULTS.md) on 2 cores, the β-VAE ~20 minutes, CycleGAN (8 epochs) ~1 hour:
     python benchmarks/bench_search_efficiency.py --spaces search_spaces/vae_builtin.yaml --storage runs/bench-vae
     python benchmarks/bench_search_efficiency.py --spaces search_spaces/cyclegan_builtin.yaml --storage runs/bench-cyclegan
     python benchmarks/bench_search_efficiency.py                 # both spaces at BENCH_SIZE (temporary storage)
