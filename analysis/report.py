@@ -7,8 +7,8 @@ Sections, each shown only when the experiment has something for it: the leaderbo
 the search wrote, known or not), the search metric per evaluation and ASHA's stopped-vs-completed
 picture, Optuna's views of the stored study (optuna.db: history, parallel coordinates, importances,
 slices, contours, timeline; the Pareto front when it has several objectives), confirmation results
-(`confirm.csv`, written by a confirmation run), and the top trials' sample grids at their best
-evaluation. Figures are PNGs embedded as base64 `data:` URIs and the style is inline: the page
+(`confirm/confirm.csv` and `confirm-holdout/confirm.csv`, written by experiments/confirm.py), and the
+top trials' sample grids at their best evaluation. Figures are PNGs embedded as base64 `data:` URIs and the style is inline: the page
 loads nothing from disk or network.
 """
 
@@ -25,9 +25,9 @@ import pandas as pd
 
 from analysis import plots, samples
 from analysis.experiments import Experiment, load_experiment_dir, load_study
+from core import confirm as C
 
 REPORT_FILE = "report.html"
-CONFIRM_FILE = "confirm.csv"      # confirmation results (seeds re-run of the top trials), when present
 TOP_K = 3                         # trials whose samples are shown
 LOADER_COLUMNS = ("experiment", "family", "trial_dir")   # analysis' additions to the leaderboard: not shown
 
@@ -101,11 +101,13 @@ def render_report(exp: Experiment, top_k: int = TOP_K) -> str:
         parts += [f'<p class="note">{html.escape(str(w.message))}</p>' for w in skipped
                   if "cannot be drawn" in str(w.message)]
 
-    confirm = exp.path / CONFIRM_FILE
-    if confirm.is_file():
-        parts += ["<h2>Confirmation runs</h2>",
-                  f"<p>{html.escape(CONFIRM_FILE)}: the top trials retrained on other seeds.</p>",
-                  _table(pd.read_csv(confirm))]
+    for run, what in ((C.CONFIRM_DIR, "the top trials and the defaults retrained on seeds the search never used"),
+                      (C.HOLDOUT_DIR, "the best confirmed configuration and the defaults on new seeds (--holdout)")):
+        table = exp.path / run / C.TABLE_FILE
+        if table.is_file():
+            parts += [f"<h2>{'Confirmation runs' if run == C.CONFIRM_DIR else 'Held out'}</h2>",
+                      f"<p>{html.escape(f'{run}/{C.TABLE_FILE}')}: {html.escape(what)}.</p>",
+                      _table(pd.read_csv(table, keep_default_na=False, na_values=[""]))]
 
     grids = samples.top_trial_grids(exp.trials, k=top_k)
     if any(grids.values()):

@@ -4,10 +4,15 @@
     grid = run_confirm(exp_dir, cfg, plan)               # Ray Tune: a grid of candidate x seed, FIFO, full epochs
     table = confirm_table(seed_results(grid, cfg), plan, cfg.search.metric)
     print(format_confirm_table(table, cfg.search.metric))
+    best_confirmed(table, cfg.search.metric)              # the row to use: the lowest mean best
+    plan = make_holdout_plan(exp_dir, cfg, n_seeds=3)    # it and the baseline on new seeds (--holdout)
+    grid = run_confirm(exp_dir, cfg, plan, run=HOLDOUT_DIR)
 
 Why: GAN training is noisy, and the minimum over many noisy trials is biased low (the winner's
 curse), so a leaderboard's best can be selection noise. Retraining each candidate with seeds the
-search never used gives an unbiased estimate of what the configuration itself is worth.
+search never used gives an unbiased estimate of what the configuration itself is worth. The best
+of several such estimates is biased low again (less: a few candidates, several seeds each), so
+the one picked is measured once more on seeds neither run used (`make_holdout_plan`).
 
 The candidates are the baseline (the experiment's own values for the searched keys: what its
 `model:`/`train:` sections say) and the top-k rows of `leaderboard.csv` that reached an evaluation
@@ -67,6 +72,7 @@ import yaml
 from core.config import ConfigError, ExperimentConfig, config_to_dict
 
 CONFIRM_DIR = "confirm"                 # the Ray experiment inside the search's experiment directory
+HOLDOUT_DIR = "confirm-holdout"         # ... and the best confirmed candidate retrained on new seeds (--holdout)
 PLAN_FILE = "plan.yaml"                 # confirm/plan.yaml: candidates and seeds, checked on --resume
 TABLE_FILE = "confirm.csv"
 TEXT_FILE = "confirm.txt"               # the printed table and noise lines
@@ -74,6 +80,8 @@ BASELINE = "baseline"
 FIRST_FRESH_SEED = 1000                 # fresh seeds: the first integers from here no search trial used
 CONFIDENCE = 0.95
 LEADERBOARD_LINE = "Confirmation:"      # the line of leaderboard.txt that confirm.py writes (and replaces)
+BEST_LINE = "Best confirmed:"           # ... the one naming the candidate to use
+HOLDOUT_LINE = "Held out:"              # ... and the one confirm.py --holdout writes
 NOISE_LINE = "Noise:"                   # the line of leaderboard.txt naming the noise levels (confirm.py)
 TRANSLATION_FAMILIES = ("cyclegan",)    # score translated test photos: their draws are photo subsets
 
@@ -135,16 +143,51 @@ def make_plan(exp_dir: Path, cfg: ExperimentConfig, top: int = 3, n_seeds: int =
         if values not in candidates.values():   # the search's baseline trial, or a repeated setting
             label = f"top {len(candidates)}"
             candidates[label], sources[label] = values, trial
-    # The search's trials all ran with experiment.yaml's train.seed, unless they searched it.
-    used = {cfg.train.seed} | {_trial_params(exp_dir, trial).get("train.seed") for trial in board["trial"]
+    return ConfirmPlan(candidates, sources, _fresh_seeds(_search_seeds(exp_dir, cfg, board), n_seeds))
+
+
+def make_holdout_plan(exp_dir: Path, cfg: ExperimentConfig, n_seeds: int = 3) -> ConfirmPlan:
+    """The baseline and the confirmation's best candidate (best_confirmed), on `n_seeds` fresh seeds
+    that neither the search nor the confirmation used: picked as the lowest of several means on
+    the confirmation's seeds, the pick's ratio there is biased low; on new seeds it is not."""
+    import pandas as pd
+
+    if n_seeds < 2:
+        raise ConfirmError(f"--seeds must be >= 2 (a spread needs two seeds), got {n_seeds}")
+    confirm_path = exp_dir / CONFIRM_DIR
+    if not (confirm_path / TABLE_FILE).is_file() or not (confirm_path / PLAN_FILE).is_file():
+        raise ConfirmError(f"{confirm_path / TABLE_FILE} does not exist: --holdout retrains what a finished "
+                           f"confirmation picked; run python experiments/confirm.py {exp_dir} first")
+    confirmed = ConfirmPlan.load(confirm_path / PLAN_FILE)
+    pick = best_confirmed(pd.read_csv(confirm_path / TABLE_FILE, keep_default_na=False, na_values=[""]),
+                          cfg.search.metric)
+    if pick is None:
+        raise ConfirmError(f"No candidate in {confirm_path / TABLE_FILE} has 2 or more complete seeds: there is no "
+                           f"best confirmed configuration to hold out (rerun confirm.py with more --seeds)")
+    label = pick["candidate"]
+    if pick["ratio"] >= 1:
+        raise ConfirmError(f"The best confirmed candidate ({label}, {pick['ratio']:.3g}x) is no better on average than "
+                           f"the defaults in {confirm_path / TABLE_FILE}: the defaults are what to use, nothing to hold out")
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    used = _search_seeds(exp_dir, cfg, board) | set(confirmed.seeds)
+    return ConfirmPlan({BASELINE: confirmed.candidates[BASELINE], label: confirmed.candidates[label]},
+                       {BASELINE: "", label: confirmed.sources[label]}, _fresh_seeds(used, n_seeds))
+
+
+def _search_seeds(exp_dir: Path, cfg: ExperimentConfig, board) -> set:
+    """The train.seed values the search's trials used: experiment.yaml's, unless they searched it."""
+    return {cfg.train.seed} | {_trial_params(exp_dir, trial).get("train.seed") for trial in board["trial"]
                                if (exp_dir / trial / "params.json").is_file()}
-    seeds = []
-    seed = FIRST_FRESH_SEED
-    while len(seeds) < n_seeds:
+
+
+def _fresh_seeds(used: set, n: int) -> list[int]:
+    """The first n integers from FIRST_FRESH_SEED up that are not in `used`."""
+    seeds, seed = [], FIRST_FRESH_SEED
+    while len(seeds) < n:
         if seed not in used:
             seeds.append(seed)
         seed += 1
-    return ConfirmPlan(candidates, sources, seeds)
+    return seeds
 
 
 def _trial_params(exp_dir: Path, trial: str) -> dict:
@@ -168,9 +211,10 @@ def confirm_trainable(config: dict, *, candidates: dict[str, dict], **bound) -> 
     tune_trainable({**candidates[config["candidate"]], "train.seed": config["train.seed"]}, **bound)
 
 
-def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resume: bool = False,
-                address: str | None = None, verbose: int = 1, progress=print):
-    """Retrain every candidate with every seed (or continue that run); returns Ray Tune's ResultGrid.
+def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, run: str = CONFIRM_DIR,
+                resume: bool = False, address: str | None = None, verbose: int = 1, progress=print):
+    """Retrain every candidate with every seed (or continue that run) as the Ray Tune experiment
+    `exp_dir/<run>` (CONFIRM_DIR, or HOLDOUT_DIR); returns its ResultGrid.
 
     Same trainable, resources, concurrency, checkpoint policy and retries as the search, but FIFO
     (every seed trains all train.epochs) and no searcher: the grid is the plan."""
@@ -184,7 +228,7 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
                              prepare_experiment, remove_damaged_checkpoints)
 
     exp_dir = Path(os.path.abspath(exp_dir))
-    confirm_path = exp_dir / CONFIRM_DIR
+    confirm_path = exp_dir / run
     storage = Storage.parse(exp_dir)
     if resume:
         _check_resumable(confirm_path, plan)
@@ -216,7 +260,7 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, resu
         else:   # (a restored run keeps its own RunConfig)
             callbacks = [SessionJsonLogger(), SessionCSVLogger(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
             run_config = tune.RunConfig(
-                name=CONFIRM_DIR, storage_path=str(exp_dir), callbacks=callbacks, verbose=verbose,
+                name=run, storage_path=str(exp_dir), callbacks=callbacks, verbose=verbose,
                 sync_config=tune.SyncConfig(sync_artifacts=True),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
                                                         checkpoint_score_attribute=cfg.search.metric,
@@ -443,11 +487,57 @@ def confirmation_line(table, metric: str, csv_path: Path) -> str:
             f"{outcome}{noise} ({csv_path})")
 
 
-def write_confirmation_line(exp_dir: Path, line: str) -> Path:
-    """Replace (or append) the leaderboard.txt line that starts with LEADERBOARD_LINE."""
+def best_confirmed(table, metric: str):
+    """The configuration to use: the candidate (not the baseline) with the lowest mean best over 2
+    or more complete seeds, as a table row; None if none has them. Picked as the lowest of several
+    means on these seeds, its own ratio here is biased low (`--holdout` measures it afresh)."""
+    rated = table[(table["candidate"] != BASELINE) & (table["verdict"] != TOO_FEW)]
+    if rated.empty:
+        return None
+    return rated.loc[rated[f"best_{metric}_mean"].idxmin()]
+
+
+def _values(row, table) -> str:
+    return ", ".join(f"{key}={row[key]:.4g}" if isinstance(row[key], float) else f"{key}={row[key]}"
+                     for key in table.columns if "." in key)
+
+
+def best_confirmed_line(table, metric: str, exp_dir: Path) -> str:
+    """The leaderboard's line naming the configuration to use, and how far to trust its ratio."""
+    pick = best_confirmed(table, metric)
+    if pick is None:
+        return f"{BEST_LINE} none: no candidate other than the defaults has 2 or more complete seeds"
+    if pick["ratio"] >= 1:
+        return (f"{BEST_LINE} the defaults: no candidate's mean best {metric} is below theirs (the lowest, "
+                f"{pick['candidate']}, is {pick['ratio']:.3g}x)")
+    rated = ((table["candidate"] != BASELINE) & (table["verdict"] != TOO_FEW)).sum()
+    picked = (f"the lowest mean of {rated} on these seeds, so this ratio is biased low; "
+              f"python experiments/confirm.py {exp_dir} --holdout measures it on new seeds") if rated > 1 else \
+        "the only candidate confirmed"
+    return (f"{BEST_LINE} {pick['candidate']} (trial {pick['trial']}; {_values(pick, table)}): best {metric} "
+            f"{pick[f'best_{metric}_mean']:.4g} ± {pick[f'best_{metric}_sd']:.4g}, {pick['ratio']:.3g}x the defaults "
+            f"[{pick['ratio_low']:.3g}, {pick['ratio_high']:.3g}], {pick['verdict']} ({picked})")
+
+
+def holdout_line(table, metric: str, csv_path: Path) -> str:
+    """The leaderboard's line for confirm.py --holdout: the best confirmed candidate on new seeds."""
+    base = table[table["candidate"] == BASELINE].iloc[0]
+    pick = table[table["candidate"] != BASELINE].iloc[0]
+    if pick["verdict"] == TOO_FEW:
+        return (f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) is not measured: too few seeds trained every "
+                f"epoch ({pick['n_seeds']} of it, {base['n_seeds']} of the defaults; {csv_path})")
+    return (f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) retrained on new seeds {pick['seeds']}: best "
+            f"{metric} {pick[f'best_{metric}_mean']:.4g} ± {pick[f'best_{metric}_sd']:.4g} against the defaults' "
+            f"{base[f'best_{metric}_mean']:.4g} ± {base[f'best_{metric}_sd']:.4g}, {pick['ratio']:.3g}x "
+            f"[{pick['ratio_low']:.3g}, {pick['ratio_high']:.3g}], p={pick['p_value']:.2g}: {pick['verdict']} ({csv_path})")
+
+
+def write_leaderboard_line(exp_dir: Path, line: str, prefix: str = LEADERBOARD_LINE) -> Path:
+    """Replace (or append) the leaderboard.txt line that starts with `prefix` (LEADERBOARD_LINE,
+    BEST_LINE or HOLDOUT_LINE)."""
     path = exp_dir / "leaderboard.txt"
     kept = [l for l in (path.read_text().splitlines() if path.is_file() else [])
-            if not l.startswith(LEADERBOARD_LINE)]
+            if not l.startswith(prefix)]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join([*kept, line]) + "\n")
     os.replace(tmp, path)   # a reader sees the old file or the new one

@@ -4,6 +4,7 @@
     python experiments/confirm.py runs/quickstart --top 1 --seeds 5
     python experiments/confirm.py runs/quickstart --resume            # after Ctrl-C or a crash
     python experiments/confirm.py runs/quickstart --noise 0           # skip the evaluation-noise draws
+    python experiments/confirm.py runs/quickstart --holdout           # the best confirmed one, on new seeds
 
 Each configuration trains train.epochs with every seed (train.seed 1000, 1001, ...: seeds the search
 never used), as a Ray Tune run of its own in runs/<experiment>/confirm/ with the search's resources.
@@ -11,7 +12,13 @@ Then it prints, and saves in confirm/confirm.csv (and confirm.txt), per configur
 seeds of the best and of the final search metric, the ratio of its mean best to the defaults' with a
 95% confidence interval, Welch's p-value and a verdict ("better than the defaults", "not
 distinguishable", "worse"), beside the seed noise and the evaluation noise (core/confirm.py says how
-to read them). leaderboard.txt gets a "Confirmation:" line saying whether the winner held up.
+to read them). leaderboard.txt gets a "Confirmation:" line saying whether the winner held up and a
+"Best confirmed:" line naming the configuration to use: the lowest mean best of them.
+
+That pick is the lowest of several means on the same seeds, so its ratio is biased low (the
+winner's curse again, among --top candidates). --holdout retrains it and the defaults on the
+next fresh seeds (neither the search's nor the confirmation's), in runs/<experiment>/confirm-holdout/,
+and writes confirm-holdout/confirm.csv and a "Held out:" line: what the pick is worth.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", help="a finished search's experiment directory (runs/<experiment>)")
     parser.add_argument("--top", type=int, default=3, help="how many of the leaderboard's best configurations (default 3)")
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration (default 3, at least 2)")
+    parser.add_argument("--holdout", action="store_true",
+                        help="retrain the best confirmed configuration and the defaults on new seeds (after a "
+                             "confirmation; --top does not apply)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted confirmation")
     parser.add_argument("--noise", type=int, default=5, metavar="DRAWS",
                         help="sample draws that measure the evaluation noise on one checkpoint (default 5; 0: skip)")
@@ -55,34 +65,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = build_config(yaml.safe_load(saved.read_text()), source=str(saved))
-        plan = C.make_plan(exp_dir, cfg, args.top, args.seeds)
+        run = C.HOLDOUT_DIR if args.holdout else C.CONFIRM_DIR
+        plan = C.make_holdout_plan(exp_dir, cfg, args.seeds) if args.holdout else C.make_plan(exp_dir, cfg, args.top, args.seeds)
         metric = cfg.search.metric
         print(f"Retraining {len(plan.candidates)} configurations x {len(plan.seeds)} seeds "
-              f"(train.seed {', '.join(map(str, plan.seeds))}; the search used {cfg.train.seed}), "
-              f"{cfg.train.epochs} epochs each, into {exp_dir / C.CONFIRM_DIR}:")
+              f"(train.seed {', '.join(map(str, plan.seeds))}; the search used {cfg.train.seed}"
+              f"{', the confirmation others' if args.holdout else ''}), "
+              f"{cfg.train.epochs} epochs each, into {exp_dir / run}:")
         for label, values in plan.candidates.items():
             source = f" (trial {plan.sources[label]})" if plan.sources[label] else " (the experiment's own values)"
             print(f"  {label}{source}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-        grid = C.run_confirm(exp_dir, cfg, plan, resume=args.resume, address=args.address)
+        grid = C.run_confirm(exp_dir, cfg, plan, run=run, resume=args.resume, address=args.address)
         results = C.seed_results(grid, cfg)
-        noise = evaluation_noise(results, exp_dir, args.noise, args.device) if args.noise else None
+        # (--holdout: the confirmation measured the evaluation noise already)
+        noise = evaluation_noise(results, exp_dir, args.noise, args.device) if args.noise and not args.holdout else None
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     table = C.confirm_table(results, plan, metric, noise.sd if noise else None)
-    confirm_dir = exp_dir / C.CONFIRM_DIR
+    confirm_dir = exp_dir / run
     table.to_csv(confirm_dir / C.TABLE_FILE, index=False)
-    text = "\n".join([f"Confirmation of {exp_dir} (best {metric} per seed, lower is better):",
+    title = "The best confirmed configuration on new seeds" if args.holdout else "Confirmation"
+    text = "\n".join([f"{title} of {exp_dir} (best {metric} per seed, lower is better):",
                       C.format_confirm_table(table, metric), "", *C.noise_lines(table, metric, noise)])
     (confirm_dir / C.TEXT_FILE).write_text(text + "\n")
-    line = C.confirmation_line(table, metric, Path(C.CONFIRM_DIR) / C.TABLE_FILE)   # relative to exp_dir
-    C.mark_leaderboard_noise(exp_dir, cfg, table["seed_noise_sd"].iloc[0], noise.sd if noise else None)
-    board = C.write_confirmation_line(exp_dir, line)
-    print(f"\n{text}\n\n{line}\n\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; updated {board}")
+    csv_path = Path(run) / C.TABLE_FILE   # relative to exp_dir
+    if args.holdout:   # only its own line: the leaderboard's noise marks are the confirmation's
+        lines = [C.holdout_line(table, metric, csv_path)]
+        board = C.write_leaderboard_line(exp_dir, lines[0], C.HOLDOUT_LINE)
+    else:
+        lines = [C.confirmation_line(table, metric, csv_path), C.best_confirmed_line(table, metric, Path(args.path))]
+        C.mark_leaderboard_noise(exp_dir, cfg, table["seed_noise_sd"].iloc[0], noise.sd if noise else None)
+        for line, prefix in zip(lines, (C.LEADERBOARD_LINE, C.BEST_LINE)):
+            board = C.write_leaderboard_line(exp_dir, line, prefix)
+    print(f"\n{text}\n\n" + "\n".join(lines) + f"\n\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; "
+          f"updated {board}")
     if grid.num_errors:
+        again = "--holdout" if args.holdout else f"--top {args.top}"
         print(f"\n{grid.num_errors} retraining(s) crashed. Continue with:\n  python experiments/confirm.py "
-              f"{args.path} --top {args.top} --seeds {args.seeds} --resume")
+              f"{args.path} {again} --seeds {args.seeds} --resume")
         return 1
     return 0
 

@@ -5,8 +5,8 @@
 
 The leaderboard, the search metric per evaluation and what ASHA stopped, Optuna's views of the
 study (importances, parallel coordinates, ...; the Pareto front for several objectives),
-confirmation results when a confirm.csv exists, and the top trials' samples. Figures are embedded
-in the file (analysis/report.py).
+confirmation results when confirm.py has run (confirm/confirm.csv, confirm-holdout/confirm.csv),
+and the top trials' samples. Figures are embedded in the file (analysis/report.py).
 """
 
 from __future__ import annotations

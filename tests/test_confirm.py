@@ -107,10 +107,58 @@ def test_confirm_table_from_seed_results():
         "(1 of it, 3 of the defaults; c.csv)")
 
 
+def _three_candidates():
+    """A confirmation of the defaults and three winners: top 2 has the lowest mean, top 3 one seed."""
+    plan = C.ConfirmPlan({"baseline": {"model.lr_g": 2e-4}, "top 1": {"model.lr_g": 1e-3},
+                          "top 2": {"model.lr_g": 5e-4}, "top 3": {"model.lr_g": 7e-4}},
+                         {"baseline": "", "top 1": "cyclegan_a", "top 2": "cyclegan_b", "top 3": "cyclegan_c"},
+                         [1000, 1001])
+    bests = {"baseline": [1.0, 1.2], "top 1": [0.9, 1.1], "top 2": [0.5, 0.6], "top 3": [0.1]}
+    runs = [C.SeedResult(label, seed, f"{label}{seed}", "completed", best, best, None)
+            for label, values in bests.items() for seed, best in zip(plan.seeds, values)]
+    return plan, C.confirm_table(runs, plan, "fid")
+
+
+def test_the_best_confirmed_is_the_lowest_mean_over_two_or_more_seeds():
+    plan, table = _three_candidates()
+    pick = C.best_confirmed(table, "fid")
+    assert pick["candidate"] == "top 2", "top 3's 0.1 is one seed: too few to be picked"
+    line = C.best_confirmed_line(table, "fid", Path("runs/x"))
+    assert line.startswith("Best confirmed: top 2 (trial cyclegan_b; model.lr_g=0.0005): best fid 0.55 ± 0.07071, 0.5x")
+    assert "the lowest mean of 2 on these seeds, so this ratio is biased low" in line
+    assert "python experiments/confirm.py runs/x --holdout" in line
+    worse = table.assign(ratio=[1.0, 1.2, 1.1, 0.1])   # as though every candidate had lost to the defaults
+    assert C.best_confirmed_line(worse, "fid", Path("runs/x")) == (
+        "Best confirmed: the defaults: no candidate's mean best fid is below theirs (the lowest, top 2, is 1.1x)")
+    only_defaults = table[table["candidate"].isin(["baseline", "top 3"])]
+    assert C.best_confirmed(only_defaults, "fid") is None
+    assert C.best_confirmed_line(only_defaults, "fid", Path("runs/x")).startswith("Best confirmed: none")
+
+
+def test_the_holdout_plan_takes_the_best_confirmed_and_seeds_neither_run_used(tmp_path):
+    cfg = load_experiment(ROOT / "search_spaces" / "cyclegan_builtin.yaml", ["train.seed=1002"])
+    _fake_search(tmp_path, {"cyclegan_a": ({"model.lr_g": 1e-3}, 1.0)})
+    with pytest.raises(C.ConfirmError, match="confirm.csv does not exist.*confirm.py"):
+        C.make_holdout_plan(tmp_path, cfg)
+    plan, table = _three_candidates()
+    (tmp_path / C.CONFIRM_DIR).mkdir()
+    plan.save(tmp_path / C.CONFIRM_DIR / C.PLAN_FILE)
+    table.to_csv(tmp_path / C.CONFIRM_DIR / C.TABLE_FILE, index=False)
+    held = C.make_holdout_plan(tmp_path, cfg, n_seeds=3)
+    assert held.candidates == {"baseline": {"model.lr_g": 2e-4}, "top 2": {"model.lr_g": 5e-4}}
+    assert held.sources == {"baseline": "", "top 2": "cyclegan_b"}
+    assert held.seeds == [1003, 1004, 1005], "1000, 1001: the confirmation's; 1002: the search's"
+    with pytest.raises(C.ConfirmError, match="--seeds must be >= 2"):
+        C.make_holdout_plan(tmp_path, cfg, n_seeds=1)
+    table[table["candidate"].isin(["baseline", "top 3"])].to_csv(tmp_path / C.CONFIRM_DIR / C.TABLE_FILE, index=False)
+    with pytest.raises(C.ConfirmError, match="No candidate .* 2 or more complete seeds"):
+        C.make_holdout_plan(tmp_path, cfg)
+
+
 def test_the_confirmation_line_replaces_the_previous_one(tmp_path):
     (tmp_path / "leaderboard.txt").write_text("trial best_fid\n   a     1.0\n")
-    C.write_confirmation_line(tmp_path, "Confirmation: first")
-    C.write_confirmation_line(tmp_path, "Confirmation: second")
+    C.write_leaderboard_line(tmp_path, "Confirmation: first")
+    C.write_leaderboard_line(tmp_path, "Confirmation: second")
     assert (tmp_path / "leaderboard.txt").read_text() == "trial best_fid\n   a     1.0\nConfirmation: second\n"
 
 
@@ -123,7 +171,7 @@ def test_the_leaderboard_marks_the_trials_within_noise_of_its_winner(tmp_path):
                           "status": ["completed"] * 4 + ["diverged"],
                           "best_fid": [1.0, 1.05, 1.3, 2.0, math.nan]})
     save_leaderboard(board, tmp_path, "fid")
-    C.write_confirmation_line(tmp_path, "Confirmation: old")
+    C.write_leaderboard_line(tmp_path, "Confirmation: old")
     cfg = SimpleNamespace(search=SimpleNamespace(metric="fid", objectives=None))
     C.mark_leaderboard_noise(tmp_path, cfg, seed_sd=0.5, eval_sd=0.1)
 
@@ -243,6 +291,27 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert len(lines) == 1 and "confirm/confirm.csv" in lines[0]
     assert "within_noise" in pd.read_csv(exp_dir / "leaderboard.csv")
     assert sum(l.startswith("Noise: seed noise sd") for l in (exp_dir / "leaderboard.txt").read_text().splitlines()) == 1
+
+    best = [l for l in (exp_dir / "leaderboard.txt").read_text().splitlines() if l.startswith("Best confirmed:")]
+    assert len(best) == 1 and best[0].startswith("Best confirmed: top 1") and "the only candidate confirmed" in best[0]
+
+    # --holdout: the best confirmed and the defaults again, on seeds neither the search nor the confirmation used.
+    assert confirm.main([str(exp_dir), "--holdout", "--seeds", "2"]) == 0
+    held = pd.read_csv(exp_dir / "confirm-holdout" / "confirm.csv", keep_default_na=False, na_values=[""])
+    assert list(held["candidate"]) == ["baseline", "top 1"] and held.loc[1, "trial"] == table.loc[1, "trial"]
+    held_seeds = {int(s) for row in held.itertuples() for s in str(row.seeds).split()}
+    assert len(held_seeds) == 2 and not held_seeds & (seeds | {search_seed})
+    board = (exp_dir / "leaderboard.txt").read_text().splitlines()
+    assert [l.split(" (")[0] for l in board if l.startswith("Held out:")] == ["Held out: top 1"]
+    assert sum(l.startswith(("Confirmation:", "Best confirmed:")) for l in board) == 2, "the confirmation's lines stay"
+
+    # The report shows both tables, as confirm.py wrote them.
+    from analysis import load_experiment_dir
+    from analysis.report import render_report
+
+    page = render_report(load_experiment_dir(exp_dir), top_k=0)
+    assert "confirm/confirm.csv" in page and "confirm-holdout/confirm.csv" in page
+    assert page.count(str(table.loc[1, "trial"])) >= 3   # the leaderboard's row and both tables'
 
     # --resume of the finished run restores it and retrains nothing: the same table.
     assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "0", "--resume"]) == 0

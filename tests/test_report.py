@@ -104,7 +104,7 @@ def test_report_opens_in_headless_chromium(smoke_experiments, tmp_path):
 
 
 def test_confirmation_results_and_unknown_columns_are_shown(smoke_experiments, tmp_path):
-    """Columns the leaderboard may gain (a baseline flag, precision) and a confirm.csv appear as
+    """Columns the leaderboard may gain (a baseline flag, precision) and confirm/confirm.csv appear as
     they are; the figures are left to the test above (top_k=0 skips the sample grids)."""
     import pandas as pd
 
@@ -113,8 +113,9 @@ def test_confirmation_results_and_unknown_columns_are_shown(smoke_experiments, t
 
     experiment = tmp_path / "copy"
     shutil.copytree(smoke_experiments["cyclegan_builtin"], experiment, symlinks=True)
+    (experiment / "confirm").mkdir()   # where experiments/confirm.py writes its table
     pd.DataFrame({"trial": ["defaults", "winner"], "seeds": [3, 3], "fid_mean": [0.97, 1.10],
-                  "fid_std": [0.11, 0.11]}).to_csv(experiment / "confirm.csv", index=False)
+                  "fid_std": [0.11, 0.11]}).to_csv(experiment / "confirm" / "confirm.csv", index=False)
     exp = load_experiment_dir(experiment)
     exp.trials["baseline"] = [True, False]
     exp.trials["precision"] = [0.5, None]
