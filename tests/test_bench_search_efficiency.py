@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_search_efficiency",
@@ -63,3 +64,31 @@ def test_a_budget_target_is_decided_only_when_the_seeds_interval_is_on_one_side(
     four = bench.median_interval([0.1, 0.2, 0.3, 0.4])
     assert all(math.isnan(end) for end in four), "4 seeds: even [min, max] covers the median only 88%"
     assert "too few seeds" in bench.target_verdict(0.25, four, 0.5)
+
+
+def test_a_search_top_k_ranks_its_trials_by_their_best_within_the_budget():
+    grid = [_result("a", [(10, 1, 5.0), (12, 2, 4.0), (14, 3, 3.0)], {"lr": 1}),
+            _result("b", [(11, 1, 3.5), (13, 2, math.nan)], {"lr": 2}),
+            _result("c", [(15, 1, 2.5)], {"lr": 3})]
+    events, _ = bench.replay(grid, "fid", eval_every=1)
+    assert events.top_within(6, 3) == ["c", "a", "b"]
+    assert events.top_within(4, 3) == ["b", "a"], "within 4 epochs a's best is 4.0 and c has not reported"
+    assert events.top_within(6, 1) == [events.winner_within(6)] == ["c"]
+
+
+def test_the_pick_is_the_rank_with_the_lowest_mean_over_the_retrainings():
+    assert bench.pick_rank([[5.0, 5.2], [4.1, 4.9], [4.4, 4.5]]) == 3      # means 5.1, 4.5, 4.45
+    assert bench.pick_rank([[5.0, 5.2], [], [3.0]]) == 1                  # rank 2 none complete, rank 3 one
+    assert bench.pick_rank([[], [4.0]]) is None
+
+
+def test_a_ratio_target_also_carries_the_baselines_uncertainty():
+    base = [5.0, 6.0, 7.0]   # mean 6, sd 1; t(0.95, 2 dof) = 2.919986: mean's 90% interval 6 -+ 1.685854
+    low, high = bench.with_baseline_noise((0.6, 0.7), base)
+    assert low == pytest.approx(0.6 * 6 / (6 + 1.685854), rel=1e-5)
+    assert high == pytest.approx(0.7 * 6 / (6 - 1.685854), rel=1e-5)
+    assert bench.target_verdict(0.65, (low, high), 0.8).startswith("holds by the median; not decided")
+    tight = bench.with_baseline_noise((0.6, 0.7), [5.99, 6.0, 6.01])
+    assert bench.target_verdict(0.65, tight, 0.8).startswith("holds; decided")
+    assert bench.with_baseline_noise((0.6, 0.7), [0.1, 2.0, 4.0])[1] == math.inf   # its interval reaches 0
+    assert all(math.isnan(end) for end in bench.with_baseline_noise((0.6, 0.7), [6.0]))
