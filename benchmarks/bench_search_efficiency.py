@@ -38,7 +38,7 @@ replay, per method over the seeds:
   picked / baseline     what a user of `confirm.py` (default --top 3) then `confirm.py --holdout` ships:
     (held out)          each search's --confirm-top best trials retrained on the same fresh seeds, the
                         one with the lowest mean best picked, and the pick retrained once more on
-                        held-out seeds (the next --fresh-seeds integers), its mean best there / the
+                        --holdout-seeds held-out seeds (the next integers), its mean best there / the
                         baseline's on those seeds. Picked on the first seeds, its mean on them is
                         biased low (the lowest of k); on the held-out seeds it is not.
 The retrainings of a space are core.confirm runs (Ray Tune grids: candidate x fresh seed, the same
@@ -52,7 +52,7 @@ CycleGAN space scores its 50 test photos and trains its own 8 epochs of 5 iterat
 keeps the space's grace period (2 epochs in the builtin spaces): at 1 epoch of 10 iterations most
 β-VAEs score the same FID (~25), so ASHA's first rung ranked them by noise.
 Many searches start faster on one Ray: `ray start --head` and then --address auto.
-The targets (issue 12): TPE+ASHA's median budget ratio <= 0.5, and on the CycleGAN quickstart space the
+The targets (issue 12): TPE+ASHA's median budget ratio <= 0.5, and on the CycleGAN builtin space the
 confirmed best configuration / baseline <= 0.8, printed for the winner (top 1) and for the pick of
 the top --confirm-top on held-out seeds. The script prints whether they hold; it never fails on them.
 """
@@ -427,7 +427,7 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
         f"[{fmt(low, 2)}, {fmt(high, 2)}] ({target_verdict(tpe['budget_ratio'], tpe['budget_interval'], BUDGET_TARGET)})")
     if space_cfg.family == "cyclegan":
         for what, key, base_bests in (("winner", "confirmed", base),
-                                      (f"best of top {args.confirm_top}, held out,", "picked", picked.get(C.BASELINE))):
+                                      (f"best of top {args.confirm_top}, held out,", "picked", picked.get(C.BASELINE, []))):
             if tpe[key]:
                 median, interval = statistics.median(tpe[key]), median_interval(tpe[key])
                 wide = with_baseline_noise(interval, base_bests)
