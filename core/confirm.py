@@ -472,16 +472,23 @@ def confirmation_line(table, metric: str, csv_path: Path) -> str:
         return f"{LEADERBOARD_LINE} no trial other than the defaults to confirm ({csv_path})"
     top = tops.iloc[0]
     if top["verdict"] == TOO_FEW:
-        return (f"{LEADERBOARD_LINE} the winner ({top['trial']}) is not confirmed: too few seeds trained every "
-                f"epoch ({top['n_seeds']} of it, {base['n_seeds']} of the defaults; {csv_path})")
+        return f"{LEADERBOARD_LINE} the winner ({top['trial']}) is not confirmed: {_too_few(top, base, csv_path)}"
     outcome = {BETTER: "confirmed: better than the defaults", WORSE: "not confirmed: worse than the defaults",
                SAME: "not confirmed: not distinguishable from the defaults"}[top["verdict"]]
     noise = f", {top['within_noise']}" if top["within_noise"] else ""
-    return (f"{LEADERBOARD_LINE} the winner ({top['trial']}) retrained on seeds {top['seeds']}: best {metric} "
-            f"{top[f'best_{metric}_mean']:.4g} ± {top[f'best_{metric}_sd']:.4g} against the defaults' "
+    return (f"{LEADERBOARD_LINE} the winner ({top['trial']}) retrained on seeds {top['seeds']}: "
+            f"{_against_defaults(top, base, metric)}: {outcome}{noise} ({csv_path})")
+
+
+def _against_defaults(row, base, metric: str) -> str:
+    """'best fid m ± sd against the defaults' m ± sd on seeds ..., ratio [95% CI], p=...' of a table row."""
+    return (f"best {metric} {row[f'best_{metric}_mean']:.4g} ± {row[f'best_{metric}_sd']:.4g} against the defaults' "
             f"{base[f'best_{metric}_mean']:.4g} ± {base[f'best_{metric}_sd']:.4g} on seeds {base['seeds']}, "
-            f"{top['ratio']:.3g}x [{top['ratio_low']:.3g}, {top['ratio_high']:.3g}], p={top['p_value']:.2g}: "
-            f"{outcome}{noise} ({csv_path})")
+            f"{row['ratio']:.3g}x [{row['ratio_low']:.3g}, {row['ratio_high']:.3g}], p={row['p_value']:.2g}")
+
+
+def _too_few(row, base, csv_path: Path) -> str:
+    return f"too few seeds trained every epoch ({row['n_seeds']} of it, {base['n_seeds']} of the defaults; {csv_path})"
 
 
 def best_confirmed(table, metric: str):
@@ -522,12 +529,9 @@ def holdout_line(table, metric: str, csv_path: Path) -> str:
     base = table[table["candidate"] == BASELINE].iloc[0]
     pick = table[table["candidate"] != BASELINE].iloc[0]
     if pick["verdict"] == TOO_FEW:
-        return (f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) is not measured: too few seeds trained every "
-                f"epoch ({pick['n_seeds']} of it, {base['n_seeds']} of the defaults; {csv_path})")
-    return (f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) retrained on new seeds {pick['seeds']}: best "
-            f"{metric} {pick[f'best_{metric}_mean']:.4g} ± {pick[f'best_{metric}_sd']:.4g} against the defaults' "
-            f"{base[f'best_{metric}_mean']:.4g} ± {base[f'best_{metric}_sd']:.4g}, {pick['ratio']:.3g}x "
-            f"[{pick['ratio_low']:.3g}, {pick['ratio_high']:.3g}], p={pick['p_value']:.2g}: {pick['verdict']} ({csv_path})")
+        return f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) is not measured: {_too_few(pick, base, csv_path)}"
+    return (f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) retrained on new seeds {pick['seeds']}: "
+            f"{_against_defaults(pick, base, metric)}: {pick['verdict']} ({csv_path})")
 
 
 def write_leaderboard_line(exp_dir: Path, line: str, prefix: str = LEADERBOARD_LINE) -> Path:

@@ -139,6 +139,18 @@ def test_the_best_confirmed_is_the_lowest_mean_over_two_or_more_seeds():
     assert C.best_confirmed_line(only_defaults, "fid", Path("runs/x")).startswith("Best confirmed: none")
 
 
+def test_the_held_out_line_compares_the_pick_with_the_defaults_on_the_new_seeds():
+    _, table = _three_candidates()
+    held = table[table["candidate"].isin(["baseline", "top 2"])].reset_index(drop=True)
+    line = C.holdout_line(held, "fid", Path("confirm-holdout/confirm.csv"))
+    assert line.startswith("Held out: top 2 (cyclegan_b) retrained on new seeds 1000 1001: best fid 0.55 ± 0.07071 "
+                           "against the defaults' 1.1 ± 0.1414 on seeds 1000 1001, 0.5x [")
+    assert line.endswith(f": {held['verdict'][1]} (confirm-holdout/confirm.csv)")
+    too_few = table[table["candidate"].isin(["baseline", "top 3"])].reset_index(drop=True)
+    assert C.holdout_line(too_few, "fid", Path("h.csv")) == (
+        "Held out: top 3 (cyclegan_c) is not measured: too few seeds trained every epoch (1 of it, 2 of the defaults; h.csv)")
+
+
 def test_the_holdout_plan_takes_the_best_confirmed_and_seeds_neither_run_used(tmp_path):
     cfg = load_experiment(ROOT / "search_spaces" / "cyclegan_builtin.yaml", ["train.seed=1002"])
     _fake_search(tmp_path, {"cyclegan_a": ({"model.lr_g": 1e-3}, 1.0)})
