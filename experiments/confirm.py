@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         run = C.HOLDOUT_DIR if args.holdout else C.CONFIRM_DIR
         plan = C.make_holdout_plan(exp_dir, cfg, args.seeds) if args.holdout else C.make_plan(exp_dir, cfg, args.top, args.seeds)
         metric = cfg.search.metric
+        used = f"the search used {cfg.train.seed}"
+        if args.holdout:
+            confirmed = C.ConfirmPlan.load(exp_dir / C.CONFIRM_DIR / C.PLAN_FILE).seeds
+            used += f", the confirmation {', '.join(map(str, confirmed))}"
         print(f"Retraining {len(plan.candidates)} configurations x {len(plan.seeds)} seeds "
-              f"(train.seed {', '.join(map(str, plan.seeds))}; the search used {cfg.train.seed}"
-              f"{', the confirmation others' if args.holdout else ''}), "
-              f"{cfg.train.epochs} epochs each, into {exp_dir / run}:")
+              f"(train.seed {', '.join(map(str, plan.seeds))}; {used}), {cfg.train.epochs} epochs each, into {exp_dir / run}:")
         for label, values in plan.candidates.items():
             source = f" (trial {plan.sources[label]})" if plan.sources[label] else " (the experiment's own values)"
             print(f"  {label}{source}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
