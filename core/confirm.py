@@ -158,9 +158,16 @@ def make_holdout_plan(exp_dir: Path, cfg: ExperimentConfig, n_seeds: int = 3) ->
     if not (confirm_path / TABLE_FILE).is_file() or not (confirm_path / PLAN_FILE).is_file():
         raise ConfirmError(f"{confirm_path / TABLE_FILE} does not exist: --holdout retrains what a finished "
                            f"confirmation picked; run python experiments/confirm.py {exp_dir} first")
-    confirmed = ConfirmPlan.load(confirm_path / PLAN_FILE)
-    pick = best_confirmed(pd.read_csv(confirm_path / TABLE_FILE, keep_default_na=False, na_values=[""]),
-                          cfg.search.metric)
+    try:
+        confirmed = ConfirmPlan.load(confirm_path / PLAN_FILE)
+        pick = best_confirmed(pd.read_csv(confirm_path / TABLE_FILE, keep_default_na=False, na_values=[""]),
+                              cfg.search.metric)
+        known = pick is None or pick["candidate"] in confirmed.candidates
+    except (ValueError, KeyError, TypeError, yaml.YAMLError) as e:   # (pandas' ParserError is a ValueError)
+        known, pick = False, e
+    if not known:
+        raise ConfirmError(f"{confirm_path / TABLE_FILE} and {PLAN_FILE} are damaged or do not belong together "
+                           f"({pick}): rerun the confirmation (delete {confirm_path} and run confirm.py) before --holdout")
     if pick is None:
         raise ConfirmError(f"No candidate in {confirm_path / TABLE_FILE} has 2 or more complete seeds: there is no "
                            f"best confirmed configuration to hold out (rerun confirm.py with more --seeds)")

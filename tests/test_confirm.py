@@ -169,6 +169,13 @@ def test_the_holdout_plan_takes_the_best_confirmed_and_seeds_neither_run_used(tm
     table[table["candidate"].isin(["baseline", "top 3"])].to_csv(tmp_path / C.CONFIRM_DIR / C.TABLE_FILE, index=False)
     with pytest.raises(C.ConfirmError, match="No candidate .* 2 or more complete seeds"):
         C.make_holdout_plan(tmp_path, cfg)
+    (tmp_path / C.CONFIRM_DIR / C.TABLE_FILE).write_text("candidate,verdict\nbaseline,baseline\ntop 1,worse\n")   # no best_fid_mean
+    with pytest.raises(C.ConfirmError, match="damaged or do not belong together.*delete .*confirm"):
+        C.make_holdout_plan(tmp_path, cfg)
+    table.assign(candidate=["baseline", "top 1", "top 9", "top 3"]).to_csv(tmp_path / C.CONFIRM_DIR / C.TABLE_FILE,
+                                                                           index=False)   # another run's table
+    with pytest.raises(C.ConfirmError, match="do not belong together"):
+        C.make_holdout_plan(tmp_path, cfg)
 
 
 def test_the_confirmation_line_replaces_the_previous_one(tmp_path):
