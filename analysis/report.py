@@ -8,8 +8,8 @@ the search wrote, known or not), the search metric per evaluation and ASHA's sto
 picture, Optuna's views of the stored study (optuna.db: history, parallel coordinates, importances,
 slices, contours, timeline; the Pareto front when it has several objectives), confirmation results
 (`confirm/confirm.csv` and `confirm-holdout/confirm.csv`, written by experiments/confirm.py), and the
-top trials' sample grids at their best evaluation. Figures are PNGs embedded as base64 `data:` URIs and the style is inline: the page
-loads nothing from disk or network.
+top trials' sample grids at their best evaluation. Figures are PNGs embedded as base64 `data:` URIs
+and the style is inline: the page loads nothing from disk or network.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ def _check_resumable(confirm_path: Path, plan: ConfirmPlan) -> None:
     if changed:
         raise ConfirmError(f"The {' and the '.join(changed)} differ from those {confirm_path} started with "
                            f"(seeds {saved.seeds}, candidates {', '.join(saved.candidates)}): resume with the "
-                           f"original --top and --seeds, or delete {confirm_path} to start over")
+                           f"original --seeds (and --top, for a confirmation), or delete {confirm_path} to start over")
 
 
 # --- Results per seed ----------------------------------------------------------------------------
@@ -498,11 +498,16 @@ def _too_few(row, base, csv_path: Path) -> str:
     return f"too few seeds trained every epoch ({row['n_seeds']} of it, {base['n_seeds']} of the defaults; {csv_path})"
 
 
+def _rated(table):
+    """The candidates (not the baseline) with 2 or more complete seeds on both sides."""
+    return table[(table["candidate"] != BASELINE) & (table["verdict"] != TOO_FEW)]
+
+
 def best_confirmed(table, metric: str):
     """The configuration to use: the candidate (not the baseline) with the lowest mean best over 2
     or more complete seeds, as a table row; None if none has them. Picked as the lowest of several
     means on these seeds, its own ratio here is biased low (`--holdout` measures it afresh)."""
-    rated = table[(table["candidate"] != BASELINE) & (table["verdict"] != TOO_FEW)]
+    rated = _rated(table)
     if rated.empty:
         return None
     return rated.loc[rated[f"best_{metric}_mean"].idxmin()]
@@ -522,7 +527,7 @@ def best_confirmed_line(table, metric: str, exp_dir: Path) -> str:
         return (f"{BEST_LINE} the defaults: no candidate's mean best {metric} is below theirs (the lowest, "
                 f"{pick['candidate']}, is {pick['ratio']:.3g}x; python experiments/confirm.py {exp_dir} --holdout "
                 f"measures it on new seeds)")
-    rated = ((table["candidate"] != BASELINE) & (table["verdict"] != TOO_FEW)).sum()
+    rated = len(_rated(table))
     picked = (f"the lowest mean of {rated} on these seeds, so this ratio is biased low; "
               f"python experiments/confirm.py {exp_dir} --holdout measures it on new seeds") if rated > 1 else \
         "the only candidate confirmed"
