@@ -240,11 +240,15 @@ class BaselineKeepingASHA(ASHAScheduler):
 class BaselineKeepingPBT(PopulationBasedTraining):
     """Ray's PBT for paintsweep's trials, which report a checkpoint with every evaluation:
     - the baseline is never exploited (it trains the defaults, unmutated, to the end);
-    - a top trial's checkpoint is its latest reported one: Ray would ask the trial to save, which a
-      function trainable answers with that same checkpoint, registered a second time, and keep-top-k
-      then deletes it twice (FileNotFoundError in Ray's checkpoint manager);
-    - a checkpoint that keep-top-k deleted since is replaced by the donor's current latest (always
-      kept); a donor that never checkpointed is not copied (Ray's own rule);
+    - a top trial's checkpoint is the one reported with the result being ranked (the result names
+      it: `checkpoint_dir_name`). Ray would ask the trial to save, which a function trainable
+      answers with that same checkpoint, registered a second time, and keep-top-k then deletes it
+      twice (FileNotFoundError in Ray's checkpoint manager). Nor is it `trial.checkpoint`: Ray
+      registers a result's checkpoint only after the scheduler has decided on that result, so
+      that is the previous report's, and right after an exploit the donor's copy: a trial that
+      copied it later got a stale checkpoint, or its own older weights back (epochs 1-5, 4, ...);
+    - a checkpoint that keep-top-k deleted since is replaced by the donor's newest intact one of
+      its own; a donor that never checkpointed is not copied (Ray's own rule);
     - nothing is exploited at or into the last epoch (`max_t`): a trial would restart with no epoch
       left to train and end with the donor's record as its own;
     - the donor's checkpoint is copied into the exploiting trial's own directory
@@ -274,7 +278,7 @@ class BaselineKeepingPBT(PopulationBasedTraining):
 
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         state = self._trial_state[trial]
-        state.last_checkpoint = trial.checkpoint if trial in upper_quantile else None
+        state.last_checkpoint = _reported_checkpoint(trial, state.last_result) if trial in upper_quantile else None
         self._num_checkpoints += trial in upper_quantile
         if trial in lower_quantile:
             donor = random.choice(upper_quantile)
@@ -288,8 +292,8 @@ class BaselineKeepingPBT(PopulationBasedTraining):
             return
         recorded, recorded_result = donor.last_checkpoint, donor.last_result
         if not _intact(recorded):
-            recorded, recorded_result = trial_to_clone.checkpoint, trial_to_clone.last_result
-            if not _intact(recorded):
+            recorded, recorded_result = _newest_own_checkpoint(trial_to_clone)
+            if recorded is None:
                 return   # nothing intact to copy: no exploit this round
         try:
             copied = self._private_copy(recorded, trial)
@@ -360,6 +364,29 @@ class BaselineKeepingPBT(PopulationBasedTraining):
 def _intact(checkpoint) -> bool:
     """A ray.tune.Checkpoint whose files pass core.checkpoints' integrity check."""
     return hasattr(checkpoint, "path") and checkpoint_problem(checkpoint.path, checkpoint.filesystem) is None
+
+
+def _reported_checkpoint(trial, result: dict | None):
+    """The ray.tune.Checkpoint reported with `result`, or None if it came without one. Ray has
+    already written it to storage (a trial's report returns only then), under the name it puts
+    in the result."""
+    from ray.tune import Checkpoint
+
+    name = (result or {}).get("checkpoint_dir_name")
+    if not name:
+        return None
+    return Checkpoint(f"{trial.storage.trial_fs_path}/{name}", filesystem=trial.storage.storage_filesystem)
+
+
+def _newest_own_checkpoint(trial):
+    """(checkpoint, the result it was reported with) of the newest intact checkpoint in Ray's
+    record of those the trial reported and keeps in its own directory, or (None, None). Never a
+    PBT restore copy: that holds another trial's weights."""
+    own = Path(trial.storage.trial_fs_path)
+    kept = [r for r in trial.run_metadata.checkpoint_manager._checkpoint_results
+            if Path(r.checkpoint.path).parent == own and _intact(r.checkpoint)]
+    newest = max(kept, key=lambda r: r.metrics.get("epoch", 0), default=None)
+    return (newest.checkpoint, newest.metrics) if newest else (None, None)
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """What a search builds: the searcher (TPE settings, the baseline first), the scheduler (ASHA, FIFO,
 PBT, each on the right metric and time attribute), conditional keys and the baseline's checks."""
 
+import shutil
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from core.config import ConfigError, load_experiment
 from core.search import describe_search, make_scheduler, make_searcher, perturbation_interval, search_metric, tpe_settings
@@ -151,6 +153,69 @@ def test_an_exploit_copies_the_donors_checkpoint_into_the_trial_and_keeps_one_co
     assert (Path(second.path) / "state.pt").read_bytes() == bytes([4]) * 10
     assert [p.name for p in (tmp_path / "trial" / "pbt_donor").iterdir()] == ["2"], "the earlier copy is gone"
     assert (donor / "checkpoint_000003" / "state.pt").is_file(), "the donor's own files are untouched"
+
+
+def _pbt_trial(directory: Path, checkpoint: Path, kept: list[Path]):
+    """A trial as BaselineKeepingPBT sees it: its storage, Ray's record of its latest checkpoint
+    (`trial.checkpoint`) and of those it reported and keeps (`epoch` = the directory's number)."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    fs = pyarrow.fs.LocalFileSystem()
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=3))
+    for path in kept:
+        manager._checkpoint_results.append(_TrainingResult(Checkpoint(str(path), filesystem=fs),
+                                                           {"epoch": int(path.name.split("_")[1])}))
+    class Trial:   # hashable, as PBT keys its state by trial
+        config, experiment_tag = {}, "0"
+        storage = SimpleNamespace(trial_fs_path=str(directory), storage_filesystem=fs)
+        run_metadata = SimpleNamespace(checkpoint_manager=manager)
+
+    trial = Trial()
+    trial.checkpoint = Checkpoint(str(checkpoint), filesystem=fs)
+    return trial
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    torch.save({"epoch": int(path.name.split("_")[1])}, path / "state.pt")   # intact for checkpoint_problem
+    return path
+
+
+def test_a_top_trial_donates_the_checkpoint_of_the_ranked_result_never_a_restore_copy(tmp_path):
+    """Ray registers a result's checkpoint only after the scheduler has decided on that result, so
+    while PBT ranks it `trial.checkpoint` is the previous report's, and right after an exploit the
+    copy of the donor's. Donated from there, a trial got its own older weights back and trained
+    epochs again as if resumed (CI, 2026-12-01: epochs 1-5, 4, ...)."""
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from core.search import _newest_own_checkpoint
+
+    pbt = make_scheduler(cyclegan("search.scheduler=pbt", "search.searcher=random"))
+    donor = tmp_path / "cyclegan_donor"
+    own = [_checkpoint_dir(donor / "checkpoint_000002"), _checkpoint_dir(donor / "checkpoint_000003")]
+    restored_from = _checkpoint_dir(donor / "pbt_donor" / "1" / "checkpoint_000004")   # another trial's weights
+    trial = _pbt_trial(donor, checkpoint=restored_from, kept=own)
+    pbt._trial_state[trial] = _PBTTrialState(trial)
+    pbt._trial_state[trial].last_result = {"epoch": 4, "checkpoint_dir_name": "checkpoint_000003"}
+
+    pbt._checkpoint_or_exploit(trial, None, upper_quantile=[trial], lower_quantile=[])
+    assert Path(pbt._trial_state[trial].last_checkpoint.path) == own[1], "the ranked result's own checkpoint"
+    pbt._checkpoint_or_exploit(trial, None, upper_quantile=[], lower_quantile=[])
+    assert pbt._trial_state[trial].last_checkpoint is None, "not a top trial: nothing to donate"
+
+    # That checkpoint deleted by keep-top-k before anyone copied it: the newest the trial keeps
+    # of its own, with the result it was reported with; the restore copy is never offered.
+    shutil.rmtree(own[1])
+    checkpoint, result = _newest_own_checkpoint(trial)
+    assert (Path(checkpoint.path), result["epoch"]) == (own[0], 2)
+    shutil.rmtree(own[0])
+    assert _newest_own_checkpoint(trial) == (None, None)
 
 
 def test_pbt_needs_random_search():
