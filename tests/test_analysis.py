@@ -111,13 +111,22 @@ def test_sample_grids_come_from_the_best_evaluation(cyclegan):
         assert grid.shape[0] == 3 * (32 + 2) + 2 and (grid.shape[1] - 2) % 34 == 0 and grid.std() > 1
 
 
+def levels_apart(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The largest difference between two uint8 images, in levels of 255."""
+    return int((a.int() - b.int()).abs().max())
+
+
 def test_checkpoint_samples_are_the_generator_on_the_photos(cyclegan):
     loaded = load_checkpoint(cyclegan.trials["checkpoint"][0], progress=lambda message: None)
     photos = torch.stack([loaded.family.test_photos[i][0] for i in range(3)])
-    assert torch.equal(sample(loaded, 3, photos=photos), next(iter(loaded.family.generate(3, 3))))
+    # The same trained generator on the same photos, computed twice. Once, in the full suite under
+    # load (2026-12-02), the two were not bitwise equal (the printed corners were; the cause was not
+    # found: never in 106 repeats alone). A float's last bit rounding a pixel the other way moves
+    # it one level; another generator or other photos are tens of levels apart.
+    assert levels_apart(sample(loaded, 3, photos=photos), next(iter(loaded.family.generate(3, 3)))) <= 1
     a, b, c = sample(loaded, 4, seed=1), sample(loaded, 4, seed=1), sample(loaded, 4, seed=2)
     assert a.dtype == torch.uint8 and a.shape == (4, 3, 32, 32)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert levels_apart(a, b) <= 1 and levels_apart(a, c) > 10
 
 
 def run_notebook(name: str, parameters: dict) -> nbformat.NotebookNode:
