@@ -230,6 +230,7 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, run:
     from core.cluster import Storage, check_resources, connect
     from core.search import (SessionCSVLogger, SessionJsonLogger, TrialEndLine, _trial_name, driver_lock,
                              prepare_experiment, remove_damaged_checkpoints)
+    from core.tracking import release_wandb_in_driver
 
     exp_dir = Path(os.path.abspath(exp_dir))
     confirm_path = exp_dir / run
@@ -256,6 +257,7 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, run:
         # As core.search.run_search: JSON/CSV results only (TensorBoard is written by the trials).
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
         if resume:
             remove_damaged_checkpoints(storage, str(confirm_path), progress)
             repair_checkpoint_records(str(confirm_path), None, progress)

@@ -54,6 +54,7 @@ from core.space import (applicable, baseline_point, dimensions, is_baseline, is_
                         pbt_mutations, ray_param_space)
 from core.checkpoints import (backfill_reports, checkpoint_problem, remove_staging_leftovers,
                               repair_checkpoint_records)
+from core.tracking import release_wandb_in_driver
 from core.trainable import tune_trainable
 
 logger = logging.getLogger(__name__)
@@ -504,6 +505,7 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         # (which ResultGrid and the analysis helpers read) and write TensorBoard ourselves.
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
         # W&B: one run per trial, core.tracking.TrialLoggers.
         callbacks = [SessionJsonLogger(), SessionCSVLogger(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
         # A trial that had not reported before an interruption has no result files yet: Ray warns

@@ -168,6 +168,21 @@ def _wandb_release() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def release_wandb_in_driver() -> None:
+    """For a driver (tune.py, confirm.py), before its Tuner runs: import wandb now and remove the
+    staging directories the import makes. The driver never logs to W&B (its trials do, each in
+    its own process), but Ray Tune imports wandb in it (Tuner.fit counts the callbacks by class
+    for its telemetry), and those directories are removed only by exit hooks: a driver killed
+    outright (SIGKILL, the OOM killer) left two in TMPDIR per kill. A W&B run started later in
+    this process makes them again (`_wandb_run`)."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:   # not installed: Ray does not import it either
+        return
+    for path in _wandb_staging_dirs():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _wandb_staging_dirs() -> list[str]:
     """The paths of W&B's import-time staging directories. They are private module attributes
     (tempfile.TemporaryDirectory objects removed only by atexit) and no public API or setting

@@ -9,9 +9,11 @@ owns and is stopped by it, even when the test fails.
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,6 +190,20 @@ def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_driver_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path):
+    # A fresh short TMPDIR (Ray's unix sockets live there too): what the killed drivers and their
+    # trials leave in it is counted at the end.
+    temp = Path(tempfile.mkdtemp(prefix="psk-", dir="/tmp"))
+    try:
+        _kill_the_driver_repeatedly_then_resume(tmp_path, {**ENV, "TMPDIR": str(temp)})
+        left = sorted(p.name for p in temp.iterdir() if "wandb" in p.name or p.name.startswith("paintsweep-"))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    # Nothing of the product's (checkpoint staging) or of W&B's (which Ray Tune imports in the
+    # driver) is left by three SIGKILLed drivers and their trials; Ray's own session files are Ray's.
+    assert not left, f"left in TMPDIR: {left}"
+
+
+def _kill_the_driver_repeatedly_then_resume(tmp_path, env):
     epochs, trials = 3, 4
     args = [*SPACE, "--storage", str(tmp_path), "--num-samples", str(trials), "search.max_concurrent=1",
             "search.scheduler=fifo", f"train.epochs={epochs}", "train.iters_per_epoch=6"]
@@ -207,13 +223,13 @@ def test_driver_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path)
     kills = []
     for i, (moment, condition) in enumerate(moments):
         finished_at_start = len(finished_trials(exp, epochs))
-        with driver(*args, *(["--resume"] if i else [])) as proc:
+        with driver(*args, *(["--resume"] if i else []), env=env) as proc:
             wait_for(condition, moment, proc=proc)
             kill_session(proc)
         kills.append(moment)
         finished_seen |= finished_trials(exp, epochs)
 
-    out = tune(*args, "--resume")
+    out = tune(*args, "--resume", env=env)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
     board = pd.read_csv(exp / "leaderboard.csv")
