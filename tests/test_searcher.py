@@ -171,6 +171,7 @@ def _pbt_trial(directory: Path, checkpoint: Path, kept: list[Path]):
     for path in kept:
         manager._checkpoint_results.append(_TrainingResult(Checkpoint(str(path), filesystem=fs),
                                                            {"epoch": int(path.name.split("_")[1])}))
+
     class Trial:   # hashable, as PBT keys its state by trial
         config, experiment_tag = {}, "0"
         storage = SimpleNamespace(trial_fs_path=str(directory), storage_filesystem=fs)
