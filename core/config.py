@@ -113,7 +113,9 @@ class TrainConfig:
     seed: int = 0                        # trial seed (weights, shuffling, augmentation)
     device: str = "auto"                 # auto | cpu | cuda
     amp: bool = False                    # bfloat16 autocast on CUDA (ignored on CPU)
-    threads: int | None = None           # torch CPU threads per trial; None = the CPUs the trial was given
+    threads: int | None = None           # torch CPU threads per trial; None = $PAINTSWEEP_THREADS, else the CPUs
+                                         # the trial was given (another count sums in another order: a cheap
+                                         # stand-in for another CPU)
 
     def validate(self) -> list[str]:
         errors = []
@@ -127,6 +129,12 @@ class TrainConfig:
             errors.append(f"train.iters_per_epoch must be >= 1 or null, got {self.iters_per_epoch}")
         if self.device not in ("auto", "cpu", "cuda"):
             errors.append(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            errors.append(f"train.threads must be >= 1 or null, got {self.threads}")
+        threads_env = os.environ.get("PAINTSWEEP_THREADS", "")
+        if self.threads is None and threads_env and not (threads_env.isdigit() and int(threads_env) >= 1):
+            errors.append(f"PAINTSWEEP_THREADS must be a whole number of threads per trial, got {threads_env!r} "
+                          f"(unset it to give each trial as many threads as it has CPUs)")
         return errors
 
 
