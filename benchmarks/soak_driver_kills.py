@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from core.checkpoints import checkpoint_problem  # noqa: E402
-from test_faults import kill_session  # noqa: E402  (the fault tests' way to kill a driver and its Ray)
+from tune_cli import kill_session  # noqa: E402  (the tests' way to kill a driver and its Ray)
 
 
 def main() -> int:

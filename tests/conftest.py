@@ -46,29 +46,34 @@ def tiny_data(tiny_data_cfg, paintsweep_cache) -> PreparedData:
     return prepare_data(tiny_data_cfg, paintsweep_cache, progress=lambda message: None)
 
 
-# --- Finished smoke experiments (analysis, export and gallery tests share them) -----------------
+# --- Finished smoke experiments (analysis, export, gallery and search tests share them) ----------
 
 SMOKE_SPACES = ("cyclegan_builtin", "wgan_gp_builtin")   # a CycleGAN and a WGAN-GP search, 2 trials each
 
 
+class SmokeExperiments(dict):
+    """{space stem: experiment dir}, plus what tune.py printed for each (`outputs`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
-def smoke_experiments(tmp_path_factory) -> dict[str, Path]:
-    """{space stem: experiment dir} of `tune.py --smoke-test` runs (about 1 min in all). The
-    CycleGAN one logs to W&B too (logging.wandb=true), with no API key and WANDB_MODE unset:
-    W&B must then stay offline and never wait for the network."""
-    import subprocess
-    import sys
+def smoke_experiments(tmp_path_factory) -> SmokeExperiments:
+    """`tune.py --smoke-test` runs (about 1 min in all). The CycleGAN one logs to W&B too
+    (logging.wandb=true), with no API key and WANDB_MODE unset: W&B must then stay offline and
+    never wait for the network."""
+    from tune_cli import environment, tune
 
     storage = tmp_path_factory.mktemp("smoke-runs")
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    out = {}
+    env = {k: v for k, v in environment().items() if not k.startswith("WANDB_")}
+    out = SmokeExperiments()
     for stem in SMOKE_SPACES:
         extra = ["logging.wandb=true"] if stem == "cyclegan_builtin" else []
-        done = subprocess.run([sys.executable, str(root / "experiments" / "tune.py"), "--space",
-                               str(root / "search_spaces" / f"{stem}.yaml"), "--smoke-test", "--storage",
-                               str(storage), *extra], cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = tune("--space", f"search_spaces/{stem}.yaml", "--smoke-test", "--storage", str(storage), *extra,
+                    env=env, timeout=300)
         assert done.returncode == 0, f"smoke search {stem} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         out[stem] = storage / f"{stem}-smoke"
+        out.outputs[stem] = done.stdout
     return out

@@ -6,84 +6,26 @@ Every Ray process a test starts lives in a process group (or a ray.cluster_utils
 owns and is stopped by it, even when the test fails.
 """
 
-import json
 import logging
 import os
 import shutil
+import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
 import torch
+from tune_cli import SMOKE, driver, environment, kill_session, load_script, reports, tune, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
-SPACE = ["--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-ENV.pop("RAY_ADDRESS", None)
+SPACE = SMOKE
+ENV = environment()
+tune_main = load_script("tune").main
 # Epochs of a few seconds (the smoke test's are a fraction of one), so a fault lands mid-epoch.
 LONGER_EPOCHS = ["data.builtin_count=100", "data.max_images=100", "train.iters_per_epoch=60"]
-
-
-def tune(*args, timeout=600, env=None):
-    return subprocess.run([*TUNE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env or ENV)
-
-
-@contextmanager
-def driver(*args, env=None):
-    """tune.py in its own session: the test can SIGKILL it with every Ray process it started."""
-    proc = subprocess.Popen([*TUNE, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, env=env or ENV)
-    try:
-        yield proc
-    finally:
-        kill_session(proc)
-
-
-def kill_session(proc) -> None:
-    """SIGKILL the driver and everything in its session (Ray's GCS, raylet, workers)."""
-    members = [p for p in psutil.process_iter() if _sid(p) == proc.pid]
-    for p in members:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(members, timeout=30)
-    proc.wait(timeout=30)
-
-
-def _sid(p) -> int | None:
-    try:
-        return os.getsid(p.pid)
-    except (ProcessLookupError, PermissionError):
-        return None
-
-
-def wait_for(condition, what: str, timeout: float = 300, proc=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the driver exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def reports(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def finished_trials(exp: Path, epochs: int) -> dict[str, float]:
@@ -125,76 +67,48 @@ def free_port() -> int:
 # --- Clear messages --------------------------------------------------------------------------------
 
 
-def test_unreachable_cluster_address_is_one_clear_error(tmp_path):
+def test_unreachable_cluster_address_is_one_clear_error(tmp_path, capsys):
     port = free_port()   # nothing listens there
     start = time.time()
-    out = tune(*SPACE, "--storage", str(tmp_path), "--address", f"127.0.0.1:{port}", timeout=120)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert f"Cannot reach the Ray cluster at --address 127.0.0.1:{port}" in out.stderr
-    assert "ray start --head" in out.stderr and "Traceback" not in out.stderr
+    code = tune_main([*SPACE, "--storage", str(tmp_path), "--address", f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"Cannot reach the Ray cluster at --address 127.0.0.1:{port}" in err
+    assert "ray start --head" in err and "Traceback" not in err
     assert time.time() - start < 60, "an unreachable address must not be waited on"
     assert not any(tmp_path.iterdir()), "nothing is written for a search that cannot start"
 
 
 def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_path):
+    # A process of its own: the check runs once Ray is up, and this one must not start in the tests'.
     out = tune(*SPACE, "--storage", str(tmp_path), "search.gpus_per_trial=1", timeout=180)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "asks for 1 GPU" in out.stderr and "no node has a GPU" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_storage_that_cannot_be_written_is_one_clear_error(tmp_path):
+def test_storage_that_cannot_be_written_is_one_clear_error(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    out = tune(*SPACE, "--storage", str(blocker / "runs"), timeout=120)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Cannot write to --storage" in out.stderr and "Traceback" not in out.stderr
+    code = tune_main([*SPACE, "--storage", str(blocker / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Cannot write to --storage" in err and "Traceback" not in err
 
 
-# --- A trial process killed mid-epoch ------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_trial_killed_mid_epoch_is_retried_from_its_checkpoint(tmp_path):
-    epochs = 3
-    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=2",
-            "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
-    exp = tmp_path / "cyclegan_builtin-smoke"
-    with driver(*args) as proc:
-        # Once epoch 1's checkpoint is in storage (and a moment later registered by the driver),
-        # kill the trial's worker process while it trains epoch 2.
-        first = wait_for(lambda: next(iter(exp.glob("cyclegan_*/checkpoint_000000/state.pt")), None),
-                         "the first checkpoint", proc=proc)
-        trial = first.parent.parent
-        worker = wait_for(lambda: next((p for p in psutil.process_iter(["cmdline"])
-                                        if _sid(p) == proc.pid and "ImplicitFunc" in " ".join(p.info["cmdline"] or [])),
-                                       None), "the trial's worker process", proc=proc)
-        time.sleep(1)
-        assert not (trial / "checkpoint_000001").exists(), "killed too late: epoch 2 already done"
-        worker.kill()
-        output, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, output[-4000:]
-
-    assert retried_from_checkpoint(output), output[-4000:]
-    epochs_reported = [r["epoch"] for r in reports(trial)]
-    assert epochs_reported == list(range(1, epochs + 1)), f"epochs redone or skipped: {epochs_reported}"
-    board = pd.read_csv(exp / "leaderboard.csv")
-    assert list(board["status"]) == ["completed"]
-    kept = checkpoints_load(exp)
-    print(f"\nfaults injected: 1 trial process SIGKILLed mid-epoch 2; work lost: 0 epochs "
-          f"(reported {epochs_reported}), {kept} checkpoints load")
-
-
-# --- The driver SIGKILLed at different moments, then resumed ------------------------------------
+# --- The driver interrupted and SIGKILLed at different moments, then resumed ----------------------
 
 
 @pytest.mark.slow
-def test_driver_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path):
+def test_driver_interrupted_then_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path):
+    """One search through every way a driver can stop: Ctrl-C after a trial finished, then SIGKILL
+    3 s into a resume, mid-trial, and just after a trial finished; the last --resume finishes it.
+    (110 s; these were two tests before, whose runs would have repeated each other's first half.)"""
     # A fresh short TMPDIR (Ray's unix sockets live there too): what the killed drivers and their
     # trials leave in it is counted at the end.
     temp = Path(tempfile.mkdtemp(prefix="psk-", dir="/tmp"))
     try:
-        _kill_the_driver_repeatedly_then_resume(tmp_path, {**ENV, "TMPDIR": str(temp)})
+        _stop_the_driver_repeatedly_then_resume(tmp_path, {**ENV, "TMPDIR": str(temp)})
         left = sorted(p.name for p in temp.iterdir() if "wandb" in p.name or p.name.startswith("paintsweep-"))
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -203,30 +117,38 @@ def test_driver_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path)
     assert not left, f"left in TMPDIR: {left}"
 
 
-def _kill_the_driver_repeatedly_then_resume(tmp_path, env):
+def _stop_the_driver_repeatedly_then_resume(tmp_path, env):
     epochs, trials = 3, 4
     args = [*SPACE, "--storage", str(tmp_path), "--num-samples", str(trials), "search.max_concurrent=1",
             "search.scheduler=fifo", f"train.epochs={epochs}", "train.iters_per_epoch=6"]
     exp = tmp_path / "cyclegan_builtin-smoke"
 
-    def any_checkpoint():
-        return list(exp.glob("cyclegan_*/checkpoint_*/state.pt"))
+    def checkpoints() -> set[Path]:
+        return set(exp.glob("cyclegan_*/checkpoint_*/state.pt"))
 
-    # Each kill at a different moment: mid-trial (a checkpoint exists, the trial is running);
-    # right after a resume started (Ray restoring its state); after a trial finished.
+    # Each stop at a different moment: a Ctrl-C once a trial has finished; a SIGKILL while Ray
+    # restores its state, one mid-trial (a new checkpoint, the trial running on), one right after
+    # another trial finished.
     moments = [
-        ("mid-trial, after the first checkpoint", lambda: any_checkpoint()),
-        ("3 s into a resume", lambda: time.sleep(3) or True),
-        ("just after a trial finished", lambda: len(finished_trials(exp, epochs)) > finished_at_start),
+        ("SIGINT", "just after a trial finished", lambda: len(finished_trials(exp, epochs)) > finished_at_start),
+        ("SIGKILL", "3 s into a resume", lambda: time.sleep(3) or True),
+        ("SIGKILL", "mid-trial, after a new checkpoint", lambda: checkpoints() - checkpoints_at_start),
+        ("SIGKILL", "just after a trial finished", lambda: len(finished_trials(exp, epochs)) > finished_at_start),
     ]
     finished_seen: dict[str, float] = {}
-    kills = []
-    for i, (moment, condition) in enumerate(moments):
-        finished_at_start = len(finished_trials(exp, epochs))
+    first_finished: dict[str, list[str]] = {}   # the trial finished before the Ctrl-C -> its checkpoints
+    stops = []
+    for i, (how, moment, condition) in enumerate(moments):
+        finished_at_start, checkpoints_at_start = len(finished_trials(exp, epochs)), checkpoints()
         with driver(*args, *(["--resume"] if i else []), env=env) as proc:
             wait_for(condition, moment, proc=proc)
+            if how == "SIGINT":   # Ctrl-C: to the whole process group, as a terminal sends it
+                os.killpg(proc.pid, signal.SIGINT)
+                proc.wait(timeout=120)
+                first_finished = {name: sorted(p.name for p in (exp / name).glob("checkpoint_*"))
+                                  for name in finished_trials(exp, epochs)}
             kill_session(proc)
-        kills.append(moment)
+        stops.append(f"{how} {moment}")
         finished_seen |= finished_trials(exp, epochs)
 
     out = tune(*args, "--resume", env=env)
@@ -240,55 +162,76 @@ def _kill_the_driver_repeatedly_then_resume(tmp_path, env):
     by_trial = dict(zip(board["trial"], board["best_fid"]))
     changed = [name for name, fid in finished_seen.items() if by_trial[name] != pytest.approx(fid)]
     assert not changed, f"finished trials whose results changed: {changed}"
+    assert first_finished, "no trial had finished before the Ctrl-C"
+    for name, kept_then in first_finished.items():   # a finished trial is never trained or pruned again
+        assert sorted(p.name for p in (exp / name).glob("checkpoint_*")) == kept_then, name
     kept = checkpoints_load(exp)
     for _, row in board.iterrows():
         assert (Path(row["checkpoint"]) / "state.pt").is_file()
     redone = sum(len(reports(t)) - len({r["epoch"] for r in reports(t)}) for t in exp.glob("cyclegan_*"))
-    print(f"\nfaults injected: {len(kills)} driver SIGKILLs ({'; '.join(kills)}); work lost: 0 finished "
-          f"trials of {len(finished_seen)}, 0 corrupt checkpoints of {kept}; epochs redone after restore: {redone}")
+    print(f"\nfaults injected: {'; '.join(stops)}; work lost: 0 finished trials of {len(finished_seen)}, "
+          f"0 corrupt checkpoints of {kept}; epochs redone after restore: {redone}")
 
 
-# --- A worker node lost mid-trial -------------------------------------------------------------------
+# --- A trial process killed, then its worker node lost --------------------------------------------
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_trial_finishes_on_another_node(tmp_path, monkeypatch):
+def test_trial_process_killed_then_its_node_lost_finishes_from_its_checkpoints(tmp_path, monkeypatch):
+    """Two faults in one run (each cost a search of its own before; their recoveries do not
+    interact): the trial's worker process is SIGKILLed mid-epoch 2, and Ray retries the trial from
+    epoch 1's checkpoint on the same node; then that node is removed mid-epoch 3, and the trial goes
+    on from epoch 2's checkpoint on another node. No epoch is trained twice or skipped."""
     from ray.cluster_utils import Cluster
 
     # ray.cluster_utils.Cluster lives in this process, the driver in another: with a token in
     # ~/.ray/auth_token Ray turns token authentication on for the test cluster, whose token the
-    # driver does not get. This test is about losing a node, not about authentication.
+    # driver does not get. This test is about losing a process and a node, not about authentication.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**ENV, "RAY_AUTH_MODE": "disabled"}
-    epochs = 3
-    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=2",
+    epochs = 4
+    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=3",
             "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
     exp = tmp_path / "cyclegan_builtin-smoke"
-    # A head without CPUs (it runs only Ray's services), so the trial must start on worker A.
+
+    def checkpoint(n: int):
+        return lambda: next(iter(exp.glob(f"cyclegan_*/checkpoint_{n:06d}/state.pt")), None)
+
+    # A head without CPUs (it runs only Ray's services), so the trial must run on worker A.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         node_a = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
+        raylet_a = psutil.Process(node_a.all_processes["raylet"][0].process.pid)
         with driver(*args, "--address", cluster.address, env=env) as proc:
-            wait_for(lambda: next(iter(exp.glob("cyclegan_*/checkpoint_000000/state.pt")), None),
-                     "the first checkpoint", proc=proc)
+            # Once epoch 1's checkpoint is in storage (and a moment later registered by the driver),
+            # kill the trial's worker process while it trains epoch 2.
+            trial = wait_for(checkpoint(0), "the first checkpoint", proc=proc).parent.parent
+            worker = wait_for(lambda: next((p for p in raylet_a.children(recursive=True)
+                                            if "ImplicitFunc" in " ".join(p.cmdline())), None),
+                              "the trial's worker process", proc=proc)
+            time.sleep(1)
+            assert not checkpoint(1)(), "killed too late: epoch 2 already done"
+            worker.kill()
+            # Retried on A, the trial trains epoch 2 again from epoch 1's checkpoint; then A is lost.
+            wait_for(checkpoint(1), "epoch 2's checkpoint after the retry", proc=proc)
             time.sleep(1)   # let the driver register it
             cluster.add_node(num_cpus=1)            # B: where the trial can go on
-            cluster.remove_node(node_a)             # A lost mid-epoch 2, with its trial process
+            cluster.remove_node(node_a)             # A lost mid-epoch 3, with its trial process
             output, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, output[-4000:]
     finally:
         cluster.shutdown()
 
     assert retried_from_checkpoint(output), output[-4000:]
-    trial = next(exp.glob("cyclegan_*"))
     epochs_reported = [r["epoch"] for r in reports(trial)]
     assert epochs_reported == list(range(1, epochs + 1)), f"epochs redone or skipped: {epochs_reported}"
     board = pd.read_csv(exp / "leaderboard.csv")
     assert list(board["status"]) == ["completed"]
     kept = checkpoints_load(exp)
-    print(f"\nfaults injected: 1 worker node (of 2, plus a CPU-less head) removed mid-epoch 2; work lost: "
-          f"0 epochs (reported {epochs_reported}), {kept} checkpoints load")
+    print(f"\nfaults injected: the trial's process SIGKILLed mid-epoch 2, then its worker node (of 2, plus "
+          f"a CPU-less head) removed mid-epoch 3; work lost: 0 epochs (reported {epochs_reported}), "
+          f"{kept} checkpoints load")
 
 
 # --- Results in S3: an S3-compatible server (moto) on loopback ----------------------------------------

@@ -12,47 +12,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from core.checkpoints import checkpoint_problem
+from tune_cli import (ROOT, SMOKE, TUNE, driver, environment, kill_session, load_script, recorded_latest_checkpoint,
+                      reports, wait_for)
 
-ROOT = Path(__file__).resolve().parents[1]
-TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
 EXPORT = [sys.executable, str(ROOT / "experiments" / "export.py")]
-SMOKE = ["--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test"]
 
 
 def run(cmd, env=None, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def reports(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environment(**(env or {})))
 
 
 def fid_by_epoch(trial_dir: Path) -> dict[int, float]:
     """The FID each epoch reported (a resumed trial that redid an epoch reports it again, the same)."""
     return {r["epoch"]: r["fid"] for r in reports(trial_dir)}
-
-
-def recorded_latest_checkpoint(exp: Path) -> dict[str, str]:
-    """trial directory name -> the latest checkpoint Ray's newest experiment snapshot names."""
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-    from ray.tune.trainable.metadata import _TrainingRunMetadata
-    from ray.tune.utils.serialization import _loads_with_cloudpickle
-
-    state = _loads_with_cloudpickle(Path(_find_newest_experiment_checkpoint(str(exp))).read_text())
-    named = {}
-    for _, metadata_json in state["trial_data"]:
-        latest = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager.latest_checkpoint_result
-        if latest is not None:
-            path = Path(latest.checkpoint.path)
-            named[path.parent.name] = path.name
-    return named
 
 
 # --- A search killed in the window where its record names a deleted checkpoint ------------------
@@ -64,8 +38,6 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     evaluation N+1 then displaced it and keep-top-k deleted it, and the driver died before the next
     snapshot. Reproduced exactly: the driver is killed once three evaluations are in storage, and
     the checkpoint the snapshot names is deleted."""
-    from test_faults import driver, kill_session, wait_for
-
     epochs = 5
     args = [*SMOKE, "--num-samples", "1", "search.scheduler=fifo", f"train.epochs={epochs}",
             "search.keep_checkpoints=3", "train.iters_per_epoch=4"]
@@ -99,35 +71,6 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     resumed = fid_by_epoch(exp / trial)
     assert resumed == pytest.approx(expected), f"the resumed trial's evaluations differ: {resumed} != {expected}"
     assert checkpoint_problem(board["checkpoint"][0]) is None
-
-
-# --- The temp directory and the disk ----------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_search_leaves_nothing_in_tmpdir_and_keeps_only_what_the_config_says(tmp_path):
-    # A short fresh TMPDIR: Ray puts its session (with unix sockets of at most 107 bytes) there too.
-    temp = Path(tempfile.mkdtemp(prefix="pst-", dir="/tmp"))
-    keep, epochs = 2, 5
-    try:
-        out = run([*TUNE, *SMOKE, "--storage", str(tmp_path / "runs"), "search.scheduler=fifo",
-                   f"train.epochs={epochs}", f"search.keep_checkpoints={keep}"], env={"TMPDIR": str(temp)})
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        left = sorted(p.name for p in temp.iterdir() if p.name.startswith("paintsweep-"))
-        assert not left, f"left in TMPDIR: {left}"
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-
-    trials = sorted((tmp_path / "runs" / "cyclegan_builtin-smoke").glob("cyclegan_*"))
-    assert len(trials) == 2
-    for trial in trials:
-        results = reports(trial)
-        assert len(results) == epochs > keep + 1, "the run must evaluate more often than it keeps"
-        # Ray numbers checkpoints by report: the best `keep` by FID, plus the latest, survive.
-        by_fid = sorted(range(epochs), key=lambda i: results[i]["fid"])
-        expected = {f"checkpoint_{i:06d}" for i in by_fid[:keep]} | {f"checkpoint_{epochs - 1:06d}"}
-        assert {p.name for p in trial.glob("checkpoint_*")} == expected
-        assert len(expected) <= keep + 1
 
 
 # --- A damaged kept checkpoint ------------------------------------------------------------------
@@ -166,9 +109,10 @@ def test_damaged_best_checkpoint_export_falls_back_and_resume_tells_the_truth(sm
     assert out.returncode == 0 and (tmp_path / "c.zip").is_file(), out.stderr[-3000:]
 
 
-def test_export_of_a_path_that_does_not_exist_says_so(tmp_path):
-    out = run([*EXPORT, str(tmp_path / "nope"), "--out", str(tmp_path / "a.zip")])
-    assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+def test_export_of_a_path_that_does_not_exist_says_so(tmp_path, capsys):
+    code = load_script("export").main([str(tmp_path / "nope"), "--out", str(tmp_path / "a.zip")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
 
 
 # --- One W&B run and one HParams session per trial -------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tune_cli import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "experiments" / "report.py"
@@ -50,10 +51,11 @@ class Page(HTMLParser):
             self._cell = None
 
 
-def test_not_an_experiment_is_one_clear_error(tmp_path):
-    done = subprocess.run([sys.executable, str(REPORT), str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "not a paintsweep experiment directory" in done.stderr
-    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+def test_not_an_experiment_is_one_clear_error(tmp_path, capsys):
+    code = load_script("report").main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a paintsweep experiment directory" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow

@@ -1,64 +1,65 @@
-"""The search, end to end through the command line: real Ray Tune, real Optuna, real files."""
+"""The search, end to end through the command line: real Ray Tune, real Optuna, real files.
+
+tune.py's checks and refusals run in this process (`main(argv)`): they happen before Ray starts."""
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from tune_cli import ROOT, SMOKE, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
-
-
-def tune(*args, timeout=600, **kwargs):
-    return subprocess.run([*TUNE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+tune_main = load_script("tune").main
 
 
-def test_dry_run_prints_the_real_cyclegan_space():
-    out = tune("--space", "search_spaces/cyclegan.yaml", "--dry-run")
-    assert out.returncode == 0, out.stderr
+def tune(capsys, *args: str):
+    """tune.py's main in this process: (exit code, stdout, stderr)."""
+    code = tune_main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_dry_run_prints_the_real_cyclegan_space(capsys):
+    code, out, err = tune(capsys, "--space", str(ROOT / "search_spaces/cyclegan.yaml"), "--dry-run")
+    assert code == 0, err
     for searched in ("model.lr_g", "model.lr_d", "model.lambda_cycle", "model.lambda_identity",
                      "model.wait_epochs", "model.decay_epochs"):
-        assert searched in out.stdout
-    assert "source: kaggle" in out.stdout and "image_size: 256" in out.stdout
-    assert "Optuna TPE (seed 0): 6 random start-up trials of 24" in out.stdout and "ASHA (grace 6 epochs" in out.stdout
-    assert "# Baseline" in out.stdout and "model.lambda_cycle: 10.0" in out.stdout
+        assert searched in out
+    assert "source: kaggle" in out and "image_size: 256" in out
+    assert "Optuna TPE (seed 0): 6 random start-up trials of 24" in out and "ASHA (grace 6 epochs" in out
+    assert "# Baseline" in out and "model.lambda_cycle: 10.0" in out
 
 
-def test_bad_space_gives_one_clear_error_and_exit_code_2(tmp_path):
+def test_bad_space_gives_one_clear_error_and_exit_code_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("_base_: %s\nmodel: {lamda_cycle: 3.0}\n" % (ROOT / "search_spaces/cyclegan_builtin.yaml"))
-    out = tune("--space", str(bad), "--dry-run")
-    assert out.returncode == 2
-    assert "Did you mean 'lambda_cycle'" in out.stderr
-    assert "Traceback" not in out.stderr
+    code, _, err = tune(capsys, "--space", str(bad), "--dry-run")
+    assert code == 2
+    assert "Did you mean 'lambda_cycle'" in err
+    assert "Traceback" not in err
 
 
-def test_resume_of_a_directory_without_an_experiment_is_refused(tmp_path):
-    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test", "--storage", str(tmp_path), "--resume")
-    assert out.returncode == 2
-    assert "Nothing to resume" in out.stderr and "Traceback" not in out.stderr
+def test_resume_of_a_directory_without_an_experiment_is_refused(tmp_path, capsys):
+    code, _, err = tune(capsys, *SMOKE, "--storage", str(tmp_path), "--resume")
+    assert code == 2
+    assert "Nothing to resume" in err and "Traceback" not in err
 
 
-def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_path):
-    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test", "--storage", str(tmp_path))
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "Leaderboard" in out.stdout
-    exp = tmp_path / "cyclegan_builtin-smoke"
+def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(smoke_experiments):
+    stdout = smoke_experiments.outputs["cyclegan_builtin"]
+    assert "Leaderboard" in stdout
+    exp = smoke_experiments["cyclegan_builtin"]
     # The console: Ray's trial table leads with the epoch and the running best, and each finished
     # trial gets one line with its status and best.
-    header = [line for line in out.stdout.splitlines() if "Trial name" in line][-1].strip("│ ")
+    header = [line for line in stdout.splitlines() if "Trial name" in line][-1].strip("│ ")
     assert header.split()[-4:] == ["epoch", "best_fid", "fid", "step"], header
-    assert "Token authentication" not in out.stdout + out.stderr, "Ray's notice about its private cluster"
-    ended = re.findall(r"^Trial (cyclegan_\w+) (completed|stopped early), best fid [\d.]+ at epoch \d", out.stdout, re.M)
-    assert len(ended) == 2, out.stdout[-3000:]
+    assert "Token authentication" not in stdout, "Ray's notice about its private cluster"
+    ended = re.findall(r"^Trial (cyclegan_\w+) (completed|stopped early), best fid [\d.]+ at epoch \d", stdout, re.M)
+    assert len(ended) == 2, stdout[-3000:]
 
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(board) == 2
@@ -82,35 +83,6 @@ def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(tmp_pa
     assert len({e.parent for e in events}) == 2, "one TensorBoard run per trial"
 
 
-@pytest.mark.slow
-def test_interrupted_search_resumes_without_losing_finished_trials(tmp_path):
-    args = ["--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test", "--storage", str(tmp_path),
-            "--num-samples", "4", "search.max_concurrent=1", "train.epochs=3"]
-    exp = tmp_path / "cyclegan_builtin-smoke"
-    driver = subprocess.Popen([*TUNE, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    # Wait until one trial has finished all its epochs, then interrupt like Ctrl-C.
-    deadline = time.time() + 300
-    finished_before = None
-    while time.time() < deadline and finished_before is None:
-        time.sleep(1)
-        for result in exp.glob("*/result.json"):
-            lines = result.read_text().splitlines()
-            if lines and json.loads(lines[-1]).get("epoch") == 3:
-                finished_before = result.parent
-    assert finished_before is not None, "no trial finished in time"
-    checkpoints_before = sorted(p.name for p in finished_before.glob("checkpoint_*"))
-    os.killpg(driver.pid, signal.SIGINT)
-    driver.wait(timeout=120)
-
-    out = tune(*args, "--resume")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    board = pd.read_csv(exp / "leaderboard.csv")
-    assert len(board) == 4 and board["best_fid"].notna().all()
-    assert sorted(p.name for p in finished_before.glob("checkpoint_*")) == checkpoints_before
-    assert finished_before.name in set(board["trial"])
-
-
 def test_damaged_checkpoints_are_removed_with_the_reason_and_good_ones_kept(tmp_path):
     import torch
 
@@ -131,25 +103,24 @@ def test_damaged_checkpoints_are_removed_with_the_reason_and_good_ones_kept(tmp_
                         f"removing damaged checkpoint {empty}: state.pt is missing"]
 
 
-def test_dry_run_refuses_what_the_run_refuses_with_the_runs_own_message(tmp_path):
-    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--dry-run", "data.source=folder",
-               f"data.root={tmp_path / 'nowhere'}")
-    assert out.returncode == 2 and f"data.root {tmp_path / 'nowhere'} is not a directory" in out.stderr, out.stderr
-    out = tune("--space", "search_spaces/cyclegan_builtin.yaml", "--dry-run", "data.image_size=20", "data.load_size=24")
-    assert out.returncode == 2 and "too small for a PatchGAN" in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr
+def test_dry_run_refuses_what_the_run_refuses_with_the_runs_own_message(tmp_path, capsys):
+    space = str(ROOT / "search_spaces/cyclegan_builtin.yaml")
+    code, _, err = tune(capsys, "--space", space, "--dry-run", "data.source=folder", f"data.root={tmp_path / 'nowhere'}")
+    assert code == 2 and f"data.root {tmp_path / 'nowhere'} is not a directory" in err, err
+    code, _, err = tune(capsys, "--space", space, "--dry-run", "data.image_size=20", "data.load_size=24")
+    assert code == 2 and "too small for a PatchGAN" in err, err
+    assert "Traceback" not in err
 
 
-def test_an_empty_space_and_a_missing_base_say_what_is_wrong(tmp_path):
+def test_an_empty_space_and_a_missing_base_say_what_is_wrong(tmp_path, capsys):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
-    out = tune("--space", str(empty), "--dry-run")
-    assert out.returncode == 2 and f"{empty} is empty" in out.stderr, out.stderr
+    code, _, err = tune(capsys, "--space", str(empty), "--dry-run")
+    assert code == 2 and f"{empty} is empty" in err, err
     child = tmp_path / "child.yaml"
     child.write_text("_base_: missing/base.yaml\nname: x\n")
-    out = tune("--space", str(child), "--dry-run")
-    assert out.returncode == 2 and f"{child} names _base_ {tmp_path / 'missing/base.yaml'}, which does not exist" \
-        in out.stderr, out.stderr
+    code, _, err = tune(capsys, "--space", str(child), "--dry-run")
+    assert code == 2 and f"{child} names _base_ {tmp_path / 'missing/base.yaml'}, which does not exist" in err, err
 
 
 def test_a_second_driver_on_one_experiment_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):

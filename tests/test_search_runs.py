@@ -1,64 +1,146 @@
-"""Whole searches through tune.py: the baseline trial and its ratio, a diverged trial in the stored
-Optuna study, a finished search extended with more trials, and the wall-clock budget."""
+"""Whole searches through tune.py: a diverged trial, two objectives, KID retention and a clean temp
+directory, all read off one shared four-trial search; a finished search grown with more trials; the
+wall-clock budget; PBT's exploits.
+
+The shared search (`four_trials`, about 45 s) stands in for five that each tested one of these: what
+they checked does not interact (a diverged trial has no checkpoints to retain, the Pareto front and
+the KID ranking read the same leaderboard), so one run serves them all."""
 
 import json
-import os
-import subprocess
-import sys
+import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from tune_cli import SMOKE, SMOKE_EXPERIMENT, environment, reports, study_of, tune
 
-ROOT = Path(__file__).resolve().parents[1]
-TUNE = [sys.executable, str(ROOT / "experiments" / "tune.py")]
-SMOKE = ["--space", "search_spaces/cyclegan_builtin.yaml", "--smoke-test"]
-
-
-def tune(*args, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([*TUNE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+# The baseline (lambda_cycle 10) trains normally; a cycle weight of 1e39 overflows float32 at once.
+DIVERGING_SPACE = ("search.space={model.lambda_cycle: {choice: [10.0, 1.0e+39]}, "
+                   "model.lr_g: {loguniform: [1.0e-4, 3.0e-4]}}")
+EPOCHS, KEEP = 4, 2   # more evaluations than kept checkpoints + the latest: retention must choose
 
 
-def reports(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
-
-
-def study_of(exp: Path):
-    return optuna.load_study(study_name=exp.name, storage=f"sqlite:///{exp / 'optuna.db'}")
+@pytest.fixture(scope="module")
+def four_trials(tmp_path_factory):
+    """(experiment dir, tune.py's output, what it left in its TMPDIR) of a two-objective search (KID,
+    then precision) of 4 trials, FIFO, 4 evaluations each, keeping 2 checkpoints, where a cycle
+    weight of 1e39 makes some trials diverge; run with a fresh short TMPDIR of its own."""
+    storage = tmp_path_factory.mktemp("four-trials")
+    # Short: Ray puts its session (with unix sockets of at most 107 bytes) in TMPDIR too.
+    temp = Path(tempfile.mkdtemp(prefix="pst-", dir="/tmp"))
+    try:
+        out = tune(*SMOKE, "--storage", str(storage), "--num-samples", "4", "search.scheduler=fifo",
+                   "search.metric=[kid, precision]", f"train.epochs={EPOCHS}", f"search.keep_checkpoints={KEEP}",
+                   DIVERGING_SPACE, env=environment(TMPDIR=str(temp)))
+        left = sorted(p.name for p in temp.iterdir() if p.name.startswith("paintsweep-"))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return storage / SMOKE_EXPERIMENT, out, left
 
 
 @pytest.mark.slow
-def test_a_diverged_trial_ranks_below_every_healthy_one_in_the_study_and_keeps_its_record(tmp_path):
-    # The baseline (lambda_cycle 10) trains normally; a cycle weight of 1e39 overflows float32 at once.
-    space = "search.space={model.lambda_cycle: {choice: [10.0, 1.0e+39]}, model.lr_g: {loguniform: [1.0e-4, 3.0e-4]}}"
-    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "4", "search.scheduler=fifo", space)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    exp = tmp_path / "cyclegan_builtin-smoke"
+def test_a_diverged_trial_ranks_below_every_healthy_one_in_the_study_and_keeps_its_record(four_trials):
+    exp, _, _ = four_trials
     board = pd.read_csv(exp / "leaderboard.csv")
     diverged = board[board["status"] == "diverged"]
     healthy = board[board["status"] == "completed"]
     assert len(diverged) >= 1 and len(healthy) >= 1, board.to_string()
     assert (diverged["model.lambda_cycle"] == 1e39).all() and (healthy["model.lambda_cycle"] == 10.0).all()
     assert diverged["status_detail"].str.contains("diverged: ").all()
+    assert board["status"].tolist() == sorted(board["status"], key=lambda s: s == "diverged"), "diverged last"
 
+    # The study saw each diverged trial as the worst possible on both objectives, every healthy one finite.
     trials = study_of(exp).trials
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    values = {t.params["model.lambda_cycle"]: [] for t in trials}
     for t in trials:
-        values[t.params["model.lambda_cycle"]].append(t.value)
-    assert max(values[10.0]) < min(values[1e39]) == float("inf"), values
+        if t.params["model.lambda_cycle"] == 1e39:
+            assert t.values == [float("inf"), float("-inf")], t.values
+        else:
+            assert all(abs(v) < float("inf") for v in t.values), t.values
+
+
+@pytest.mark.slow
+def test_a_two_objective_search_writes_its_pareto_front(four_trials):
+    exp, _, _ = four_trials
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert {"pareto", "best_kid", "best_precision", "precision", "recall"} <= set(board.columns)
+    # The front, computed here from the trials' own best values, comes first; a trial with no
+    # evaluation (diverged in its first epoch) is on no front.
+    points = [(r["best_kid"], -r["best_precision"]) for _, r in board.iterrows()]
+    scored = [p for p in points if not any(math.isnan(v) for v in p)]
+    on_front = [p in scored and not any(o[0] <= p[0] and o[1] <= p[1] and o != p for o in scored) for p in points]
+    assert list(board["pareto"]) == on_front
+    assert list(board["pareto"]) == sorted(board["pareto"], reverse=True)
+    assert "Pareto front (kid lower is better, precision higher is better)" in (exp / "leaderboard.txt").read_text()
+    study = study_of(exp)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"] and len(study.trials) == 4
+
+
+@pytest.mark.slow
+def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(four_trials):
+    """The first objective is KID: the retention policy keeps the best checkpoints by KID (plus the
+    latest), and each leaderboard row names its trial's best by KID."""
+    exp, _, _ = four_trials
+    best_kid = {}
+    for trial in sorted(exp.glob("cyclegan_*")):
+        rows = reports(trial)
+        if rows[-1]["trial_status"] == "diverged":
+            assert not list(trial.glob("checkpoint_*")), "a trial that diverged in its first epoch saved nothing"
+            continue
+        assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+        kids = [r["kid"] for r in rows]
+        best_kid[trial.name] = min(kids)
+        assert rows[-1]["best_kid"] == min(kids)
+        # Ray numbers checkpoints by report (0-based): the best KEEP by KID, plus the latest.
+        by_kid = sorted(range(EPOCHS), key=kids.__getitem__)
+        kept = {f"checkpoint_{i:06d}" for i in by_kid[:KEEP]} | {f"checkpoint_{EPOCHS - 1:06d}"}
+        assert {p.name for p in trial.glob("checkpoint_*")} == kept, trial.name
+    assert best_kid, "no healthy trial"
+
+    # What Ray recorded as each trial's retention policy (the scores above may happen to rank the
+    # checkpoints the same way by FID): keep KEEP, the lowest kid.
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    state = _loads_with_cloudpickle(Path(_find_newest_experiment_checkpoint(str(exp))).read_text())
+    policies = {(c.num_to_keep, c.checkpoint_score_attribute, c.checkpoint_score_order)
+                for c in (_TrainingRunMetadata.from_json_state(metadata).checkpoint_manager._checkpoint_config
+                          for _, metadata in state["trial_data"])}
+    assert policies == {(KEEP, "kid", "min")}
+
+    board = pd.read_csv(exp / "leaderboard.csv")
+    ranked = board[board["trial"].isin(best_kid)]
+    for _, group in ranked.groupby("pareto", sort=False):   # by KID within the front, and after it
+        assert list(group["best_kid"]) == sorted(group["best_kid"])
+    for _, row in ranked.iterrows():   # the kept checkpoint it names is the trial's best by KID
+        kids = [r["kid"] for r in reports(exp / row["trial"])]
+        assert row["best_kid"] == pytest.approx(best_kid[row["trial"]])
+        assert Path(row["checkpoint"]).name == f"checkpoint_{kids.index(min(kids)):06d}"
+
+
+@pytest.mark.slow
+def test_a_search_leaves_nothing_in_tmpdir(four_trials):
+    _, _, left = four_trials
+    assert not left, f"left in TMPDIR: {left}"   # checkpoint staging, removed on every exit path
+
+
+# --- A finished search grown ---------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_untouched(tmp_path):
+    # A search of its own: a copy of the shared smoke experiment would not do, since its Optuna
+    # searcher, restored from Ray's snapshot, names the study file where the search first ran.
     args = [*SMOKE, "--storage", str(tmp_path), "search.scheduler=fifo"]
     out = tune(*args, "--num-samples", "2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    exp = tmp_path / "cyclegan_builtin-smoke"
+    exp = tmp_path / SMOKE_EXPERIMENT
     before = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
     assert len(before) == 2
 
@@ -75,6 +157,9 @@ def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_un
     assert tune(*args, "--num-samples", "2", "--resume").returncode == 2, "a search cannot shrink"
 
 
+# --- The wall-clock budget ------------------------------------------------------------------------
+
+
 @pytest.mark.slow
 def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(tmp_path):
     args = [*SMOKE, "--storage", str(tmp_path), "--num-samples", "4", "search.max_concurrent=1",
@@ -84,7 +169,7 @@ def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(tm
     took = time.monotonic() - start
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "time budget used up" in out.stdout and "The time budget (20s) is used up" in out.stdout
-    exp = tmp_path / "cyclegan_builtin-smoke"
+    exp = tmp_path / SMOKE_EXPERIMENT
     board = pd.read_csv(exp / "leaderboard.csv")
     assert 1 <= len(board) < 4, board.to_string()
     used = json.loads((exp / "search_time.json").read_text())["seconds"]
@@ -96,6 +181,9 @@ def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(tm
     assert len(board) == 4 and (board["status"] == "completed").all(), board.to_string()
 
 
+# --- Population-based training ------------------------------------------------------------------
+
+
 @pytest.mark.slow
 def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path):
     # More trials than slots, and one kept checkpoint: an exploiting trial waits, paused, while its
@@ -104,7 +192,7 @@ def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path
                "search.scheduler=pbt", "search.searcher=random", "train.epochs=6", "search.baseline=false",
                "search.keep_checkpoints=1", "search.pbt={perturbation_interval: 1, quantile_fraction: 0.5}")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    exp = tmp_path / "cyclegan_builtin-smoke"
+    exp = tmp_path / SMOKE_EXPERIMENT
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(board) == 5 and (board["status"] == "completed").all(), board.to_string()
     assert "Could not recover from checkpoint" not in out.stdout + out.stderr
@@ -138,20 +226,3 @@ def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path
                 (trial, [r["epoch"] for r in rows])
         assert rows[-1]["epoch"] == 6 and rows[-1]["trial_id"] in trial, trial
     assert not board.loc[~board["baseline"], "schedule"].isna().all()
-
-
-@pytest.mark.slow
-def test_a_two_objective_search_writes_its_pareto_front(tmp_path):
-    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "3", "search.metric=[fid, precision]")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    exp = tmp_path / "cyclegan_builtin-smoke"
-    board = pd.read_csv(exp / "leaderboard.csv")
-    assert {"pareto", "best_fid", "best_precision", "precision", "recall"} <= set(board.columns)
-    # The front, computed here from the trials' own best values, comes first.
-    points = [(r["best_fid"], -r["best_precision"]) for _, r in board.iterrows()]
-    dominated = [any(o[0] <= p[0] and o[1] <= p[1] and o != p for o in points) for p in points]
-    assert list(board["pareto"]) == [not d for d in dominated]
-    assert list(board["pareto"]) == sorted(board["pareto"], reverse=True)
-    assert "Pareto front (fid lower is better, precision higher is better)" in (exp / "leaderboard.txt").read_text()
-    study = study_of(exp)
-    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"] and len(study.trials) == 3
