@@ -78,6 +78,9 @@ def test_resume_equals_uninterrupted_training(space, tiny_data, tmp_path):
 
     final_straight, final_resumed = load_state(straight), load_state(resumed)
     assert final_resumed["epoch"] == final_straight["epoch"] == 2
+    # The global step goes on from the checkpoint (TensorBoard's x axis, the reports' `step`).
+    assert final_resumed["step"] == final_straight["step"] == 2 * tree["train"]["iters_per_epoch"]
+    assert resumed.results[-1]["step"] == straight.results[-1]["step"]
     assert_same_tensors(final_straight["family"], final_resumed["family"], "family")
     assert_same_tensors(final_straight["rng"], final_resumed["rng"], "rng")
     assert final_straight["best"] == final_resumed["best"]
