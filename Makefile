@@ -19,11 +19,14 @@ quickstart: install
 	$(PY) experiments/tune.py --space search_spaces/quickstart.yaml
 	$(PY) experiments/confirm.py runs/quickstart --top 1 --seeds 5
 
+# The whole suite (what CI runs), with the 25 slowest tests listed at the end. PAINTSWEEP_THREADS=2
+# runs every trial at 2 threads: another floating-point summation order, as another CPU would.
 test: install
-	$(PY) -m pytest tests -ra
+	$(PY) -m pytest tests -ra --durations=25
 
+# The edit-test loop: everything not marked slow (one real search included).
 test-fast: install
-	$(PY) -m pytest tests -ra -m "not slow"
+	$(PY) -m pytest tests -ra -m "not slow" --durations=10
 
 # Mutation testing (mutmut 2.5; not part of `make test`). mutmut_config.py holds the scope (which
 # functions of which files are mutated) and the fast tests each file's mutants run. The default,
