@@ -79,12 +79,13 @@ def test_unreachable_cluster_address_is_one_clear_error(tmp_path, capsys):
     assert not any(tmp_path.iterdir()), "nothing is written for a search that cannot start"
 
 
-def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_path):
-    # A process of its own: the check runs once Ray is up, and this one must not start in the tests'.
-    out = tune(*SPACE, "--storage", str(tmp_path), "search.gpus_per_trial=1", timeout=180)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "asks for 1 GPU" in out.stderr and "no node has a GPU" in out.stderr
-    assert "Traceback" not in out.stderr
+def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_path, capsys):
+    # In this process: the check runs once Ray is up, and the driver shuts its Ray down on the way out.
+    code = tune_main([*SPACE, "--storage", str(tmp_path), "search.gpus_per_trial=1"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "asks for 1 GPU" in err and "no node has a GPU" in err
+    assert "Traceback" not in err
 
 
 def test_storage_that_cannot_be_written_is_one_clear_error(tmp_path, capsys):
@@ -258,16 +259,20 @@ def s3_server():
 
 
 @pytest.mark.slow
-def test_search_stored_in_s3_keeps_results_study_leaderboard_and_shipped_data(s3_server, tmp_path):
+def test_search_stored_in_s3_keeps_results_study_leaderboard_and_shipped_data(s3_server, tmp_path, monkeypatch, capsys):
     client, options, env = s3_server
     storage = f"s3://paintsweep/runs?{options}"
     env = {**env, "PAINTSWEEP_CACHE": str(tmp_path / "cache")}   # the mirror and data cache of this driver
 
-    bad = tune(*SPACE, "--storage", f"s3://no-such-bucket/runs?{options}", env=env, timeout=120)
-    assert bad.returncode == 2 and "Cannot write to --storage" in bad.stderr, bad.stderr[-2000:]
-    assert "Traceback" not in bad.stderr
-    nothing = tune(*SPACE, "--storage", storage, "--resume", env=env, timeout=120)
-    assert nothing.returncode == 2 and "Nothing to resume" in nothing.stderr, nothing.stderr[-2000:]
+    # Refused before Ray starts, so in this process (with the driver's credentials and cache).
+    for name, value in env.items():
+        if name.startswith("AWS_") or name == "PAINTSWEEP_CACHE":
+            monkeypatch.setenv(name, value)
+    assert tune_main([*SPACE, "--storage", f"s3://no-such-bucket/runs?{options}"]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot write to --storage" in err and "Traceback" not in err, err[-2000:]
+    assert tune_main([*SPACE, "--storage", storage, "--resume"]) == 2
+    assert "Nothing to resume" in capsys.readouterr().err
 
     out = tune(*SPACE, "--storage", storage, "search.scheduler=fifo", env=env)   # every trial completes
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]

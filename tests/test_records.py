@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import pytest
 from core.checkpoints import checkpoint_problem
 from tune_cli import (ROOT, SMOKE, TUNE, driver, environment, kill_session, load_script, recorded_latest_checkpoint,
                       reports, wait_for)
-
-EXPORT = [sys.executable, str(ROOT / "experiments" / "export.py")]
 
 
 def run(cmd, env=None, timeout=600):
@@ -32,6 +29,21 @@ def fid_by_epoch(trial_dir: Path) -> dict[int, float]:
 # --- A search killed in the window where its record names a deleted checkpoint ------------------
 
 
+def uninterrupted_fids(overrides: list[str], root: Path) -> dict[int, float]:
+    """epoch -> FID of the smoke search's only trial (the baseline) when nothing stops it: the same
+    trial loop on the same config, data and seed, run in this process (no driver to start)."""
+    from core.config import config_to_dict, load_experiment
+    from core.search import baseline_points, prepare_experiment
+    from core.trainable import LocalSession, run_trial
+
+    cfg = load_experiment(SMOKE[1], [*load_script("tune").SMOKE_TEST_OVERRIDES, *overrides])
+    ready = prepare_experiment(cfg, progress=lambda message: None)
+    session = LocalSession(root)
+    run_trial(baseline_points(cfg)[0], experiment=config_to_dict(cfg), prepared_root=ready.prepared_root,
+              reference_path=ready.reference_path, session=session)
+    return {r["epoch"]: r["fid"] for r in session.results}
+
+
 @pytest.mark.slow
 def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterrupted_run(tmp_path):
     """The sequence from the field: Ray's snapshot names checkpoint N as a trial's latest, a better
@@ -39,13 +51,9 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     snapshot. Reproduced exactly: the driver is killed once three evaluations are in storage, and
     the checkpoint the snapshot names is deleted."""
     epochs = 5
-    args = [*SMOKE, "--num-samples", "1", "search.scheduler=fifo", f"train.epochs={epochs}",
-            "search.keep_checkpoints=3", "train.iters_per_epoch=4"]
-    uninterrupted = tmp_path / "a"
-    out = run([*TUNE, *args, "--storage", str(uninterrupted)])
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (expected_trial,) = (uninterrupted / "cyclegan_builtin-smoke").glob("cyclegan_*")
-    expected = fid_by_epoch(expected_trial)
+    overrides = ["search.scheduler=fifo", f"train.epochs={epochs}", "search.keep_checkpoints=3", "train.iters_per_epoch=4"]
+    args = [*SMOKE, "--num-samples", "1", *overrides]
+    expected = uninterrupted_fids(overrides, tmp_path / "a")
     assert sorted(expected) == list(range(1, epochs + 1))
 
     storage = tmp_path / "b"
@@ -77,7 +85,9 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
 
 
 @pytest.mark.slow
-def test_damaged_best_checkpoint_export_falls_back_and_resume_tells_the_truth(smoke_experiments, tmp_path):
+def test_damaged_best_checkpoint_export_falls_back_and_resume_tells_the_truth(smoke_experiments, tmp_path, capsys):
+    """(About 40 s: a --resume of the whole search, as a real driver.)"""
+    export = load_script("export").main
     exp = tmp_path / "cyclegan_builtin-smoke"
     shutil.copytree(smoke_experiments["cyclegan_builtin"], exp)
     board = pd.read_csv(exp / "leaderboard.csv")
@@ -86,13 +96,15 @@ def test_damaged_best_checkpoint_export_falls_back_and_resume_tells_the_truth(sm
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])   # a copy cut short
 
     zip_args = ["--count", "4", "--any-count", "--upscale"]
-    out = run([*EXPORT, str(best), "--out", str(tmp_path / "a.zip"), *zip_args])
-    assert out.returncode == 2 and "state.pt is truncated" in out.stderr, out.stdout + out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "a.zip").exists()
+    code = export([str(best), "--out", str(tmp_path / "a.zip"), *zip_args])
+    out = capsys.readouterr()
+    assert code == 2 and "state.pt is truncated" in out.err, out.out + out.err
+    assert "Traceback" not in out.err and not (tmp_path / "a.zip").exists()
 
-    out = run([*EXPORT, str(exp), "--out", str(tmp_path / "b.zip"), *zip_args])
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert f"skipping {best}" in out.stdout and "state.pt is truncated" in out.stdout
+    code = export([str(exp), "--out", str(tmp_path / "b.zip"), *zip_args])
+    out = capsys.readouterr()
+    assert code == 0, out.out[-3000:] + out.err[-3000:]
+    assert f"skipping {best}" in out.out and "state.pt is truncated" in out.out
     assert (tmp_path / "b.zip").is_file()
 
     # --resume of the finished search: says what it found, and the leaderboard names only intact files.
@@ -105,8 +117,8 @@ def test_damaged_best_checkpoint_export_falls_back_and_resume_tells_the_truth(sm
     for path in board["checkpoint"]:
         assert checkpoint_problem(path) is None, path
     assert str(best) not in (exp / "leaderboard.txt").read_text().replace("\n", "")
-    out = run([*EXPORT, str(exp), "--out", str(tmp_path / "c.zip"), *zip_args])
-    assert out.returncode == 0 and (tmp_path / "c.zip").is_file(), out.stderr[-3000:]
+    code = export([str(exp), "--out", str(tmp_path / "c.zip"), *zip_args])
+    assert code == 0 and (tmp_path / "c.zip").is_file(), capsys.readouterr().err[-3000:]
 
 
 def test_export_of_a_path_that_does_not_exist_says_so(tmp_path, capsys):

@@ -1,8 +1,8 @@
 """Whole searches through tune.py: a diverged trial, two objectives, KID retention and a clean temp
-directory, all read off one shared four-trial search; a finished search grown with more trials; the
-wall-clock budget; PBT's exploits.
+directory, all read off one shared four-trial search; the wall-clock budget, and the same search
+grown with more trials; PBT's exploits.
 
-The shared search (`four_trials`, about 45 s) stands in for five that each tested one of these: what
+The shared search (`four_trials`, about 30 s) stands in for five that each tested one of these: what
 they checked does not interact (a diverged trial has no checkpoints to retain, the Pareto front and
 the KID ranking read the same leaderboard), so one run serves them all."""
 
@@ -16,7 +16,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from tune_cli import SMOKE, SMOKE_EXPERIMENT, environment, reports, study_of, tune
+from tune_cli import SMOKE, SMOKE_EXPERIMENT, environment, load_script, reports, study_of, tune
+
+tune_main = load_script("tune").main
 
 # The baseline (lambda_cycle 10) trains normally; a cycle weight of 1e39 overflows float32 at once.
 DIVERGING_SPACE = ("search.space={model.lambda_cycle: {choice: [10.0, 1.0e+39]}, "
@@ -130,55 +132,66 @@ def test_a_search_leaves_nothing_in_tmpdir(four_trials):
     assert not left, f"left in TMPDIR: {left}"   # checkpoint staging, removed on every exit path
 
 
-# --- A finished search grown ---------------------------------------------------------------------
+# --- The wall-clock budget, then more trials ------------------------------------------------------
+
+BUDGET_ARGS = [*SMOKE, "--num-samples", "4", "search.max_concurrent=1", "search.scheduler=fifo", "train.epochs=4",
+               "train.iters_per_epoch=100"]   # over a minute of trials in all
 
 
-@pytest.mark.slow
-def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_untouched(tmp_path):
-    # A search of its own: a copy of the shared smoke experiment would not do, since its Optuna
-    # searcher, restored from Ray's snapshot, names the study file where the search first ran.
-    args = [*SMOKE, "--storage", str(tmp_path), "search.scheduler=fifo"]
-    out = tune(*args, "--num-samples", "2")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    exp = tmp_path / SMOKE_EXPERIMENT
-    before = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
-    assert len(before) == 2
-
-    refused = tune(*args, "--num-samples", "3", "--resume", "train.epochs=3")
-    assert refused.returncode == 2 and "train.epochs: 2 then, 3 now" in refused.stderr, refused.stderr[-2000:]
-
-    out = tune(*args, "--num-samples", "3", "--resume")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "extending the search from 2 to 3 trials" in out.stdout
-    after = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
-    assert len(after) == 3 and all(after[name] == text for name, text in before.items())
-    assert len(pd.read_csv(exp / "leaderboard.csv")) == 3
-    assert len(study_of(exp).trials) == 3
-    assert tune(*args, "--num-samples", "2", "--resume").returncode == 2, "a search cannot shrink"
-
-
-# --- The wall-clock budget ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(tmp_path):
-    args = [*SMOKE, "--storage", str(tmp_path), "--num-samples", "4", "search.max_concurrent=1",
-            "search.scheduler=fifo", "train.epochs=4", "train.iters_per_epoch=100"]   # over a minute in all
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory):
+    """A search stopped by a 20 s time budget, then resumed with a larger one to its end: (experiment
+    dir, tune.py's arguments, {"first": ..., "second": ...} with each run's output, and after the first
+    its wall-clock seconds, leaderboard and recorded budget use). The grow test then extends it."""
+    storage = tmp_path_factory.mktemp("budgeted")
+    args = [*BUDGET_ARGS, "--storage", str(storage)]
+    exp = storage / SMOKE_EXPERIMENT
     start = time.monotonic()
-    out = tune(*args, "search.time_budget=20s")
+    first = tune(*args, "search.time_budget=20s")
     took = time.monotonic() - start
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "time budget used up" in out.stdout and "The time budget (20s) is used up" in out.stdout
-    exp = tmp_path / SMOKE_EXPERIMENT
-    board = pd.read_csv(exp / "leaderboard.csv")
-    assert 1 <= len(board) < 4, board.to_string()
-    used = json.loads((exp / "search_time.json").read_text())["seconds"]
-    assert 20 <= used < 40 and took < 120, (used, took)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    runs = {"first": {"out": first, "took": took, "board": pd.read_csv(exp / "leaderboard.csv"),
+                      "used": json.loads((exp / "search_time.json").read_text())["seconds"]}}
+    second = tune(*args, "search.time_budget=20m", "--resume")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    runs["second"] = {"out": second, "board": pd.read_csv(exp / "leaderboard.csv")}
+    return exp, args, runs
 
-    out = tune(*args, "search.time_budget=20m", "--resume")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    board = pd.read_csv(exp / "leaderboard.csv")
+
+@pytest.mark.slow
+def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(budgeted):
+    """(The shared search takes about 70 s: two drivers, trials long enough that 20 s cuts them.)"""
+    _, _, runs = budgeted
+    first = runs["first"]
+    assert "time budget used up" in first["out"].stdout and "The time budget (20s) is used up" in first["out"].stdout
+    assert 1 <= len(first["board"]) < 4, first["board"].to_string()
+    assert 20 <= first["used"] < 40 and first["took"] < 120, (first["used"], first["took"])
+    board = runs["second"]["board"]
     assert len(board) == 4 and (board["status"] == "completed").all(), board.to_string()
+
+
+@pytest.mark.slow
+def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_untouched(budgeted, capsys):
+    """Extends the shared search in place (the time-budget test reads only what the fixture kept).
+    Not a copy of it: its Optuna searcher, restored from Ray's snapshot, names the study file where
+    the search ran."""
+    exp, args, _ = budgeted
+    before = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
+    assert len(before) == 4
+
+    # Refused before Ray starts, so in this process.
+    assert tune_main([*args, "--num-samples", "5", "--resume", "train.epochs=5"]) == 2
+    assert "train.epochs: 4 then, 5 now" in capsys.readouterr().err
+    assert tune_main([*args, "--num-samples", "3", "--resume"]) == 2
+    assert "cannot shrink it" in capsys.readouterr().err
+
+    out = tune(*args, "--num-samples", "5", "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "extending the search from 4 to 5 trials" in out.stdout
+    after = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
+    assert len(after) == 5 and all(after[name] == text for name, text in before.items())
+    assert len(pd.read_csv(exp / "leaderboard.csv")) == 5
+    assert len(study_of(exp).trials) == 5
 
 
 # --- Population-based training ------------------------------------------------------------------
