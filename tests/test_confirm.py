@@ -282,6 +282,8 @@ def test_evaluation_noise_draw_zero_is_what_the_trial_scored(smoke_experiments):
 
 @pytest.mark.slow
 def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_experiments, tmp_path, capsys):
+    """(About 55 s: three Ray runs in this process, a confirmation, its --holdout and its --resume,
+    which act on one another's files.)"""
     exp_dir = tmp_path / "cyclegan_builtin-smoke"
     shutil.copytree(smoke_experiments["cyclegan_builtin"], exp_dir)   # never modify the shared fixture
     search_seed = yaml.safe_load((exp_dir / "experiment.yaml").read_text())["train"]["seed"]

@@ -21,7 +21,6 @@ import pytest
 import torch
 from tune_cli import SMOKE, driver, environment, kill_session, load_script, reports, tune, wait_for
 
-SPACE = SMOKE
 ENV = environment()
 tune_main = load_script("tune").main
 # Epochs of a few seconds (the smoke test's are a fraction of one), so a fault lands mid-epoch.
@@ -70,7 +69,7 @@ def free_port() -> int:
 def test_unreachable_cluster_address_is_one_clear_error(tmp_path, capsys):
     port = free_port()   # nothing listens there
     start = time.time()
-    code = tune_main([*SPACE, "--storage", str(tmp_path), "--address", f"127.0.0.1:{port}"])
+    code = tune_main([*SMOKE, "--storage", str(tmp_path), "--address", f"127.0.0.1:{port}"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert f"Cannot reach the Ray cluster at --address 127.0.0.1:{port}" in err
@@ -81,7 +80,7 @@ def test_unreachable_cluster_address_is_one_clear_error(tmp_path, capsys):
 
 def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_path, capsys):
     # In this process: the check runs once Ray is up, and the driver shuts its Ray down on the way out.
-    code = tune_main([*SPACE, "--storage", str(tmp_path), "search.gpus_per_trial=1"])
+    code = tune_main([*SMOKE, "--storage", str(tmp_path), "search.gpus_per_trial=1"])
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert "asks for 1 GPU" in err and "no node has a GPU" in err
@@ -91,7 +90,7 @@ def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_pat
 def test_storage_that_cannot_be_written_is_one_clear_error(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code = tune_main([*SPACE, "--storage", str(blocker / "runs")])
+    code = tune_main([*SMOKE, "--storage", str(blocker / "runs")])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Cannot write to --storage" in err and "Traceback" not in err
@@ -104,7 +103,8 @@ def test_storage_that_cannot_be_written_is_one_clear_error(tmp_path, capsys):
 def test_driver_interrupted_then_killed_repeatedly_then_resumed_loses_no_finished_trial(tmp_path):
     """One search through every way a driver can stop: Ctrl-C after a trial finished, then SIGKILL
     3 s into a resume, mid-trial, and just after a trial finished; the last --resume finishes it.
-    (110 s; these were two tests before, whose runs would have repeated each other's first half.)"""
+    (About 130 s for five drivers; these were two tests before, 190 s together, whose runs repeated
+    each other's first half.)"""
     # A fresh short TMPDIR (Ray's unix sockets live there too): what the killed drivers and their
     # trials leave in it is counted at the end.
     temp = Path(tempfile.mkdtemp(prefix="psk-", dir="/tmp"))
@@ -120,7 +120,7 @@ def test_driver_interrupted_then_killed_repeatedly_then_resumed_loses_no_finishe
 
 def _stop_the_driver_repeatedly_then_resume(tmp_path, env):
     epochs, trials = 3, 4
-    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", str(trials), "search.max_concurrent=1",
+    args = [*SMOKE, "--storage", str(tmp_path), "--num-samples", str(trials), "search.max_concurrent=1",
             "search.scheduler=fifo", f"train.epochs={epochs}", "train.iters_per_epoch=6"]
     exp = tmp_path / "cyclegan_builtin-smoke"
 
@@ -182,7 +182,9 @@ def test_trial_process_killed_then_its_node_lost_finishes_from_its_checkpoints(t
     """Two faults in one run (each cost a search of its own before; their recoveries do not
     interact): the trial's worker process is SIGKILLed mid-epoch 2, and Ray retries the trial from
     epoch 1's checkpoint on the same node; then that node is removed mid-epoch 3, and the trial goes
-    on from epoch 2's checkpoint on another node. No epoch is trained twice or skipped."""
+    on from epoch 2's checkpoint on another node. No epoch is trained twice or skipped. (About 70 s:
+    a three-node Ray cluster, epochs long enough for each fault to land mid-epoch; two tests, 136 s,
+    before.)"""
     from ray.cluster_utils import Cluster
 
     # ray.cluster_utils.Cluster lives in this process, the driver in another: with a token in
@@ -191,7 +193,7 @@ def test_trial_process_killed_then_its_node_lost_finishes_from_its_checkpoints(t
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**ENV, "RAY_AUTH_MODE": "disabled"}
     epochs = 4
-    args = [*SPACE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=3",
+    args = [*SMOKE, "--storage", str(tmp_path), "--num-samples", "1", "search.max_failures=3",
             "search.scheduler=fifo", f"train.epochs={epochs}", *LONGER_EPOCHS]
     exp = tmp_path / "cyclegan_builtin-smoke"
 
@@ -260,6 +262,7 @@ def s3_server():
 
 @pytest.mark.slow
 def test_search_stored_in_s3_keeps_results_study_leaderboard_and_shipped_data(s3_server, tmp_path, monkeypatch, capsys):
+    """(About 40 s: a whole search whose every file goes through the S3 server.)"""
     client, options, env = s3_server
     storage = f"s3://paintsweep/runs?{options}"
     env = {**env, "PAINTSWEEP_CACHE": str(tmp_path / "cache")}   # the mirror and data cache of this driver
@@ -268,13 +271,13 @@ def test_search_stored_in_s3_keeps_results_study_leaderboard_and_shipped_data(s3
     for name, value in env.items():
         if name.startswith("AWS_") or name == "PAINTSWEEP_CACHE":
             monkeypatch.setenv(name, value)
-    assert tune_main([*SPACE, "--storage", f"s3://no-such-bucket/runs?{options}"]) == 2
+    assert tune_main([*SMOKE, "--storage", f"s3://no-such-bucket/runs?{options}"]) == 2
     err = capsys.readouterr().err
     assert "Cannot write to --storage" in err and "Traceback" not in err, err[-2000:]
-    assert tune_main([*SPACE, "--storage", storage, "--resume"]) == 2
+    assert tune_main([*SMOKE, "--storage", storage, "--resume"]) == 2
     assert "Nothing to resume" in capsys.readouterr().err
 
-    out = tune(*SPACE, "--storage", storage, "search.scheduler=fifo", env=env)   # every trial completes
+    out = tune(*SMOKE, "--storage", storage, "search.scheduler=fifo", env=env)   # every trial completes
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
     keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="paintsweep")

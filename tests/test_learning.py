@@ -6,7 +6,8 @@ random-feature extractor. The yardstick is the same network before its first ste
 epoch's score: after 40 iterations a CycleGAN is already most of the way down, and what it gains
 over the next two epochs (0.74-0.90x on 3 seeds) is within what another CPU changes, so a test
 on that gap passed on one machine and failed on another. Against the untrained network the
-margin is wide; the figures behind THRESHOLD are in its comment."""
+margin is wide; the figures behind THRESHOLD are in its comment. (CycleGAN and WGAN-GP take
+20-25 s each: fewer iterations would not train far enough for a margin that holds.)"""
 
 from pathlib import Path
 

@@ -49,7 +49,7 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     """The sequence from the field: Ray's snapshot names checkpoint N as a trial's latest, a better
     evaluation N+1 then displaced it and keep-top-k deleted it, and the driver died before the next
     snapshot. Reproduced exactly: the driver is killed once three evaluations are in storage, and
-    the checkpoint the snapshot names is deleted."""
+    the checkpoint the snapshot names is deleted. (About 60 s: a driver killed, and one resuming.)"""
     epochs = 5
     overrides = ["search.scheduler=fifo", f"train.epochs={epochs}", "search.keep_checkpoints=3", "train.iters_per_epoch=4"]
     args = [*SMOKE, "--num-samples", "1", *overrides]
@@ -167,7 +167,8 @@ def test_a_search_that_logs_to_wandb_leaves_nothing_in_tmpdir(tiny_data, tmp_pat
     makes one for its socket; Ray ends trial processes without the exit hooks that remove them.
     Two trials, one after the other in a reused worker (the second reopens W&B after the first
     closed it): the first is stopped by Ray after its first report (as ASHA stops a trial: an
-    exception inside the report), the second trains to the end."""
+    exception inside the report), the second trains to the end. (About 30 s: a Ray run of its own,
+    in this process, since what Ray's workers leave in TMPDIR is the point.)"""
     from test_trainable import tiny_experiment
 
     from core.config import build_config

@@ -199,6 +199,7 @@ def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_un
 
 @pytest.mark.slow
 def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path):
+    """(About 30 s: a population of 5 must train 6 epochs for exploits to happen at all.)"""
     # More trials than slots, and one kept checkpoint: an exploiting trial waits, paused, while its
     # donor trains on and keep-top-k deletes the checkpoint it was to copy (unless copied at once).
     out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "5", "search.max_concurrent=2",
