@@ -1,6 +1,6 @@
 """Plant known regressions, one at a time, and check that the tests meant to catch each one fail.
 
-Each regression is a one-line change to the product (a real bug of the kind that was fixed here,
+Each regression is a small change to the product (a line or two) (a real bug of the kind that was fixed here,
 or that a test was written against). For each, a copy of the tree (`--tree`, default this
 checkout, uncommitted changes included) gets the change and runs the tests that should catch it;
 the script prints caught / MISSED per regression. Tests are named by file and -k expression, so the
@@ -31,47 +31,51 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Regression:
     name: str
-    what: str               # the bug, in words
-    path: str               # file changed
-    old: str                # text replaced (must occur exactly once)
-    new: str
-    tests: tuple[str, ...]  # test files that hold the catching tests
-    keyword: str            # pytest -k expression selecting them
+    what: str                               # the bug, in words
+    changes: tuple[tuple[str, str, str], ...]  # (file, text replaced (must occur exactly once), new text)
+    tests: tuple[str, ...]                  # test files that hold the catching tests
+    keyword: str                            # pytest -k expression selecting them
 
 
 REGRESSIONS = [
-    Regression("diverged_scores_finite", "a diverged trial tells the searcher no score at all, not the worst one",
-               "core/trainable.py", "    return {key: _worst(name) for name in cfg.search.metrics for key in (f\"best_{name}\", name)}",
-               "    return {}", ("tests/test_search_runs.py",), "diverged"),
+    Regression("diverged_scores_finite", "a diverged trial tells the searcher its best score so far, not the worst one",
+               (("core/trainable.py",
+                 '    return {key: _worst(name) for name in cfg.search.metrics for key in (f"best_{name}", name)}',
+                 "    return {}"),),
+               ("tests/test_trainable.py", "tests/test_search_runs.py"), "diverg"),
     Regression("retention_by_fid", "checkpoints kept by FID whatever search.metric says",
-               "core/search.py", "checkpoint_score_attribute=cfg.search.metric,", "checkpoint_score_attribute=\"fid\",",
+               (("core/search.py", "checkpoint_score_attribute=cfg.search.metric,", 'checkpoint_score_attribute="fid",'),),
                ("tests/test_search_runs.py", "tests/test_reported_scores.py"), "kid_search"),
-    Regression("staging_left_in_tmpdir", "staged checkpoints never removed from TMPDIR",
-               "core/checkpoints.py", "        shutil.rmtree(directory, ignore_errors=True)\n\n\n", "        pass\n\n\n",
+    Regression("staging_left_in_tmpdir", "staged checkpoints never removed from TMPDIR (nor by the driver's sweep)",
+               (("core/checkpoints.py", "        shutil.rmtree(directory, ignore_errors=True)\n\n\n", "        pass\n\n\n"),
+                ("core/search.py", "            remove_staging_leftovers(_trial_ids(storage, exp_path, cfg.family))\n", "")),
                ("tests/test_search_runs.py", "tests/test_records.py"), "leaves_nothing_in_tmpdir and not wandb"),
     Regression("pareto_one_objective", "the Pareto front judged on the first objective only",
-               "core/results.py", "        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))",
-               "        return a[0] < b[0]", ("tests/test_search_runs.py",), "pareto"),
+               (("core/results.py", "        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))",
+                 "        return a[0] < b[0]"),),
+               ("tests/test_reported_scores.py", "tests/test_search_runs.py"), "pareto"),
     Regression("grow_ignored", "--resume --num-samples N does not raise the saved trial count",
-               "core/search.py", "    state[\"total_samples\"], state[\"finished\"] = num_samples, False",
-               "    state[\"finished\"] = False", ("tests/test_search_runs.py",), "grows"),
+               (("core/search.py", '    state["total_samples"], state["finished"] = num_samples, False',
+                 '    state["finished"] = False'),),
+               ("tests/test_search_runs.py",), "grows"),
     Regression("no_retry_after_a_crash", "a trial whose process or node is lost is not retried",
-               "core/search.py", "failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),",
-               "failure_config=tune.FailureConfig(max_failures=0),",
+               (("core/search.py", "failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),",
+                 "failure_config=tune.FailureConfig(max_failures=0),"),),
                ("tests/test_faults.py",), "trial_killed or trial_process_killed or worker_node"),
     Regression("restore_ignores_checkpoint", "a retried or resumed trial starts from scratch",
-               "core/trainable.py", "        checkpoint = self._tune.get_checkpoint()\n",
-               "        checkpoint = None\n", ("tests/test_faults.py", "tests/test_search.py"),
+               (("core/trainable.py", "        checkpoint = self._tune.get_checkpoint()\n", "        checkpoint = None\n"),),
+               ("tests/test_faults.py", "tests/test_search.py"),
                "trial_killed or trial_process_killed or worker_node or driver or interrupted"),
     Regression("wandb_left_by_killed_driver", "the driver leaves W&B's staging directories when it is killed",
-               "core/search.py", "        release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed\n",
-               "", ("tests/test_faults.py",), "driver"),
+               (("core/search.py",
+                 "        release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed\n", ""),),
+               ("tests/test_faults.py",), "driver"),
     Regression("step_restarts_on_resume", "a resumed trial counts its global step from 0 again",
-               "core/trainable.py", 'start_epoch, step, best = state["epoch"], state["step"], best | state["best"]',
-               'start_epoch, step, best = state["epoch"], 0, best | state["best"]',
+               (("core/trainable.py", 'start_epoch, step, best = state["epoch"], state["step"], best | state["best"]',
+                 'start_epoch, step, best = state["epoch"], 0, best | state["best"]'),),
                ("tests/test_trainable.py",), "resume_equals"),
     Regression("generator_never_steps", "the WGAN-GP generator's optimizer never steps",
-               "core/models/wgan_gp.py", "            self.opt_g.step()\n", "            pass\n",
+               (("core/models/wgan_gp.py", "            self.opt_g.step()\n", "            pass\n"),),
                ("tests/test_learning.py",), "wgan_gp"),
 ]
 
@@ -93,11 +97,11 @@ def plant(regression: Regression, tree: Path, files: list[str]) -> tuple[str, fl
         for f in files:
             (copy / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(tree / f, copy / f)
-        target = copy / regression.path
-        text = target.read_text()
-        if text.count(regression.old) != 1:
-            return f"cannot plant: the text occurs {text.count(regression.old)} times in {regression.path}", 0.0, ""
-        target.write_text(text.replace(regression.old, regression.new))
+        for path, old, new in regression.changes:
+            text = (copy / path).read_text()
+            if text.count(old) != 1:
+                return f"cannot plant: the text occurs {text.count(old)} times in {path}", 0.0, ""
+            (copy / path).write_text(text.replace(old, new))
         # The copy's own packages first, for pytest, tune.py and the Ray workers they start.
         env = {**os.environ, "PYTHONPATH": str(copy), "PAINTSWEEP_CACHE": str(copy / ".cache")}
         start = time.monotonic()

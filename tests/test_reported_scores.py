@@ -290,3 +290,19 @@ def test_leaderboard_ranks_by_the_best_evaluation_of_the_search_metric_nan_last_
             assert row[f"best_{metric}"] == best[metric][row["trial"]]
     assert list(board.loc[board["baseline"], "trial"]) == ["base"]
     assert list(board["status"][board["trial"] != "nan"]) == ["completed"] * 4
+
+
+def test_the_pareto_front_keeps_the_trials_no_other_beats_on_every_objective():
+    """By hand, FID lower and precision higher are better: a is best on FID, c on precision, b
+    between them on both (on the front); d is beaten by b on both, e ties b on FID and is worse on
+    precision (dominated); f has no scores. At smoke sizes precision is often the same for every
+    trial, so the two-objective search alone cannot tell a one-objective front from this one."""
+    from core.results import pareto_front
+
+    board = pd.DataFrame({"trial": list("abcdef"),
+                          "best_fid": [1.0, 2.0, 3.0, 2.5, 2.0, math.nan],
+                          "best_precision": [0.2, 0.5, 0.9, 0.4, 0.3, math.nan]})
+    assert pareto_front(board, ["fid", "precision"]) == [True, True, True, False, False, False]
+    # The same points with precision's direction ignored (both "lower is better") give another front.
+    assert pareto_front(board.assign(best_kid=board["best_precision"]), ["fid", "kid"]) == [
+        True, False, False, False, False, False]
