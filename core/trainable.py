@@ -143,7 +143,8 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
     trial_tree = apply_dotted(experiment, searched)
     cfg: ExperimentConfig = build_config(trial_tree, source="trial config")
     device = _pick_device(cfg.train.device)
-    threads = cfg.train.threads or int(os.environ.get("PAINTSWEEP_THREADS") or 0) or max(1, int(cfg.search.cpus_per_trial))
+    threads = (cfg.train.threads or int(os.environ.get("PAINTSWEEP_THREADS") or 0)   # validated by TrainConfig
+               or max(1, int(cfg.search.cpus_per_trial)))
     torch.set_num_threads(threads)
     threadpool_limits(limits=threads)  # numpy's BLAS too (FID): oversubscribed cores run it 7x slower
     _seed_everything(cfg.train.seed)

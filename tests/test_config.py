@@ -219,3 +219,15 @@ def test_shipped_cyclegan_spaces_never_score_a_test_photo_twice():
         test_photos = round(photos * cfg.data.test_fraction)
         assert cfg.metrics.num_samples <= test_photos, (
             f"{space.name}: metrics.num_samples {cfg.metrics.num_samples} > {test_photos} test photos")
+
+
+def test_paintsweep_threads_must_be_a_whole_number_and_train_threads_wins(tmp_path, monkeypatch):
+    path = write(tmp_path / "exp.yaml", MINIMAL)
+    monkeypatch.setenv("PAINTSWEEP_THREADS", "two")
+    with pytest.raises(ConfigError, match=r"PAINTSWEEP_THREADS must be a whole number of threads per trial, got 'two'"):
+        load_experiment(path)
+    assert load_experiment(path, ["train.threads=1"]).train.threads == 1   # the config's own value: the variable is not read
+    monkeypatch.setenv("PAINTSWEEP_THREADS", "2")
+    assert load_experiment(path).train.threads is None
+    with pytest.raises(ConfigError, match=r"train.threads must be >= 1 or null, got 0"):
+        load_experiment(path, ["train.threads=0"])

@@ -86,6 +86,19 @@ def test_resume_equals_uninterrupted_training(space, tiny_data, tmp_path):
     assert final_straight["best"] == final_resumed["best"]
 
 
+def test_a_trial_takes_its_threads_from_paintsweep_threads_unless_the_config_sets_them(tiny_data, tmp_path, monkeypatch):
+    tree = tiny_experiment("vae_builtin.yaml", tiny_data, **{"train.epochs": 1})
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("PAINTSWEEP_THREADS", "2")
+        run(tree, tiny_data, tmp_path / "a")
+        assert torch.get_num_threads() == 2
+        run(apply_dotted(tree, {"train.threads": 1}), tiny_data, tmp_path / "b")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("space", BUILTIN_SPACES)
 def test_reports_metrics_checkpoints_and_tensorboard(space, tiny_data, tmp_path):
     session = run(tiny_experiment(space, tiny_data), tiny_data, tmp_path)
