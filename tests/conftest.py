@@ -46,6 +46,33 @@ def tiny_data(tiny_data_cfg, paintsweep_cache) -> PreparedData:
     return prepare_data(tiny_data_cfg, paintsweep_cache, progress=lambda message: None)
 
 
+# --- One Ray for the session's searches ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    """The HOST:PORT of a Ray cluster that lives as long as the test session: searches whose point is
+    not Ray's own start, stop or temp files join it with --address (a real user path: `ray start
+    --head`, then `tune.py --address`) instead of starting a Ray each, which costs about 10 s a run.
+
+    Its workers take their environment from the cluster, not from the driver: started with this
+    session's (PAINTSWEEP_CACHE above), without RAY_ADDRESS or any W&B setting of the developer's (the
+    smoke search's W&B must find no key). Fault tests, and tests of what a driver's own Ray leaves in
+    TMPDIR or of per-driver credentials (S3), start their own Ray instead."""
+    from ray.cluster_utils import Cluster
+
+    kept = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("WANDB_") or k == "RAY_ADDRESS"}
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count(),
+                                                                "include_dashboard": False})
+    finally:
+        os.environ.update(kept)
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 # --- Finished smoke experiments (analysis, export, gallery and search tests share them) ----------
 
 SMOKE_SPACES = ("cyclegan_builtin", "wgan_gp_builtin")   # a CycleGAN and a WGAN-GP search, 2 trials each
@@ -60,10 +87,10 @@ class SmokeExperiments(dict):
 
 
 @pytest.fixture(scope="session")
-def smoke_experiments(tmp_path_factory) -> SmokeExperiments:
-    """`tune.py --smoke-test` runs (about 1 min in all). The CycleGAN one logs to W&B too
-    (logging.wandb=true), with no API key and WANDB_MODE unset: W&B must then stay offline and
-    never wait for the network."""
+def smoke_experiments(tmp_path_factory, shared_ray) -> SmokeExperiments:
+    """`tune.py --smoke-test` runs on the session's Ray (about 40 s in all). The CycleGAN one logs
+    to W&B too (logging.wandb=true), with no API key and WANDB_MODE unset: W&B must then stay
+    offline and never wait for the network."""
     from tune_cli import environment, tune
 
     storage = tmp_path_factory.mktemp("smoke-runs")
@@ -72,7 +99,7 @@ def smoke_experiments(tmp_path_factory) -> SmokeExperiments:
     for stem in SMOKE_SPACES:
         extra = ["logging.wandb=true"] if stem == "cyclegan_builtin" else []
         done = tune("--space", f"search_spaces/{stem}.yaml", "--smoke-test", "--storage", str(storage), *extra,
-                    env=env, timeout=300)
+                    "--address", shared_ray, env=env, timeout=300)
         assert done.returncode == 0, f"smoke search {stem} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         out[stem] = storage / f"{stem}-smoke"
         out.outputs[stem] = done.stdout

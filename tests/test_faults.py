@@ -78,9 +78,10 @@ def test_unreachable_cluster_address_is_one_clear_error(tmp_path, capsys):
     assert not any(tmp_path.iterdir()), "nothing is written for a search that cannot start"
 
 
-def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_path, capsys):
-    # In this process: the check runs once Ray is up, and the driver shuts its Ray down on the way out.
-    code = tune_main([*SMOKE, "--storage", str(tmp_path), "search.gpus_per_trial=1"])
+def test_gpu_request_on_a_cluster_without_gpus_is_refused_before_waiting(tmp_path, capsys, shared_ray):
+    # In this process, on the session's Ray: the check runs once the driver has joined the cluster,
+    # and the driver leaves it on the way out.
+    code = tune_main([*SMOKE, "--storage", str(tmp_path), "--address", shared_ray, "search.gpus_per_trial=1"])
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert "asks for 1 GPU" in err and "no node has a GPU" in err

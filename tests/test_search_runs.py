@@ -139,12 +139,12 @@ BUDGET_ARGS = [*SMOKE, "--num-samples", "4", "search.max_concurrent=1", "search.
 
 
 @pytest.fixture(scope="module")
-def budgeted(tmp_path_factory):
+def budgeted(tmp_path_factory, shared_ray):
     """A search stopped by a 20 s time budget, then resumed with a larger one to its end: (experiment
     dir, tune.py's arguments, {"first": ..., "second": ...} with each run's output, and after the first
     its wall-clock seconds, leaderboard and recorded budget use). The grow test then extends it."""
     storage = tmp_path_factory.mktemp("budgeted")
-    args = [*BUDGET_ARGS, "--storage", str(storage)]
+    args = [*BUDGET_ARGS, "--storage", str(storage), "--address", shared_ray]
     exp = storage / SMOKE_EXPERIMENT
     start = time.monotonic()
     first = tune(*args, "search.time_budget=20s")
@@ -198,11 +198,11 @@ def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_un
 
 
 @pytest.mark.slow
-def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path):
+def test_a_pbt_search_exploits_and_the_leaderboard_says_who_copied_whom(tmp_path, shared_ray):
     """(About 30 s: a population of 5 must train 6 epochs for exploits to happen at all.)"""
     # More trials than slots, and one kept checkpoint: an exploiting trial waits, paused, while its
     # donor trains on and keep-top-k deletes the checkpoint it was to copy (unless copied at once).
-    out = tune(*SMOKE, "--storage", str(tmp_path), "--num-samples", "5", "search.max_concurrent=2",
+    out = tune(*SMOKE, "--storage", str(tmp_path), "--address", shared_ray, "--num-samples", "5", "search.max_concurrent=2",
                "search.scheduler=pbt", "search.searcher=random", "train.epochs=6", "search.baseline=false",
                "search.keep_checkpoints=1", "search.pbt={perturbation_interval: 1, quantile_fraction: 0.5}")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
