@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from core.config import config_to_dict, load_experiment  # noqa: E402
-from core.search import prepare_experiment  # noqa: E402
+from core.driver import prepare_experiment  # noqa: E402
 from core.trainable import LocalSession, run_trial  # noqa: E402
 from test_learning import CASES, SPACES, THRESHOLD, untrained_fid  # noqa: E402
 

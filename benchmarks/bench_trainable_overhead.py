@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import config_to_dict, load_experiment  # noqa: E402
-from core.search import prepare_experiment  # noqa: E402
+from core.driver import prepare_experiment  # noqa: E402
 from core.trainable import LocalSession, run_trial, tune_trainable  # noqa: E402
 
 

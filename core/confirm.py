@@ -59,9 +59,8 @@ import json
 import math
 import os
 import warnings
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from functools import partial, reduce
+from functools import reduce
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -220,77 +219,39 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, run:
     """Retrain every candidate with every seed (or continue that run) as the Ray Tune experiment
     `exp_dir/<run>` (CONFIRM_DIR, or HOLDOUT_DIR); returns its ResultGrid.
 
-    Same trainable, resources, concurrency, checkpoint policy and retries as the search, but FIFO
-    (every seed trains all train.epochs) and no searcher: the grid is the plan."""
-    import ray
+    Same driver as the search (core.driver: lock, preparation, resume repair, clean-up), trainable,
+    resources, concurrency, checkpoint policy and retries, but FIFO (every seed trains all
+    train.epochs) and no searcher: the grid is the plan."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from core.checkpoints import remove_staging_leftovers, repair_checkpoint_records
-    from core.cluster import Storage, check_resources, connect
-    from core.search import (SessionCSVLogger, SessionJsonLogger, TrialEndLine, _trial_name, driver_lock,
-                             prepare_experiment, remove_damaged_checkpoints)
-    from core.tracking import release_wandb_in_driver
+    from core.cluster import Storage
+    from core.driver import tune_driver
 
     exp_dir = Path(os.path.abspath(exp_dir))
     confirm_path = exp_dir / run
-    storage = Storage.parse(exp_dir)
     if resume:
         _check_resumable(confirm_path, plan)
     elif confirm_path.exists() and any(confirm_path.iterdir()):
         raise ConfirmError(f"{confirm_path} already exists: continue it with --resume, or delete it to start over")
-    storage.check_writable()
-    connect(address)   # before the preparation: a bad address or resource request fails at once
-    held = ExitStack()   # the driver lock, once the directory exists
-    try:
-        check_resources(cfg)
-        ready = prepare_experiment(cfg, progress=progress)   # cached by the search: quick
-        confirm_path.mkdir(exist_ok=True)
-        held.enter_context(driver_lock(confirm_path, f"The confirmation of {exp_dir.name}"))
+    with tune_driver(cfg, Storage.parse(exp_dir), str(confirm_path), confirm_path, resume=resume, address=address,
+                     what=f"The confirmation of {exp_dir.name}", progress=progress) as driver:
         if not resume:
             plan.save(confirm_path / PLAN_FILE)
-        trainable = tune.with_parameters(confirm_trainable, candidates=plan.candidates,
-                                         experiment=config_to_dict(cfg), prepared_root=ready.prepared_root,
-                                         reference_path=ready.reference_path, shared=None)
-        trainable = tune.with_resources(trainable, {"cpu": cfg.search.cpus_per_trial,
-                                                    "gpu": cfg.search.gpus_per_trial})
-        # As core.search.run_search: JSON/CSV results only (TensorBoard is written by the trials).
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-        release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
-        if resume:
-            remove_damaged_checkpoints(storage, str(confirm_path), progress)
-            repair_checkpoint_records(str(confirm_path), None, progress)
+        trainable = driver.trainable(confirm_trainable, candidates=plan.candidates,
+                                     experiment=config_to_dict(cfg), shared=None)
+        if resume:   # (a restored run keeps its own RunConfig)
             tuner = tune.Tuner.restore(str(confirm_path), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
-        else:   # (a restored run keeps its own RunConfig)
-            callbacks = [SessionJsonLogger(), SessionCSVLogger(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
-            run_config = tune.RunConfig(
-                name=run, storage_path=str(exp_dir), callbacks=callbacks, verbose=verbose,
-                sync_config=tune.SyncConfig(sync_artifacts=True),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
-                                                        checkpoint_score_attribute=cfg.search.metric,
-                                                        checkpoint_score_order="min"),
-                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures))
+        else:
             tuner = tune.Tuner(
-                trainable, run_config=run_config,
+                trainable, run_config=driver.run_config(run, mode="min", verbose=verbose),
                 param_space={"candidate": tune.grid_search(list(plan.candidates)),
                              "train.seed": tune.grid_search(plan.seeds)},
                 tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1,
                                             max_concurrent_trials=cfg.search.max_concurrent,
-                                            trial_name_creator=partial(_trial_name, cfg.family),
-                                            trial_dirname_creator=partial(_trial_name, cfg.family),
-                                            reuse_actors=True))
-        try:
-            return tuner.fit()
-        finally:
-            remove_damaged_checkpoints(storage, str(confirm_path), progress)
-            # Trial directories are `<family>_<trial id>`, and a grid's ids hold an underscore too.
-            prefix = f"{cfg.family}_"
-            remove_staging_leftovers([d.name[len(prefix):] for d in confirm_path.glob(f"{prefix}*") if d.is_dir()])
-    finally:
-        ray.shutdown()
-        held.close()
+                                            reuse_actors=True, **driver.trial_names()))
+        return tuner.fit()
 
 
 def _check_resumable(confirm_path: Path, plan: ConfirmPlan) -> None:

@@ -4,15 +4,15 @@
     grid = run_search(cfg, storage_path="runs")         # Ray Tune + Optuna, blocks until done
     board = leaderboard(grid, cfg)                        # core.results: one row per trial, best first
 
-The driver does the once-per-experiment work before any trial starts: it materializes the data
-(`core.data.prepare_data`) and computes the reference statistics (`core.metrics`), whose cache has
-no lock, so trials only ever read them.
+What every Ray Tune run does around `Tuner.fit` (the driver lock, the once-per-experiment
+preparation of data and reference statistics, the repair of an interrupted run, the clean-up) is
+core.driver's, shared with confirm.py; this module adds what is the search's own.
 
 Experiment directory (`<storage>/<name>/`): Ray Tune's state and one directory per trial
 (result.json, progress.csv, TensorBoard events, checkpoint_*), plus ours: `experiment.yaml` (the
 resolved config), `optuna.db` (the Optuna study: `optuna-dashboard sqlite:///.../optuna.db`) and
 `leaderboard.csv` / `leaderboard.txt`, and `.driver.lock` (held while a driver runs there, so a
-second driver on the same experiment is refused: `driver_lock`).
+second driver on the same experiment is refused: `core.driver.driver_lock`).
 
 Storage and cluster (core.cluster): `storage_path` may be a URI (s3://, gs://); Ray then writes
 results and checkpoints straight to it, our files live in a local mirror (SQLite needs a real file
@@ -25,36 +25,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
-import shutil
 import signal
 import time
 import warnings
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-import torch
 import yaml
-from ray.tune import Callback
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
-from core.cluster import SharedAssets, Storage, check_resources, connect
+from core.checkpoints import checkpoint_problem
+from core.cluster import SharedAssets, Storage
 from core.config import ConfigError, ExperimentConfig, apply_dotted, build_config, config_to_dict, get_dotted
 from core.data import load_prepared, prepare_data
-from core.metrics import DIRECTIONS, reference_statistics
-from core.models.base import get_family
-from core.results import trial_status
+from core.driver import check_family_builds, tune_driver
+from core.metrics import DIRECTIONS
 from core.space import (applicable, baseline_point, dimensions, is_baseline, is_conditional, optuna_space,
                         pbt_mutations, ray_param_space)
-from core.checkpoints import (backfill_reports, checkpoint_problem, remove_staging_leftovers,
-                              repair_checkpoint_records)
-from core.tracking import release_wandb_in_driver
 from core.trainable import tune_trainable
 
 logger = logging.getLogger(__name__)
@@ -390,30 +379,6 @@ def _newest_own_checkpoint(trial):
     return (newest.checkpoint, newest.metrics) if newest else (None, None)
 
 
-@dataclass
-class PreparedExperiment:
-    prepared_root: str     # core.data.PreparedData directory (train/monet, train/photo, test/photo)
-    reference_path: str    # core.metrics reference statistics file
-
-
-def prepare_experiment(cfg: ExperimentConfig, progress=print) -> PreparedExperiment:
-    """The driver's once-per-experiment work: data, then reference statistics. The family is built
-    once on the CPU first, so a model/data mismatch is one error here instead of one per trial."""
-    prepared = prepare_data(cfg.data, cfg.cache_path, progress=progress)
-    check_family_builds(cfg, prepared)
-    reference = reference_statistics(prepared, cfg.metrics, cfg.cache_path, progress=progress)
-    return PreparedExperiment(str(prepared.root), str(reference))
-
-
-def check_family_builds(cfg: ExperimentConfig, prepared) -> None:
-    """Build the family on the prepared data, on the CPU: an image size the networks cannot take,
-    more scored samples than distinct images, ... become one ConfigError before any trial starts."""
-    try:
-        get_family(cfg.family)(cfg, prepared, torch.device("cpu"))
-    except (ValueError, RuntimeError) as e:
-        raise ConfigError(f"The {cfg.family} model cannot be built with this configuration: {e}") from None
-
-
 DOWNLOADING_SOURCES = ("kaggle", "kaggle_dataset")
 
 
@@ -464,10 +429,10 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
 
     `storage_path` is a local path, a shared file-system path or a URI (s3://, gs://); `address`
     joins a running Ray cluster ("auto" or HOST:PORT), None starts Ray on this machine. `stop`: a
-    Ray Tune Stopper for the whole run (the search benchmark cuts searches at a budget of epochs)."""
-    import ray
+    Ray Tune Stopper for the whole run (the search benchmark cuts searches at a budget of epochs).
+    What every run does around Ray Tune (lock, preparation, resume repair, clean-up) is
+    core.driver's; this adds the search's own files, searcher and scheduler."""
     from ray import tune
-
 
     storage = Storage.parse(storage_path)
     exp_dir = experiment_dir(storage_path, cfg.name, cfg.cache_path)   # local: ours; remote: the mirror
@@ -478,193 +443,43 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
     elif storage.exists(exp_path) and _non_empty(storage, exp_path):
         raise ConfigError(f"Experiment directory {storage.given.rstrip('/')}/{cfg.name} already exists. Continue "
                           f"it with --resume, or choose another --name.")
-    storage.check_writable()
-    connect(address)   # before the long preparation: a bad address or resource request fails at once
-    held = ExitStack()   # the driver lock, once the directory exists
-    try:
-        check_resources(cfg)
-        ready = prepare_experiment(cfg, progress=progress)   # before any file: a failure leaves nothing behind
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        held.enter_context(driver_lock(exp_dir, f"Experiment {cfg.name}"))
+    with tune_driver(cfg, storage, exp_path, exp_dir, what=f"Experiment {cfg.name}", resume=resume,
+                     address=address, progress=progress) as run:
         for name in (OPTUNA_FILE, TimeBudget.FILE):   # a resume from another machine: the driver's own files
             if storage.remote and resume and not (exp_dir / name).is_file() and storage.exists(storage.join(cfg.name, name)):
                 storage.download(storage.join(cfg.name, name), exp_dir / name)
         (exp_dir / EXPERIMENT_FILE).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         shared = None
         if storage.remote:
-            fingerprint = load_prepared(ready.prepared_root).fingerprint
-            shared = SharedAssets.upload(storage, exp_path, ready.prepared_root, ready.reference_path,
+            fingerprint = load_prepared(run.ready.prepared_root).fingerprint
+            shared = SharedAssets.upload(storage, exp_path, run.ready.prepared_root, run.ready.reference_path,
                                          fingerprint, progress=progress)
-        trainable = tune.with_parameters(tune_trainable, experiment=config_to_dict(cfg),
-                                         prepared_root=ready.prepared_root, reference_path=ready.reference_path,
-                                         shared=shared)
-        trainable = tune.with_resources(trainable, {"cpu": cfg.search.cpus_per_trial,
-                                                    "gpu": cfg.search.gpus_per_trial})
-
-        # Ray's own TensorBoard logger would duplicate our scalars under ray/tune/*: keep only JSON/CSV
-        # (which ResultGrid and the analysis helpers read) and write TensorBoard ourselves.
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-        release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
-        # W&B: one run per trial, core.tracking.TrialLoggers.
-        callbacks = [SessionJsonLogger(), SessionCSVLogger(), TrialEndLine(cfg.search.metric, cfg.train.epochs)]
-        # A trial that had not reported before an interruption has no result files yet: Ray warns
-        # about each on every resume, though nothing is wrong.
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-        run_config = tune.RunConfig(
-            name=cfg.name, storage_path=storage.path, storage_filesystem=storage.filesystem,
-            callbacks=callbacks, verbose=verbose, stop=stop,
-            # Trials write TensorBoard events in their working directory; Ray copies them to storage.
-            sync_config=tune.SyncConfig(sync_artifacts=True),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
-                                                    checkpoint_score_attribute=cfg.search.metric,
-                                                    checkpoint_score_order=search_mode(cfg)),
-            # A crashed trial (its process or node lost) restarts from its last checkpoint. A diverged
-            # or collapsed trial is no failure: it returns normally and is not retried.
-            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-        )
-        if resume:
-            # Ray restores each unfinished trial from the checkpoint its last snapshot names; a
-            # driver killed at the wrong moment leaves that record naming a deleted checkpoint.
-            remove_damaged_checkpoints(storage, exp_path, progress)
-            repair_checkpoint_records(exp_path, storage.filesystem, progress)
-            backfill_reports(exp_path, storage.filesystem, progress)
-            if grow_to:
-                _grow_search(storage, exp_path, grow_to, progress)
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True, storage_filesystem=storage.filesystem)
-            # Tuner.restore keeps the first run's TuneConfig; the trial count is the one setting a
-            # resume may raise (Ray 2.60 reads it from here when the run continues).
-            tuner._local_tuner._tune_config.num_samples = cfg.search.num_samples
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=tuner_param_space(cfg), run_config=run_config,
-                tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, exp_dir), scheduler=make_scheduler(cfg),
-                                            num_samples=cfg.search.num_samples,
-                                            max_concurrent_trials=(cfg.search.max_concurrent
-                                                                   if cfg.search.searcher == "optuna" else None),
-                                            trial_name_creator=partial(_trial_name, cfg.family),
-                                            trial_dirname_creator=partial(_trial_name, cfg.family),
-                                            reuse_actors=True))
-        budget = TimeBudget(cfg, exp_dir, progress)
+        trainable = run.trainable(tune_trainable, experiment=config_to_dict(cfg), shared=shared)
         try:
+            if resume:
+                if grow_to:
+                    _grow_search(storage, exp_path, grow_to, progress)
+                tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True, storage_filesystem=storage.filesystem)
+                # Tuner.restore keeps the first run's TuneConfig; the trial count is the one setting a
+                # resume may raise (Ray 2.60 reads it from here when the run continues).
+                tuner._local_tuner._tune_config.num_samples = cfg.search.num_samples
+            else:
+                tuner = tune.Tuner(
+                    trainable, param_space=tuner_param_space(cfg),
+                    run_config=run.run_config(cfg.name, search_mode(cfg), verbose=verbose, stop=stop),
+                    tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, exp_dir), scheduler=make_scheduler(cfg),
+                                                num_samples=cfg.search.num_samples,
+                                                max_concurrent_trials=(cfg.search.max_concurrent
+                                                                       if cfg.search.searcher == "optuna" else None),
+                                                reuse_actors=True, **run.trial_names()))
+            budget = TimeBudget(cfg, exp_dir, progress)
             with budget:
                 grid = tuner.fit()
             grid.stopped_by_time_budget = budget.expired
             return grid
         finally:
-            remove_damaged_checkpoints(storage, exp_path, progress)
-            remove_staging_leftovers(_trial_ids(storage, exp_path, cfg.family))
             publish_experiment_files(cfg, storage_path)   # the study so far, even if the search failed
-    finally:
-        ray.shutdown()  # stop the trial workers (or leave the cluster) before the interpreter exits
-        held.close()
-
-
-DRIVER_LOCK = ".driver.lock"
-
-
-@contextmanager
-def driver_lock(directory: Path, what: str):
-    """Hold an exclusive lock on `directory` while a driver runs there. Two drivers on one
-    experiment (a second --resume in another terminal, two benchmark processes sharing a storage)
-    would both restore its unfinished trials and overwrite each other's results and checkpoints.
-    The lock is the operating system's (flock on DRIVER_LOCK, whose text names the holder): it ends
-    with the process, so a killed driver leaves none behind. It guards this machine's directory;
-    for a remote storage that is the local mirror, so drivers on two machines are not kept apart."""
-    import fcntl
-    import socket
-
-    handle = open(Path(directory) / DRIVER_LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ConfigError(f"{what} is being run by {holder}. Wait for it to finish or stop it: two drivers "
-                          f"at once would overwrite each other's trials.") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    handle.flush()
-    try:
-        yield
-    finally:
-        handle.close()   # (the file stays: removing it would let a waiting driver lock a deleted file)
-
-
-class _KeepThisSessionsLog:
-    """Ray's JSON/CSV loggers copy a trial's result file back from storage whenever the trial
-    (re)starts from a checkpoint. Within one driver session that copy can be older than the local
-    file (storage is synced every so often), so a trial that PBT paused and restarted, or that was
-    retried, lost the reports made since the last sync. The local file of this session is kept;
-    a new session (a resume) has none and restores from storage as Ray does."""
-
-    def _restore_from_remote(self, file_name: str, trial) -> None:
-        local = Path(trial.local_path, file_name)
-        if local.is_file() and local.stat().st_size > 0:
-            return
-        super()._restore_from_remote(file_name, trial)
-
-
-class SessionJsonLogger(_KeepThisSessionsLog, JsonLoggerCallback):
-    pass
-
-
-class SessionCSVLogger(_KeepThisSessionsLog, CSVLoggerCallback):
-    pass
-
-
-class TrialEndLine(Callback):
-    """A Ray Tune callback: one console line per finished trial, its status and best score.
-    (Ray's table shows each running trial's epoch, running best and last score: the first
-    numbers of its reports, see core.trainable.)"""
-
-    def __init__(self, metric: str, epochs: int):
-        self.metric, self.epochs = metric, epochs
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._say(trial, errored=False)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._say(trial, errored=True)
-
-    def _say(self, trial, errored: bool) -> None:
-        last = trial.last_result or {}
-        status = trial_status(last, errored, self.epochs)
-        best = last.get(f"best_{self.metric}")
-        finite = best is not None and math.isfinite(best)
-        score = f", best {self.metric} {best:.4g} at epoch {last.get('best_epoch')}" if finite else ""
-        print(f"Trial {trial} {status}{score} after {last.get('epoch', 0)}/{self.epochs} epochs"
-              + (f" ({last['status_detail']})" if last.get("status_detail") else ""), flush=True)
-
-
-def remove_damaged_checkpoints(storage: Storage, exp_path: str, progress=print) -> None:
-    """Delete checkpoint directories that `core.checkpoints.checkpoint_problem` rejects, saying why.
-
-    Ray registers a checkpoint only after copying it to storage, so it never resumes from a partial
-    one; but a driver or worker killed during that copy leaves the partial directory behind, and a
-    disk fault can damage a kept one. Nothing can load them; they would only take space and be
-    offered by the analysis tools. (Local and shared storage.)"""
-    if storage.remote:
-        return
-    for checkpoint in sorted(Path(exp_path).glob("*/checkpoint_*")):
-        problem = checkpoint_problem(checkpoint)
-        if problem is not None:
-            progress(f"removing damaged checkpoint {checkpoint}: {problem}")
-            shutil.rmtree(checkpoint, ignore_errors=True)
-
-
-def _trial_ids(storage: Storage, exp_path: str, family: str) -> list[str]:
-    """The ids of the experiment's trials, from their directory names (`<family>_<trial id>`)."""
-    import pyarrow.fs
-
-    fs = storage.filesystem or pyarrow.fs.LocalFileSystem()
-    found = fs.get_file_info(pyarrow.fs.FileSelector(exp_path, allow_not_found=True))
-    prefix = f"{family}_"
-    return [Path(info.path).name[len(prefix):] for info in found
-            if info.type == pyarrow.fs.FileType.Directory and Path(info.path).name.startswith(prefix)]
 
 
 def _non_empty(storage: Storage, path: str) -> bool:
@@ -673,11 +488,6 @@ def _non_empty(storage: Storage, path: str) -> bool:
     import pyarrow.fs
 
     return bool(storage.filesystem.get_file_info(pyarrow.fs.FileSelector(path)))
-
-
-def _trial_name(family: str, trial) -> str:
-    """`cyclegan_3f2a1b7c` instead of Ray's default directory name with every searched value."""
-    return f"{family}_{trial.trial_id}"
 
 
 # What a resume may change: more trials (with the optuna searcher), and a new time budget.

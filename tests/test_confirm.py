@@ -281,14 +281,14 @@ def test_evaluation_noise_draw_zero_is_what_the_trial_scored(smoke_experiments):
 
 
 @pytest.mark.slow
-def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_experiments, tmp_path, capsys):
-    """(About 55 s: three Ray runs in this process, a confirmation, its --holdout and its --resume,
-    which act on one another's files.)"""
+def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_experiments, tmp_path, capsys, shared_ray):
+    """(About 30 s: three Ray runs in this process on the session's Ray, a confirmation, its
+    --holdout and its --resume, which act on one another's files.)"""
     exp_dir = tmp_path / "cyclegan_builtin-smoke"
     shutil.copytree(smoke_experiments["cyclegan_builtin"], exp_dir)   # never modify the shared fixture
     search_seed = yaml.safe_load((exp_dir / "experiment.yaml").read_text())["train"]["seed"]
 
-    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "2"]) == 0
+    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "2", "--address", shared_ray]) == 0
     out = capsys.readouterr().out
     table = pd.read_csv(exp_dir / "confirm" / "confirm.csv", keep_default_na=False, na_values=[""])
     assert list(table["candidate"]) == ["baseline", "top 1"]
@@ -321,7 +321,7 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert len(best) == 1 and "top 1" in best[0], "the winner, or the defaults when it retrained worse than them"
 
     # --holdout: the best confirmed and the defaults again, on seeds neither the search nor the confirmation used.
-    assert confirm.main([str(exp_dir), "--holdout", "--seeds", "2"]) == 0
+    assert confirm.main([str(exp_dir), "--holdout", "--seeds", "2", "--address", shared_ray]) == 0
     held = pd.read_csv(exp_dir / "confirm-holdout" / "confirm.csv", keep_default_na=False, na_values=[""])
     assert list(held["candidate"]) == ["baseline", "top 1"] and held.loc[1, "trial"] == table.loc[1, "trial"]
     held_seeds = {int(s) for row in held.itertuples() for s in str(row.seeds).split()}
@@ -338,10 +338,16 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert "confirm/confirm.csv" in page and "confirm-holdout/confirm.csv" in page
     assert page.count(str(table.loc[1, "trial"])) >= 3   # the leaderboard's row and both tables'
 
-    # --resume of the finished run restores it and retrains nothing: the same table.
-    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "0", "--resume"]) == 0
+    # --resume of the finished run restores it and retrains nothing: the same table. Before it, one
+    # trial's last report is lost as a killed driver loses it (its checkpoint is on disk, its row in
+    # result.json is not): the resume puts it back, as a search's resume does (one driver, core.driver).
+    cut = next(p for p in sorted((exp_dir / "confirm").glob("*/result.json")))
+    rows = cut.read_text().splitlines()
+    cut.write_text(rows[0] + "\n")
+    assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "2", "--noise", "0", "--resume", "--address", shared_ray]) == 0
     again = pd.read_csv(exp_dir / "confirm" / "confirm.csv")
     assert list(again["best_fid_mean"]) == list(table["best_fid_mean"])
+    assert [json.loads(line)["epoch"] for line in cut.read_text().splitlines()] == [1, 2], "the lost report is back"
     assert len(list((exp_dir / "confirm").glob("*/params.json"))) == 4
 
     # Again without --resume: refused, nothing lost; --resume with other seeds: refused, saying what differs.

@@ -442,7 +442,7 @@ def test_more_scored_images_than_test_photos_is_refused_at_build(tiny_data):
 
 def test_the_search_stops_before_any_trial_when_test_photos_are_too_few(tiny_data, tiny_data_cfg):
     # prepare_experiment builds the family once on the CPU: the same refusal, as one ConfigError.
-    from core.search import prepare_experiment
+    from core.driver import prepare_experiment
 
     count = tiny_data.count("test/photo")
     cfg = build_config({"name": "t", "family": "cyclegan", "data": dataclasses.asdict(tiny_data_cfg),

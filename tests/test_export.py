@@ -19,7 +19,7 @@ import export  # noqa: E402
 from analysis.checkpoints import load_checkpoint  # noqa: E402
 from core import metrics as M  # noqa: E402
 from core.config import build_config, config_to_dict  # noqa: E402
-from core.search import prepare_experiment  # noqa: E402
+from core.driver import prepare_experiment  # noqa: E402
 from core.trainable import LocalSession, run_trial  # noqa: E402
 
 

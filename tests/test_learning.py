@@ -18,7 +18,7 @@ from core import metrics as M
 from core.config import config_to_dict, load_experiment
 from core.data import load_prepared
 from core.models.base import get_family
-from core.search import prepare_experiment
+from core.driver import prepare_experiment
 from core.trainable import LocalSession, run_trial
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

@@ -87,7 +87,7 @@ def test_damaged_checkpoints_are_removed_with_the_reason_and_good_ones_kept(tmp_
     import torch
 
     from core.cluster import Storage
-    from core.search import remove_damaged_checkpoints
+    from core.driver import remove_damaged_checkpoints
 
     good, partial, empty = (tmp_path / "trial_a" / f"checkpoint_00000{i}" for i in range(3))
     for directory in (good, partial, empty):
@@ -127,7 +127,7 @@ def test_a_second_driver_on_one_experiment_is_refused_and_a_killed_one_leaves_no
     """Two drivers on one experiment would restore the same trials and overwrite each other's
     records; the second is refused with who holds it. The lock dies with its process."""
     from core.config import ConfigError
-    from core.search import driver_lock
+    from core.driver import driver_lock
 
     with driver_lock(tmp_path, "Experiment x"):
         with pytest.raises(ConfigError, match=r"^Experiment x is being run by pid \d+ on .+ since .+ Wait for it"):
@@ -136,7 +136,7 @@ def test_a_second_driver_on_one_experiment_is_refused_and_a_killed_one_leaves_no
     with driver_lock(tmp_path, "Experiment x"):   # released when the first ended
         pass
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.search import driver_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.driver import driver_lock\n"
                                "with driver_lock(sys.argv[1], 'Experiment x'):\n    print('held', flush=True); time.sleep(60)",
                                str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
