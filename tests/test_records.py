@@ -46,11 +46,12 @@ def uninterrupted_fids(overrides: list[str], root: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterrupted_run(tmp_path):
+def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterrupted_run(tmp_path, shared_ray):
     """The sequence from the field: Ray's snapshot names checkpoint N as a trial's latest, a better
     evaluation N+1 then displaced it and keep-top-k deleted it, and the driver died before the next
     snapshot. Reproduced exactly: the driver is killed once three evaluations are in storage, and
-    the checkpoint the snapshot names is deleted. (About 60 s: a driver killed, and one resuming.)"""
+    the checkpoint the snapshot names is deleted. (About 50 s: a driver killed with its own Ray, and
+    one resuming on the session's.)"""
     epochs = 5
     overrides = ["search.scheduler=fifo", f"train.epochs={epochs}", "search.keep_checkpoints=3", "train.iters_per_epoch=4"]
     args = [*SMOKE, "--num-samples", "1", *overrides]
@@ -72,7 +73,7 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     shutil.rmtree(exp / trial / checkpoint)   # what keep-top-k did after the snapshot was written
     assert any(p.name != checkpoint for p in (exp / trial).glob("checkpoint_*")), "no other checkpoint to resume"
 
-    out = run([*TUNE, *args, "--storage", str(storage), "--resume"])
+    out = run([*TUNE, *args, "--storage", str(storage), "--resume", "--address", shared_ray])
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert f"{trial}: recorded {checkpoint} is gone; resuming from checkpoint_" in out.stdout + out.stderr
     board = pd.read_csv(exp / "leaderboard.csv")
