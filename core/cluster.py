@@ -23,6 +23,8 @@ from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
 
+STARTUP_TRIES = 2         # a local Ray that does not come up in time is started once more, then reported
+STARTUP_TIMEOUT = "timed out during startup"   # what Ray's exception says then (ray._private.node)
 CONNECT_TIMEOUT_S = 5.0   # a cluster address that does not answer within this is reported, not waited on
 PROGRESS_DELAY_S = 2.0    # a transfer shows a progress bar once it has run this long
 COPY_CHUNK_BYTES = 1 << 20
@@ -47,8 +49,7 @@ def connect(address: str | None) -> None:
         # listens on the machine's ports) and announces that in a warning above every run's
         # first line, which says nothing to act on here.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        # "local", not None: ray.init() alone would join a cluster left running by `ray start`.
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        _start_local_ray()
         return
     if address != "auto":
         # Ray itself retries an address that does not answer for minutes before failing.
@@ -60,6 +61,29 @@ def connect(address: str | None) -> None:
                            f"Start one with `ray start --head` (and `ray start --address=HEAD:6379` on "
                            f"the other machines), pass the head's HOST:PORT, or drop --address to run "
                            f"on this machine only.") from None
+
+
+def _start_local_ray() -> None:
+    """ray.init of a private cluster, tried STARTUP_TRIES times: Ray gives its raylet a fixed 30 s
+    to register (Ray 2.60, ray._private.node), which a loaded machine, or one still busy with the
+    processes of a driver killed a moment ago, can miss; the next try usually works."""
+    import ray
+
+    for attempt in range(1, STARTUP_TRIES + 1):
+        try:
+            # "local", not None: ray.init() alone would join a cluster left running by `ray start`.
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+            return
+        except Exception as e:   # Ray raises a bare Exception for this
+            if STARTUP_TIMEOUT not in str(e):
+                raise
+            ray.shutdown()   # the half-started node's processes
+            if attempt < STARTUP_TRIES:
+                logging.getLogger(__name__).warning("Ray did not start in time (%s); trying once more", e)
+    raise ClusterError(f"Ray did not start on this machine, {STARTUP_TRIES} times: its processes did not come up "
+                       f"within Ray's start-up timeout. Ray processes left by an earlier driver that was killed can "
+                       f"cause this (`ray stop` ends them), or a machine too loaded to start them in time (wait for "
+                       f"other work to finish). Then run the same command again (with --resume to continue a search).")
 
 
 def _check_reachable(address: str) -> None:
