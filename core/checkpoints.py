@@ -17,7 +17,8 @@ Ray keeps a trial's best `search.keep_checkpoints` by the search metric plus its
 others. Its experiment snapshot names each trial's latest checkpoint; a driver killed after a newer
 evaluation displaced (deleted) that checkpoint but before the next snapshot leaves a record naming a
 checkpoint that is gone, and Ray's own restore then fails on every retry.
-`repair_checkpoint_records` points such records at the trial's newest intact checkpoint before a resume.
+`core.internals.repair_checkpoint_records` points such records at the trial's newest intact checkpoint
+before a resume (it edits Ray's snapshot, so it lives with the other uses of Ray's internals).
 """
 
 from __future__ import annotations
@@ -158,75 +159,6 @@ def newest_intact(trial_dir: str | os.PathLike, fs=None, report=None) -> str | N
     return None
 
 
-# --- Ray's record of a trial's checkpoints -----------------------------------------------------
-
-
-def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> list[str]:
-    """Before `Tuner.restore`: in Ray's newest experiment snapshot, point every trial whose recorded
-    latest checkpoint no longer exists (or is damaged) at its newest intact checkpoint, with the
-    metrics that checkpoint was reported with (from the trial's result.json), and drop kept-checkpoint
-    records that are gone. A trial with no intact checkpoint left restarts from scratch. Returns
-    one line per repaired trial.
-
-    This edits Ray Tune 2.60's own snapshot format (`experiment_state-*.json`: per trial a JSON run
-    metadata whose `checkpoint_manager` is a cloudpickled `_CheckpointManager`), the only place Ray
-    reads the checkpoint to restore from; the file is replaced atomically."""
-    from ray.train import Checkpoint
-    from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
-    from ray.train._internal.session import _TrainingResult
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-    from ray.tune.trainable.metadata import _TrainingRunMetadata
-    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
-
-    fs = fs or _local_fs()
-    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
-    if snapshot is None:
-        return []
-    with fs.open_input_stream(snapshot) as f:
-        state = _loads_with_cloudpickle(f.readall())   # Ray's own file, written by this experiment's driver
-
-    repaired = []
-    for i, (trial_json, metadata_json) in enumerate(state["trial_data"]):
-        metadata = _TrainingRunMetadata.from_json_state(metadata_json)
-        manager = metadata.checkpoint_manager
-        latest = manager.latest_checkpoint_result if manager is not None else None
-        if latest is None:
-            continue
-        trial_dir = f"{experiment_path}/{Path(latest.checkpoint.path).parent.name}"   # the storage may have moved
-        recorded = f"{trial_dir}/{Path(latest.checkpoint.path).name}"
-        problem = checkpoint_problem(recorded, fs)
-        if problem is None:
-            continue
-        replacement = newest_intact(trial_dir, fs)
-        # Kept-checkpoint records whose directory is gone would be "deleted" again and listed as kept.
-        manager._checkpoint_results = [r for r in manager._checkpoint_results
-                                       if checkpoint_problem(f"{trial_dir}/{Path(r.checkpoint.path).name}", fs) is None]
-        if replacement is None:
-            manager._latest_checkpoint_result = None
-            repaired.append(f"{Path(trial_dir).name}: {Path(recorded).name} ({problem.replace(CHECKPOINT_FILE, 'its ' + CHECKPOINT_FILE)}) "
-                            f"and no intact checkpoint is left; the trial starts over")
-        else:
-            metrics = _reported_metrics(trial_dir, Path(replacement).name, fs)
-            result = _TrainingResult(checkpoint=Checkpoint(replacement, filesystem=fs), metrics=metrics)
-            manager._latest_checkpoint_result = result
-            if all(Path(r.checkpoint.path).name != Path(replacement).name for r in manager._checkpoint_results):
-                _insert_into_sorted_list(manager._checkpoint_results, result, key=manager._get_checkpoint_score)
-            what = "is gone" if "missing" in problem else problem.replace(CHECKPOINT_FILE, "its " + CHECKPOINT_FILE)
-            repaired.append(f"{Path(trial_dir).name}: recorded {Path(recorded).name} {what}; "
-                            f"resuming from {Path(replacement).name}, its newest intact checkpoint")
-        metadata.invalidate_cache()
-        state["trial_data"][i] = [trial_json, metadata.get_json_state()]
-
-    if repaired:
-        partial = f"{snapshot}.partial"
-        with fs.open_output_stream(partial) as f:
-            f.write(json.dumps(state, cls=TuneFunctionEncoder).encode())
-        fs.move(partial, snapshot)
-        for line in repaired:
-            progress(f"resume: {line}")
-    return repaired
-
-
 def backfill_reports(experiment_path: str, fs=None, progress=print) -> int:
     """Before a resume: put back into each trial's result.json the reports that a killed driver had
     not yet synced to storage although their checkpoints are there (the worker writes checkpoints
@@ -282,18 +214,3 @@ def backfill_reports(experiment_path: str, fs=None, progress=print) -> int:
     return restored
 
 
-def _reported_metrics(trial_dir: str, checkpoint_name: str, fs) -> dict:
-    """The result a checkpoint was reported with (Ray's result.json names it in checkpoint_dir_name)."""
-    try:
-        with fs.open_input_stream(f"{trial_dir}/result.json") as f:
-            lines = f.readall().decode().splitlines()
-    except (FileNotFoundError, OSError):
-        return {}
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:   # the last line of a driver killed mid-write
-            continue
-        if row.get("checkpoint_dir_name") == checkpoint_name:
-            return row
-    return {}

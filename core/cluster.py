@@ -24,7 +24,6 @@ from pathlib import Path
 from core.config import ConfigError, ExperimentConfig
 
 STARTUP_TRIES = 2         # a local Ray that does not come up in time is started once more, then reported
-STARTUP_TIMEOUT = "timed out during startup"   # what Ray's exception says then (ray._private.node)
 CONNECT_TIMEOUT_S = 5.0   # a cluster address that does not answer within this is reported, not waited on
 PROGRESS_DELAY_S = 2.0    # a transfer shows a progress bar once it has run this long
 COPY_CHUNK_BYTES = 1 << 20
@@ -45,10 +44,9 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        # A private cluster of this process: Ray turns on token authentication for it (kept: it
-        # listens on the machine's ports) and announces that in a warning above every run's
-        # first line, which says nothing to act on here.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        from core.internals import quiet_token_authentication_notice
+
+        quiet_token_authentication_notice()
         _start_local_ray()
         return
     if address != "auto":
@@ -65,9 +63,11 @@ def connect(address: str | None) -> None:
 
 def _start_local_ray() -> None:
     """ray.init of a private cluster, tried STARTUP_TRIES times: Ray gives its raylet a fixed 30 s
-    to register (Ray 2.60, ray._private.node), which a loaded machine, or one still busy with the
+    to register (core.internals.is_startup_timeout), which a loaded machine, or one still busy with the
     processes of a driver killed a moment ago, can miss; the next try usually works."""
     import ray
+
+    from core.internals import is_startup_timeout
 
     for attempt in range(1, STARTUP_TRIES + 1):
         try:
@@ -75,7 +75,7 @@ def _start_local_ray() -> None:
             ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
             return
         except Exception as e:   # Ray raises a bare Exception for this
-            if STARTUP_TIMEOUT not in str(e):
+            if not is_startup_timeout(e):
                 raise
             ray.shutdown()   # the half-started node's processes
             if attempt < STARTUP_TRIES:

@@ -7,8 +7,8 @@ confirmation (core.confirm.run_confirm) do around `Tuner.fit`, written once.
         grid = tuner.fit()
 
 In order, a run:
-1. checks that the storage can be written and joins (or starts) Ray, so that a bad --storage or
-   --address fails at once;
+1. checks the installed Ray (core.internals), that the storage can be written, and joins (or
+   starts) Ray, so that a bad --storage or --address fails at once;
 2. takes the driver lock on `local_dir` (`driver_lock`), before any preparation: a second driver on
    the same experiment is refused at once, not after the data is prepared;
 3. checks that a trial fits on a node, and prepares the data and the reference statistics
@@ -35,13 +35,12 @@ from pathlib import Path
 
 import torch
 from ray.tune import Callback
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from core.checkpoints import (backfill_reports, checkpoint_problem, remove_staging_leftovers,
-                              repair_checkpoint_records)
+from core.checkpoints import backfill_reports, checkpoint_problem, remove_staging_leftovers
 from core.cluster import Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig
 from core.data import prepare_data
+from core.internals import SessionCSVLogger, SessionJsonLogger, check_versions, repair_checkpoint_records
 from core.metrics import reference_statistics
 from core.models.base import get_family
 from core.results import trial_status
@@ -135,6 +134,7 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
     refusal of a second driver."""
     import ray
 
+    check_versions()
     storage.check_writable()
     connect(address)
     created = not local_dir.exists()
@@ -202,28 +202,6 @@ def driver_lock(directory: Path, what: str):
 
 
 # --- Ray Tune callbacks ----------------------------------------------------------------------------
-
-
-class _KeepThisSessionsLog:
-    """Ray's JSON/CSV loggers copy a trial's result file back from storage whenever the trial
-    (re)starts from a checkpoint. Within one driver session that copy can be older than the local
-    file (storage is synced every so often), so a trial that PBT paused and restarted, or that was
-    retried, lost the reports made since the last sync. The local file of this session is kept;
-    a new session (a resume) has none and restores from storage as Ray does."""
-
-    def _restore_from_remote(self, file_name: str, trial) -> None:
-        local = Path(trial.local_path, file_name)
-        if local.is_file() and local.stat().st_size > 0:
-            return
-        super()._restore_from_remote(file_name, trial)
-
-
-class SessionJsonLogger(_KeepThisSessionsLog, JsonLoggerCallback):
-    pass
-
-
-class SessionCSVLogger(_KeepThisSessionsLog, CSVLoggerCallback):
-    pass
 
 
 class TrialEndLine(Callback):

@@ -26,24 +26,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import time
 import warnings
 from pathlib import Path
 
 import yaml
-from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
-from ray.tune.search.optuna import OptunaSearch
 
-from core.checkpoints import checkpoint_problem
 from core.cluster import SharedAssets, Storage
-from core.config import ConfigError, ExperimentConfig, apply_dotted, build_config, config_to_dict, get_dotted
+from core.config import ConfigError, ExperimentConfig, config_to_dict, get_dotted
 from core.data import load_prepared, prepare_data
 from core.driver import check_family_builds, tune_driver
 from core.metrics import DIRECTIONS
-from core.space import (applicable, baseline_point, dimensions, is_baseline, is_conditional, optuna_space,
-                        pbt_mutations, ray_param_space)
+from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, ResumableOptunaSearch, check_versions,
+                            grow_search, raise_trial_count)
+from core.space import baseline_point, is_conditional, optuna_space, pbt_mutations, ray_param_space
 from core.trainable import tune_trainable
 
 logger = logging.getLogger(__name__)
@@ -141,30 +138,6 @@ def describe_search(cfg: ExperimentConfig) -> str:
             f"by {s.metric}{budget}")
 
 
-class ResumableOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch over a study on disk that can be ahead of Ray's own snapshot: a driver
-    killed after a trial finished (told to the study) but before Ray saved that, resumes and runs
-    the trial's last steps again. Its reports then reach an Optuna trial that is already finished;
-    the study keeps the outcome it has (a rerun reproduces it: training is seeded) instead of the
-    search failing with UpdateFinishedTrialError."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not self._finished_in_study(trial_id):
-            super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if self._finished_in_study(trial_id):
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-    def _finished_in_study(self, trial_id: str) -> bool:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None:
-            return False
-        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
-
-
 def tuner_param_space(cfg: ExperimentConfig) -> dict:
     """What Tuner(param_space=...) gets: Optuna samples through its own define-by-run space."""
     return {} if cfg.search.searcher == "optuna" else ray_param_space(cfg.search.space)
@@ -209,176 +182,6 @@ def architecture_keys(cfg: ExperimentConfig) -> list[str]:
     return [key for key in cfg.search.space if key in fixed]
 
 
-class BaselineKeepingASHA(ASHAScheduler):
-    """ASHA that never stops the baseline trial early, so that the best trial is compared with the
-    defaults at the same budget. (The baseline's results still count in ASHA's rungs.)"""
-
-    def __init__(self, baseline: dict | None, space: dict, **kwargs):
-        super().__init__(**kwargs)
-        self.baseline, self.space = baseline, space
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP and result.get("epoch", 0) < self._max_t and self._is_baseline(trial):
-            return self.CONTINUE
-        return decision
-
-    def _is_baseline(self, trial) -> bool:
-        return self.baseline is not None and is_baseline(trial.config, self.baseline, self.space)
-
-
-class BaselineKeepingPBT(PopulationBasedTraining):
-    """Ray's PBT for paintsweep's trials, which report a checkpoint with every evaluation:
-    - the baseline is never exploited (it trains the defaults, unmutated, to the end);
-    - a top trial's checkpoint is the one reported with the result being ranked (the result names
-      it: `checkpoint_dir_name`). Ray would ask the trial to save, which a function trainable
-      answers with that same checkpoint, registered a second time, and keep-top-k then deletes it
-      twice (FileNotFoundError in Ray's checkpoint manager). Nor is it `trial.checkpoint`: Ray
-      registers a result's checkpoint only after the scheduler has decided on that result, so
-      that is the previous report's, and right after an exploit the donor's copy: a trial that
-      copied it later got a stale checkpoint, or its own older weights back (epochs 1-5, 4, ...);
-    - a checkpoint that keep-top-k deleted since is replaced by the donor's newest intact one of
-      its own; a donor that never checkpointed is not copied (Ray's own rule);
-    - nothing is exploited at or into the last epoch (`max_t`): a trial would restart with no epoch
-      left to train and end with the donor's record as its own;
-    - the donor's checkpoint is copied into the exploiting trial's own directory
-      (`<trial>/pbt_donor/<n>/checkpoint_NNNNNN`, one per trial, replaced by its next exploit): Ray
-      only points at the donor's, and with more trials than slots the exploiting trial waits,
-      paused, while the donor trains on and keep-top-k deletes that checkpoint ("Could not recover
-      from checkpoint as it does not exist on storage anymore");
-    - a perturbed value stays inside its searched range (Ray's x0.8/x1.2 walks out of it; integers
-      stay integers), and a perturbation the family refuses (the VAE's beta_cycle must exceed
-      beta_warmup) is drawn again, up to EXPLORE_TRIES times, else the donor's values are kept."""
-
-    DONOR_DIR = "pbt_donor"
-    EXPLORE_TRIES = 20
-
-    def __init__(self, baseline: dict | None, space: dict, max_t: int, experiment: dict, **kwargs):
-        super().__init__(**kwargs)
-        self.baseline, self.space, self.max_t, self.experiment = baseline, space, max_t, experiment
-
-    def _quantiles(self):
-        lower, upper = super()._quantiles()
-        return [t for t in lower if not self._is_baseline(t)], upper
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get(self._time_attr, 0) >= self.max_t:
-            return self.CONTINUE   # its last report: the trial ends here
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
-        state = self._trial_state[trial]
-        state.last_checkpoint = _reported_checkpoint(trial, state.last_result) if trial in upper_quantile else None
-        self._num_checkpoints += trial in upper_quantile
-        if trial in lower_quantile:
-            donor = random.choice(upper_quantile)
-            if self._trial_state[donor].last_checkpoint is None:
-                return   # the donor has not checkpointed yet: no exploit this round
-            self._exploit(tune_controller, trial, donor)
-
-    def _exploit(self, tune_controller, trial, trial_to_clone):
-        donor = self._trial_state[trial_to_clone]
-        if (donor.last_result or {}).get(self._time_attr, 0) >= self.max_t:
-            return
-        recorded, recorded_result = donor.last_checkpoint, donor.last_result
-        if not _intact(recorded):
-            recorded, recorded_result = _newest_own_checkpoint(trial_to_clone)
-            if recorded is None:
-                return   # nothing intact to copy: no exploit this round
-        try:
-            copied = self._private_copy(recorded, trial)
-        except OSError as e:   # (pyarrow's FileNotFoundError included) the donor's files went meanwhile
-            logger.warning("PBT: no exploit of %s into %s this round: copying %s failed (%s)",
-                           trial_to_clone, trial, recorded.path, e)
-            return
-        # Ray's exploit restores the trial from donor.last_checkpoint: hand it the private copy.
-        kept = donor.last_checkpoint, donor.last_result
-        donor.last_checkpoint, donor.last_result = copied, recorded_result
-        try:
-            super()._exploit(tune_controller, trial, trial_to_clone)
-        finally:
-            donor.last_checkpoint, donor.last_result = kept
-
-    def _private_copy(self, checkpoint, trial):
-        """`checkpoint` copied to <trial>/pbt_donor/<n>/<its name>, a new <n> per exploit; the
-        trial's earlier copies are removed once this one is complete (never the source itself,
-        which may be one of them: a donor's latest checkpoint is its own restore copy until it
-        reports the next)."""
-        import pyarrow.fs
-        from ray.tune import Checkpoint
-
-        fs = checkpoint.filesystem
-        donor_dir = f"{trial.storage.trial_fs_path}/{self.DONOR_DIR}"
-        earlier = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(donor_dir, allow_not_found=True))]
-        number = 1 + max((int(Path(p).name) for p in earlier if Path(p).name.isdigit()), default=0)
-        target = f"{donor_dir}/{number}/{Path(checkpoint.path).name}"
-        fs.create_dir(target, recursive=True)
-        pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=fs, destination_filesystem=fs)
-        source = Path(checkpoint.path)
-        for path in earlier:
-            if Path(path) not in source.parents:
-                fs.delete_dir(path)
-        return Checkpoint(target, filesystem=fs)
-
-    def _get_new_config(self, trial, trial_to_clone):
-        """Ray's explore, kept inside the searched ranges and drawn again while the family refuses it."""
-        for _ in range(self.EXPLORE_TRIES):
-            new_config, operations = super()._get_new_config(trial, trial_to_clone)
-            new_config = self._inside_ranges(new_config)
-            if self._valid(new_config):
-                return new_config, operations
-        return dict(trial_to_clone.config), {}
-
-    def _inside_ranges(self, config: dict) -> dict:
-        config = dict(config)
-        for d in dimensions(self.space):
-            value = config.get(d.key)
-            if d.kind == "choice" or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            low, high = d.args
-            config[d.key] = min(max(int(round(value)) if d.kind == "int" else float(value), low), high)
-        return config
-
-    def _valid(self, config: dict) -> bool:
-        searched = applicable(config, self.space)
-        try:
-            build_config(apply_dotted(self.experiment, {k: v for k, v in searched.items() if k in self.space}),
-                         source="PBT perturbation")
-        except ConfigError:
-            return False
-        return True
-
-    _is_baseline = BaselineKeepingASHA._is_baseline
-
-
-def _intact(checkpoint) -> bool:
-    """A ray.tune.Checkpoint whose files pass core.checkpoints' integrity check."""
-    return hasattr(checkpoint, "path") and checkpoint_problem(checkpoint.path, checkpoint.filesystem) is None
-
-
-def _reported_checkpoint(trial, result: dict | None):
-    """The ray.tune.Checkpoint reported with `result`, or None if it came without one. Ray has
-    already written it to storage (a trial's report returns only then), under the name it puts
-    in the result."""
-    from ray.tune import Checkpoint
-
-    name = (result or {}).get("checkpoint_dir_name")
-    if not name:
-        return None
-    return Checkpoint(f"{trial.storage.trial_fs_path}/{name}", filesystem=trial.storage.storage_filesystem)
-
-
-def _newest_own_checkpoint(trial):
-    """(checkpoint, the result it was reported with) of the newest intact checkpoint in Ray's
-    record of those the trial reported and keeps in its own directory, or (None, None). Never a
-    PBT restore copy: that holds another trial's weights."""
-    own = Path(trial.storage.trial_fs_path)
-    kept = [r for r in trial.run_metadata.checkpoint_manager._checkpoint_results
-            if Path(r.checkpoint.path).parent == own and _intact(r.checkpoint)]
-    newest = max(kept, key=lambda r: r.metrics.get("epoch", 0), default=None)
-    return (newest.checkpoint, newest.metrics) if newest else (None, None)
-
-
 DOWNLOADING_SOURCES = ("kaggle", "kaggle_dataset")
 
 
@@ -386,6 +189,7 @@ def check_experiment(cfg: ExperimentConfig, progress=print) -> str:
     """--dry-run's checks of what the run would refuse before its first trial: the data (prepared
     and cached as the run would, except a Kaggle download) and the family built on it. Raises the
     run's own ConfigError/DataError; returns a line saying what was checked."""
+    check_versions()
     if cfg.data.source in DOWNLOADING_SOURCES:
         return (f"data ({cfg.data.source}) not checked: it is downloaded when the run starts "
                 f"(or ahead of it: python experiments/prepare_data.py --space ...)")
@@ -458,12 +262,10 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         try:
             if resume:
                 if grow_to:
-                    _grow_search(storage, exp_path, grow_to, progress)
+                    grow_search(storage, exp_path, grow_to, progress)
                 tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                            resume_errored=True, storage_filesystem=storage.filesystem)
-                # Tuner.restore keeps the first run's TuneConfig; the trial count is the one setting a
-                # resume may raise (Ray 2.60 reads it from here when the run continues).
-                tuner._local_tuner._tune_config.num_samples = cfg.search.num_samples
+                raise_trial_count(tuner, cfg.search.num_samples)
             else:
                 tuner = tune.Tuner(
                     trainable, param_space=tuner_param_space(cfg),
@@ -528,26 +330,6 @@ def _check_resumable(cfg: ExperimentConfig, storage: Storage) -> int | None:
                               f"continues); {shown} uses {cfg.search.searcher}. Start a new experiment with --name.")
         return cfg.search.num_samples
     return None
-
-
-def _grow_search(storage: Storage, exp_path: str, num_samples: int, progress=print) -> None:
-    """Raise the trial count in Ray's saved search state (`search_gen_state-*.json`, Ray 2.60's
-    SearchGenerator: counter, total_samples, finished), so that a finished search proposes more
-    trials in the same Optuna study."""
-    import pyarrow.fs
-    import ray.cloudpickle as cloudpickle
-
-    fs = storage.filesystem or pyarrow.fs.LocalFileSystem()
-    found = fs.get_file_info(pyarrow.fs.FileSelector(exp_path))
-    states = sorted(i.path for i in found if Path(i.path).name.startswith("search_gen_state-"))
-    if not states:
-        raise ConfigError(f"{exp_path} holds no saved search state to extend (search_gen_state-*.json)")
-    with fs.open_input_stream(states[-1]) as f:
-        state = cloudpickle.loads(f.readall())
-    progress(f"extending the search from {state['total_samples']} to {num_samples} trials")
-    state["total_samples"], state["finished"] = num_samples, False
-    with fs.open_output_stream(states[-1]) as f:
-        f.write(cloudpickle.dumps(state))
 
 
 class TimeBudget:

@@ -24,7 +24,6 @@ When the run ends, W&B's process-wide leftovers go too (its service process and 
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
@@ -32,6 +31,7 @@ import shutil
 
 from core import metrics as M
 from core.config import ExperimentConfig
+from core.internals import wandb_staging_dirs
 
 # What the HParams table compares trials by (TensorBoard shows each tag's latest value).
 HPARAM_METRICS = ("metrics/best_fid", "metrics/best_mifid", "metrics/best_kid", "metrics/fid", "train/epoch")
@@ -130,7 +130,7 @@ def wandb_run_id(experiment: str, trial_name: str) -> str:
 def _wandb_run(cfg: ExperimentConfig, session, config_tree: dict):
     import wandb
 
-    for path in _wandb_staging_dirs():   # removed when the previous trial in this process ended
+    for path in wandb_staging_dirs():   # removed when the previous trial in this process ended
         os.makedirs(path, exist_ok=True)
     # Online only with a key: without one (or without network) online mode blocks for ~100 s.
     mode = cfg.logging.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
@@ -164,7 +164,7 @@ def _wandb_release() -> None:
     try:
         wandb.teardown()
     finally:
-        for path in _wandb_staging_dirs():
+        for path in wandb_staging_dirs():
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -179,30 +179,8 @@ def release_wandb_in_driver() -> None:
         import wandb  # noqa: F401
     except ImportError:   # not installed: Ray does not import it either
         return
-    for path in _wandb_staging_dirs():
+    for path in wandb_staging_dirs():
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _wandb_staging_dirs() -> list[str]:
-    """The paths of W&B's import-time staging directories. They are private module attributes
-    (tempfile.TemporaryDirectory objects removed only by atexit) and no public API or setting
-    moves or removes them, so they are looked up defensively: a W&B version without one of them
-    just has nothing to remove there, and only a directory whose name says it is W&B's is
-    returned. Every user of a directory joins its `.name` when it writes, so the same path
-    recreated for the next trial is the directory W&B uses."""
-    found = []
-    for module, attributes in (("wandb.sdk.data_types._private", ("MEDIA_TMP",)),
-                               ("wandb.sdk.artifacts.artifact", ("Artifact", "_TMP_DIR"))):
-        try:
-            value = importlib.import_module(module)
-            for attribute in attributes:
-                value = getattr(value, attribute)
-        except (ImportError, AttributeError):
-            continue
-        name = getattr(value, "name", None)
-        if isinstance(name, str) and "wandb" in os.path.basename(name):
-            found.append(name)
-    return found
 
 
 def scalar_tag(key: str) -> str:

@@ -195,7 +195,7 @@ def test_a_top_trial_donates_the_checkpoint_of_the_ranked_result_never_a_restore
     epochs again as if resumed (CI, 2026-12-01: epochs 1-5, 4, ...)."""
     from ray.tune.schedulers.pbt import _PBTTrialState
 
-    from core.search import _newest_own_checkpoint
+    from core.internals import newest_own_checkpoint
 
     pbt = make_scheduler(cyclegan("search.scheduler=pbt", "search.searcher=random"))
     donor = tmp_path / "cyclegan_donor"
@@ -213,10 +213,10 @@ def test_a_top_trial_donates_the_checkpoint_of_the_ranked_result_never_a_restore
     # That checkpoint deleted by keep-top-k before anyone copied it: the newest the trial keeps
     # of its own, with the result it was reported with; the restore copy is never offered.
     shutil.rmtree(own[1])
-    checkpoint, result = _newest_own_checkpoint(trial)
+    checkpoint, result = newest_own_checkpoint(trial)
     assert (Path(checkpoint.path), result["epoch"]) == (own[0], 2)
     shutil.rmtree(own[0])
-    assert _newest_own_checkpoint(trial) == (None, None)
+    assert newest_own_checkpoint(trial) == (None, None)
 
 
 def test_pbt_needs_random_search():

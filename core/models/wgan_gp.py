@@ -221,10 +221,13 @@ class WGANGP(Family):
         num_updates), so that short runs do not average in their random initial weights. Integer
         buffers (batch norm's num_batches_tracked) are counters: copied."""
         if not torch.is_floating_point(ema_params[0]):
-            torch._foreach_copy_(ema_params, params)
+            for ema, param in zip(ema_params, params):
+                ema.copy_(param)
             return
         decay = torch.clamp((1.0 + n_averaged) / (10.0 + n_averaged), max=self.cfg.model.ema_decay)
-        torch._foreach_lerp_(ema_params, params, (1.0 - decay).to(ema_params[0].dtype))
+        weight = (1.0 - decay).to(ema_params[0].dtype)
+        for ema, param in zip(ema_params, params):   # (torch's private _foreach_lerp_ does the same, fused)
+            ema.lerp_(param, weight)
 
     # Learning rates are constant (the WGAN-GP paper's setup): the base class's lr_factor.
 

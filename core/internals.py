@@ -1,0 +1,438 @@
+"""Every private name of Ray Tune (and of W&B) that paintsweep uses, in one place, checked.
+
+Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's private names:
+- the schedulers: ASHA that never stops the baseline, and PBT that copies the right donor
+  checkpoint into the trial's own directory and explores inside the searched ranges
+  (`BaselineKeepingASHA`, `BaselineKeepingPBT`: they override Ray's private methods);
+- the Optuna searcher over a study that can be ahead of Ray's snapshot (`ResumableOptunaSearch`);
+- the result loggers, which must not replace this session's files with older copies from storage
+  (`SessionJsonLogger`, `SessionCSVLogger`);
+- Ray's snapshot of an interrupted run: records of deleted checkpoints repaired before a resume
+  (`repair_checkpoint_records`), and the trial count of a finished search raised (`grow_search`,
+  `raise_trial_count`);
+- Ray's start-up timeout, told from other failures of ray.init by its text (`is_startup_timeout`);
+- Ray's notice that a private cluster uses token authentication, hidden
+  (`quiet_token_authentication_notice`);
+- W&B's import-time temp directories, removed where W&B only removes them at exit
+  (`wandb_staging_dirs`: looked up defensively, a W&B without them has nothing to remove).
+
+All of it is written against Ray RAY_VERSION: `check_versions()` runs before every run (the
+search's, a confirmation's, a dry run's) and refuses another installed Ray with one message, and
+tests/test_internals.py fails when a Ray method overridden or a private attribute read here is
+renamed or changes its signature. A Ray upgrade is this module and that test file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from ray.tune.search.optuna import OptunaSearch
+
+from core.checkpoints import CHECKPOINT_FILE, _local_fs, checkpoint_problem, newest_intact
+from core.config import ConfigError, apply_dotted, build_config
+from core.space import applicable, dimensions, is_baseline
+
+logger = logging.getLogger(__name__)
+
+RAY_VERSION = "2.60"   # the Ray minor version this module is written for (pyproject.toml pins it too)
+
+
+class UnsupportedVersion(ConfigError):
+    """The installed Ray is not the one paintsweep's use of its internals was written for."""
+
+
+def check_versions() -> None:
+    """Refuse a Ray other than RAY_VERSION (major.minor) before anything runs: its private
+    methods and files may differ, and an override of a renamed method would silently stop acting."""
+    import ray
+
+    installed = ".".join(ray.__version__.split(".")[:2])
+    if installed != RAY_VERSION:
+        raise UnsupportedVersion(
+            f"paintsweep needs Ray {RAY_VERSION}.x (it relies on Ray Tune internals, core/internals.py); this "
+            f"environment has Ray {ray.__version__}. Install the tested versions: pip install -c constraints.txt "
+            f"-e . (or make install).")
+
+
+def quiet_token_authentication_notice() -> None:
+    """A private cluster of this process: Ray turns on token authentication for it (kept: it listens
+    on the machine's ports) and announces that in a warning above every run's first line, which
+    says nothing to act on here. (The logger of a private Ray module.)"""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def is_startup_timeout(error: Exception) -> bool:
+    """Whether ray.init failed because its raylet did not register within the fixed 30 s that
+    Ray 2.60 gives it (ray._private.node raises a bare Exception, recognised by its text)."""
+    return "timed out during startup" in str(error)
+
+
+# --- Searcher ---------------------------------------------------------------------------------------
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch over a study on disk that can be ahead of Ray's own snapshot: a driver
+    killed after a trial finished (told to the study) but before Ray saved that, resumes and runs
+    the trial's last steps again. Its reports then reach an Optuna trial that is already finished;
+    the study keeps the outcome it has (a rerun reproduces it: training is seeded) instead of the
+    search failing with UpdateFinishedTrialError."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._finished_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)   # (Ray's: the Optuna trial it asked for this one)
+        if ot_trial is None:
+            return False
+        # The study's own record, read now (a trial Ray holds may be stale).
+        stored = self._ot_study.get_trials(deepcopy=False)
+        return ot_trial.number < len(stored) and stored[ot_trial.number].state.is_finished()
+
+
+# --- Schedulers -------------------------------------------------------------------------------------
+
+
+class BaselineKeepingASHA(ASHAScheduler):
+    """ASHA that never stops the baseline trial early, so that the best trial is compared with the
+    defaults at the same budget. (The baseline's results still count in ASHA's rungs.)"""
+
+    def __init__(self, baseline: dict | None, space: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.baseline, self.space = baseline, space
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP and result.get("epoch", 0) < self._max_t and self._is_baseline(trial):
+            return self.CONTINUE
+        return decision
+
+    def _is_baseline(self, trial) -> bool:
+        return self.baseline is not None and is_baseline(trial.config, self.baseline, self.space)
+
+
+class BaselineKeepingPBT(PopulationBasedTraining):
+    """Ray's PBT for paintsweep's trials, which report a checkpoint with every evaluation:
+    - the baseline is never exploited (it trains the defaults, unmutated, to the end);
+    - a top trial's checkpoint is the one reported with the result being ranked (the result names
+      it: `checkpoint_dir_name`). Ray would ask the trial to save, which a function trainable
+      answers with that same checkpoint, registered a second time, and keep-top-k then deletes it
+      twice (FileNotFoundError in Ray's checkpoint manager). Nor is it `trial.checkpoint`: Ray
+      registers a result's checkpoint only after the scheduler has decided on that result, so
+      that is the previous report's, and right after an exploit the donor's copy: a trial that
+      copied it later got a stale checkpoint, or its own older weights back (epochs 1-5, 4, ...);
+    - a checkpoint that keep-top-k deleted since is replaced by the donor's newest intact one of
+      its own; a donor that never checkpointed is not copied (Ray's own rule);
+    - nothing is exploited at or into the last epoch (`max_t`): a trial would restart with no epoch
+      left to train and end with the donor's record as its own;
+    - the donor's checkpoint is copied into the exploiting trial's own directory
+      (`<trial>/pbt_donor/<n>/checkpoint_NNNNNN`, one per trial, replaced by its next exploit): Ray
+      only points at the donor's, and with more trials than slots the exploiting trial waits,
+      paused, while the donor trains on and keep-top-k deletes that checkpoint ("Could not recover
+      from checkpoint as it does not exist on storage anymore");
+    - a perturbed value stays inside its searched range (Ray's x0.8/x1.2 walks out of it; integers
+      stay integers), and a perturbation the family refuses (the VAE's beta_cycle must exceed
+      beta_warmup) is drawn again, up to EXPLORE_TRIES times, else the donor's values are kept."""
+
+    DONOR_DIR = "pbt_donor"
+    EXPLORE_TRIES = 20
+
+    def __init__(self, baseline: dict | None, space: dict, max_t: int, experiment: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.baseline, self.space, self.max_t, self.experiment = baseline, space, max_t, experiment
+
+    def _quantiles(self):
+        lower, upper = super()._quantiles()
+        return [t for t in lower if not self._is_baseline(t)], upper
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self.max_t:
+            return self.CONTINUE   # its last report: the trial ends here
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+        state = self._trial_state[trial]
+        state.last_checkpoint = _reported_checkpoint(trial, state.last_result) if trial in upper_quantile else None
+        self._num_checkpoints += trial in upper_quantile
+        if trial in lower_quantile:
+            donor = random.choice(upper_quantile)
+            if self._trial_state[donor].last_checkpoint is None:
+                return   # the donor has not checkpointed yet: no exploit this round
+            self._exploit(tune_controller, trial, donor)
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        donor = self._trial_state[trial_to_clone]
+        if (donor.last_result or {}).get(self._time_attr, 0) >= self.max_t:
+            return
+        recorded, recorded_result = donor.last_checkpoint, donor.last_result
+        if not _intact(recorded):
+            recorded, recorded_result = newest_own_checkpoint(trial_to_clone)
+            if recorded is None:
+                return   # nothing intact to copy: no exploit this round
+        try:
+            copied = self._private_copy(recorded, trial)
+        except OSError as e:   # (pyarrow's FileNotFoundError included) the donor's files went meanwhile
+            logger.warning("PBT: no exploit of %s into %s this round: copying %s failed (%s)",
+                           trial_to_clone, trial, recorded.path, e)
+            return
+        # Ray's exploit restores the trial from donor.last_checkpoint: hand it the private copy.
+        kept = donor.last_checkpoint, donor.last_result
+        donor.last_checkpoint, donor.last_result = copied, recorded_result
+        try:
+            super()._exploit(tune_controller, trial, trial_to_clone)
+        finally:
+            donor.last_checkpoint, donor.last_result = kept
+
+    def _private_copy(self, checkpoint, trial):
+        """`checkpoint` copied to <trial>/pbt_donor/<n>/<its name>, a new <n> per exploit; the
+        trial's earlier copies are removed once this one is complete (never the source itself,
+        which may be one of them: a donor's latest checkpoint is its own restore copy until it
+        reports the next)."""
+        import pyarrow.fs
+        from ray.tune import Checkpoint
+
+        fs = checkpoint.filesystem
+        donor_dir = f"{trial.storage.trial_fs_path}/{self.DONOR_DIR}"
+        earlier = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(donor_dir, allow_not_found=True))]
+        number = 1 + max((int(Path(p).name) for p in earlier if Path(p).name.isdigit()), default=0)
+        target = f"{donor_dir}/{number}/{Path(checkpoint.path).name}"
+        fs.create_dir(target, recursive=True)
+        pyarrow.fs.copy_files(checkpoint.path, target, source_filesystem=fs, destination_filesystem=fs)
+        source = Path(checkpoint.path)
+        for path in earlier:
+            if Path(path) not in source.parents:
+                fs.delete_dir(path)
+        return Checkpoint(target, filesystem=fs)
+
+    def _get_new_config(self, trial, trial_to_clone):
+        """Ray's explore, kept inside the searched ranges and drawn again while the family refuses it."""
+        for _ in range(self.EXPLORE_TRIES):
+            new_config, operations = super()._get_new_config(trial, trial_to_clone)
+            new_config = self._inside_ranges(new_config)
+            if self._valid(new_config):
+                return new_config, operations
+        return dict(trial_to_clone.config), {}
+
+    def _inside_ranges(self, config: dict) -> dict:
+        config = dict(config)
+        for d in dimensions(self.space):
+            value = config.get(d.key)
+            if d.kind == "choice" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            low, high = d.args
+            config[d.key] = min(max(int(round(value)) if d.kind == "int" else float(value), low), high)
+        return config
+
+    def _valid(self, config: dict) -> bool:
+        searched = applicable(config, self.space)
+        try:
+            build_config(apply_dotted(self.experiment, {k: v for k, v in searched.items() if k in self.space}),
+                         source="PBT perturbation")
+        except ConfigError:
+            return False
+        return True
+
+    _is_baseline = BaselineKeepingASHA._is_baseline
+
+
+def _intact(checkpoint) -> bool:
+    """A ray.tune.Checkpoint whose files pass core.checkpoints' integrity check."""
+    return hasattr(checkpoint, "path") and checkpoint_problem(checkpoint.path, checkpoint.filesystem) is None
+
+
+def _reported_checkpoint(trial, result: dict | None):
+    """The ray.tune.Checkpoint reported with `result`, or None if it came without one. Ray has
+    already written it to storage (a trial's report returns only then), under the name it puts
+    in the result."""
+    from ray.tune import Checkpoint
+
+    name = (result or {}).get("checkpoint_dir_name")
+    if not name:
+        return None
+    return Checkpoint(f"{trial.storage.trial_fs_path}/{name}", filesystem=trial.storage.storage_filesystem)
+
+
+def newest_own_checkpoint(trial):
+    """(checkpoint, the result it was reported with) of the newest intact checkpoint in Ray's
+    record of those the trial reported and keeps in its own directory, or (None, None). Never a
+    PBT restore copy: that holds another trial's weights."""
+    own = Path(trial.storage.trial_fs_path)
+    kept = [r for r in trial.run_metadata.checkpoint_manager._checkpoint_results
+            if Path(r.checkpoint.path).parent == own and _intact(r.checkpoint)]
+    newest = max(kept, key=lambda r: r.metrics.get("epoch", 0), default=None)
+    return (newest.checkpoint, newest.metrics) if newest else (None, None)
+
+
+# --- Ray's snapshot of a run -----------------------------------------------------------------------
+
+
+def grow_search(storage, exp_path: str, num_samples: int, progress=print) -> None:
+    """Raise the trial count in Ray's saved search state (`search_gen_state-*.json`, Ray 2.60's
+    SearchGenerator: counter, total_samples, finished), so that a finished search proposes more
+    trials in the same Optuna study."""
+    import pyarrow.fs
+    import ray.cloudpickle as cloudpickle
+
+    fs = storage.filesystem or pyarrow.fs.LocalFileSystem()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(exp_path))
+    states = sorted(i.path for i in found if Path(i.path).name.startswith("search_gen_state-"))
+    if not states:
+        raise ConfigError(f"{exp_path} holds no saved search state to extend (search_gen_state-*.json)")
+    with fs.open_input_stream(states[-1]) as f:
+        state = cloudpickle.loads(f.readall())
+    progress(f"extending the search from {state['total_samples']} to {num_samples} trials")
+    state["total_samples"], state["finished"] = num_samples, False
+    with fs.open_output_stream(states[-1]) as f:
+        f.write(cloudpickle.dumps(state))
+
+
+def raise_trial_count(tuner, num_samples: int) -> None:
+    """Tuner.restore keeps the first run's TuneConfig; the trial count is the one setting a resume
+    may raise (Ray 2.60 reads it from here when the run continues)."""
+    tuner._local_tuner._tune_config.num_samples = num_samples
+
+
+def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> list[str]:
+    """Before `Tuner.restore`: in Ray's newest experiment snapshot, point every trial whose recorded
+    latest checkpoint no longer exists (or is damaged) at its newest intact checkpoint, with the
+    metrics that checkpoint was reported with (from the trial's result.json), and drop kept-checkpoint
+    records that are gone. A trial with no intact checkpoint left restarts from scratch. Returns
+    one line per repaired trial.
+
+    This edits Ray Tune 2.60's own snapshot format (`experiment_state-*.json`: per trial a JSON run
+    metadata whose `checkpoint_manager` is a cloudpickled `_CheckpointManager`), the only place Ray
+    reads the checkpoint to restore from; the file is replaced atomically."""
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+    fs = fs or _local_fs()
+    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    if snapshot is None:
+        return []
+    with fs.open_input_stream(snapshot) as f:
+        state = _loads_with_cloudpickle(f.readall())   # Ray's own file, written by this experiment's driver
+
+    repaired = []
+    for i, (trial_json, metadata_json) in enumerate(state["trial_data"]):
+        metadata = _TrainingRunMetadata.from_json_state(metadata_json)
+        manager = metadata.checkpoint_manager
+        latest = manager.latest_checkpoint_result if manager is not None else None
+        if latest is None:
+            continue
+        trial_dir = f"{experiment_path}/{Path(latest.checkpoint.path).parent.name}"   # the storage may have moved
+        recorded = f"{trial_dir}/{Path(latest.checkpoint.path).name}"
+        problem = checkpoint_problem(recorded, fs)
+        if problem is None:
+            continue
+        replacement = newest_intact(trial_dir, fs)
+        # Kept-checkpoint records whose directory is gone would be "deleted" again and listed as kept.
+        manager._checkpoint_results = [r for r in manager._checkpoint_results
+                                       if checkpoint_problem(f"{trial_dir}/{Path(r.checkpoint.path).name}", fs) is None]
+        if replacement is None:
+            manager._latest_checkpoint_result = None
+            repaired.append(f"{Path(trial_dir).name}: {Path(recorded).name} ({problem.replace(CHECKPOINT_FILE, 'its ' + CHECKPOINT_FILE)}) "
+                            f"and no intact checkpoint is left; the trial starts over")
+        else:
+            metrics = _reported_metrics(trial_dir, Path(replacement).name, fs)
+            result = _TrainingResult(checkpoint=Checkpoint(replacement, filesystem=fs), metrics=metrics)
+            manager._latest_checkpoint_result = result
+            if all(Path(r.checkpoint.path).name != Path(replacement).name for r in manager._checkpoint_results):
+                _insert_into_sorted_list(manager._checkpoint_results, result, key=manager._get_checkpoint_score)
+            what = "is gone" if "missing" in problem else problem.replace(CHECKPOINT_FILE, "its " + CHECKPOINT_FILE)
+            repaired.append(f"{Path(trial_dir).name}: recorded {Path(recorded).name} {what}; "
+                            f"resuming from {Path(replacement).name}, its newest intact checkpoint")
+        metadata.invalidate_cache()
+        state["trial_data"][i] = [trial_json, metadata.get_json_state()]
+
+    if repaired:
+        partial = f"{snapshot}.partial"
+        with fs.open_output_stream(partial) as f:
+            f.write(json.dumps(state, cls=TuneFunctionEncoder).encode())
+        fs.move(partial, snapshot)
+        for line in repaired:
+            progress(f"resume: {line}")
+    return repaired
+
+
+def _reported_metrics(trial_dir: str, checkpoint_name: str, fs) -> dict:
+    """The result a checkpoint was reported with (Ray's result.json names it in checkpoint_dir_name)."""
+    try:
+        with fs.open_input_stream(f"{trial_dir}/result.json") as f:
+            lines = f.readall().decode().splitlines()
+    except (FileNotFoundError, OSError):
+        return {}
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:   # the last line of a driver killed mid-write
+            continue
+        if row.get("checkpoint_dir_name") == checkpoint_name:
+            return row
+    return {}
+
+
+# --- Result files ------------------------------------------------------------------------------------
+
+
+class _KeepThisSessionsLog:
+    """Ray's JSON/CSV loggers copy a trial's result file back from storage whenever the trial
+    (re)starts from a checkpoint. Within one driver session that copy can be older than the local
+    file (storage is synced every so often), so a trial that PBT paused and restarted, or that was
+    retried, lost the reports made since the last sync. The local file of this session is kept;
+    a new session (a resume) has none and restores from storage as Ray does."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        local = Path(trial.local_path, file_name)
+        if local.is_file() and local.stat().st_size > 0:
+            return
+        super()._restore_from_remote(file_name, trial)
+
+
+class SessionJsonLogger(_KeepThisSessionsLog, JsonLoggerCallback):
+    pass
+
+
+class SessionCSVLogger(_KeepThisSessionsLog, CSVLoggerCallback):
+    pass
+
+
+# --- W&B -------------------------------------------------------------------------------------------
+
+
+def wandb_staging_dirs() -> list[str]:
+    """The paths of W&B's import-time staging directories. They are private module attributes
+    (tempfile.TemporaryDirectory objects removed only by atexit) and no public API or setting
+    moves or removes them, so they are looked up defensively: a W&B version without one of them
+    just has nothing to remove there, and only a directory whose name says it is W&B's is
+    returned. Every user of a directory joins its `.name` when it writes, so the same path
+    recreated for the next trial is the directory W&B uses."""
+    found = []
+    for module, attributes in (("wandb.sdk.data_types._private", ("MEDIA_TMP",)),
+                               ("wandb.sdk.artifacts.artifact", ("Artifact", "_TMP_DIR"))):
+        try:
+            value = importlib.import_module(module)
+            for attribute in attributes:
+                value = getattr(value, attribute)
+        except (ImportError, AttributeError):
+            continue
+        name = getattr(value, "name", None)
+        if isinstance(name, str) and "wandb" in os.path.basename(name):
+            found.append(name)
+    return found

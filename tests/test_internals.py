@@ -1,0 +1,140 @@
+"""Guards of core/internals.py: every Ray method it overrides and every private name it reads is
+still there, with the signature it was written against. A Ray upgrade that renames one fails here,
+by name, instead of Ray silently calling its own method again (and the bugs fixed in the override
+coming back) or a resume failing when it is needed most."""
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+from core import internals
+from core.config import load_experiment
+from core.search import make_scheduler, make_searcher
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def cyclegan(*overrides):
+    return load_experiment(SPACES / "cyclegan_builtin.yaml", list(overrides))
+
+
+def test_the_installed_ray_is_the_one_written_for_and_another_is_refused_with_what_to_do(monkeypatch):
+    import ray
+
+    internals.check_versions()   # this environment: the pinned Ray
+    monkeypatch.setattr(ray, "__version__", "2.61.0")
+    with pytest.raises(internals.UnsupportedVersion, match=r"needs Ray 2\.60\.x .* has Ray 2\.61\.0\. .*constraints\.txt"):
+        internals.check_versions()
+
+
+# (Ray's class, method) -> the parameters the override in core/internals.py was written for.
+OVERRIDDEN = {
+    ("ray.tune.schedulers.pbt.PopulationBasedTraining", "_checkpoint_or_exploit"):
+        ["self", "trial", "tune_controller", "upper_quantile", "lower_quantile"],
+    ("ray.tune.schedulers.pbt.PopulationBasedTraining", "_exploit"): ["self", "tune_controller", "trial", "trial_to_clone"],
+    ("ray.tune.schedulers.pbt.PopulationBasedTraining", "_quantiles"): ["self"],
+    ("ray.tune.schedulers.pbt.PopulationBasedTraining", "_get_new_config"): ["self", "trial", "trial_to_clone"],
+    ("ray.tune.logger.json.JsonLoggerCallback", "_restore_from_remote"): ["self", "file_name", "trial"],
+    ("ray.tune.logger.csv.CSVLoggerCallback", "_restore_from_remote"): ["self", "file_name", "trial"],
+}
+OVERRIDES = {"_checkpoint_or_exploit": internals.BaselineKeepingPBT, "_exploit": internals.BaselineKeepingPBT,
+             "_quantiles": internals.BaselineKeepingPBT, "_get_new_config": internals.BaselineKeepingPBT}
+
+
+def _ray_attribute(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("owner,method", list(OVERRIDDEN), ids=lambda v: v.rsplit(".", 1)[-1])
+def test_every_overridden_ray_method_still_exists_with_its_signature(owner, method):
+    ray_class = _ray_attribute(owner)
+    assert hasattr(ray_class, method), f"Ray's {owner} has no {method} any more: core/internals.py overrides it"
+    assert list(inspect.signature(getattr(ray_class, method)).parameters) == OVERRIDDEN[owner, method]
+    ours = OVERRIDES.get(method, internals.SessionJsonLogger if "Json" in owner else internals.SessionCSVLogger)
+    assert getattr(ours, method) is not getattr(ray_class, method), f"{ours.__name__} no longer overrides {method}"
+
+
+def test_the_private_attributes_the_schedulers_and_searcher_read_exist(tmp_path):
+    pbt = make_scheduler(cyclegan("search.scheduler=pbt", "search.searcher=random"))
+    assert isinstance(pbt, internals.BaselineKeepingPBT)
+    for name in ("_trial_state", "_time_attr", "_num_checkpoints"):
+        assert hasattr(pbt, name), f"PopulationBasedTraining.{name}"
+    assert pbt._time_attr == "epoch"
+    asha = make_scheduler(cyclegan())
+    assert isinstance(asha, internals.BaselineKeepingASHA) and asha._max_t == cyclegan().train.epochs
+    searcher = make_searcher(cyclegan(), tmp_path)
+    searcher.set_search_properties(None, None, {})   # (the study is opened here, as Ray does)
+    for name in ("_ot_trials", "_ot_study", "_completed_trials"):
+        assert hasattr(searcher, name), f"OptunaSearch.{name}"
+    # The per-state PBT record holds what the exploit reads and writes.
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from types import SimpleNamespace
+
+    state = _PBTTrialState(trial=SimpleNamespace(experiment_tag="1"))
+    assert {"last_checkpoint", "last_result"} <= set(vars(state))
+
+
+def test_the_snapshot_pieces_the_resume_repair_and_growth_use_exist():
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _CheckpointManager, _insert_into_sorted_list
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.search import SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle  # noqa: F401
+
+    assert list(inspect.signature(_find_newest_experiment_checkpoint).parameters)[:2] == ["experiment_path", "fs"]
+    assert list(inspect.signature(_insert_into_sorted_list).parameters)[:3] == ["list", "item", "key"]
+    manager = _CheckpointManager(checkpoint_config=None)
+    for name in ("_checkpoint_results", "_latest_checkpoint_result", "_get_checkpoint_score", "latest_checkpoint_result"):
+        assert hasattr(manager, name), f"_CheckpointManager.{name}"
+    result = _TrainingResult(checkpoint=Checkpoint("/nowhere"), metrics={"epoch": 1})
+    manager.register_checkpoint(result)
+    assert manager._checkpoint_results[0] is result and manager.latest_checkpoint_result is result
+    metadata = _TrainingRunMetadata()
+    metadata.checkpoint_manager = manager
+    again = _TrainingRunMetadata.from_json_state(metadata.get_json_state())
+    assert again.checkpoint_manager.latest_checkpoint_result.metrics == {"epoch": 1}
+    assert callable(metadata.invalidate_cache)
+    # grow_search edits the SearchGenerator's saved state: its trial count and whether it is done.
+    state = SearchGenerator(OptunaSearch(metric="fid", mode="min", space={})).get_state()
+    assert {"total_samples", "finished"} <= set(state)
+
+
+def test_the_tuner_setting_a_grown_resume_raises_is_where_raise_trial_count_puts_it():
+    from ray import tune
+
+    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(num_samples=3))
+    internals.raise_trial_count(tuner, 5)
+    assert tuner._local_tuner._tune_config.num_samples == 5
+
+
+def test_the_ray_text_and_module_names_it_recognises_are_rays():
+    import ray._private.node
+
+    source = inspect.getsource(ray._private.node)
+    assert "The current node timed out during startup" in source
+    assert internals.is_startup_timeout(Exception("The current node timed out during startup. This could ..."))
+    assert not internals.is_startup_timeout(Exception("Address already in use"))
+    assert importlib.util.find_spec("ray._private.authentication.authentication_token_setup") is not None
+
+
+def test_no_private_name_of_ray_optuna_wandb_or_torch_is_used_outside_core_internals():
+    """The point of the module: a Ray upgrade is core/internals.py and this file."""
+    root = Path(__file__).resolve().parents[1]
+    private = ("ray._private", "ray.train._internal", "._local_tuner", "._checkpoint_results", "._ot_", "torch._",
+               "wandb.sdk", "import _", "._trial_state", "._restore_from_remote", "._exploit", "._max_t")
+    found = []
+    for path in [*root.glob("core/**/*.py"), *root.glob("experiments/*.py"), *root.glob("analysis/*.py")]:
+        if path.name == "internals.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if any(name in code for name in private):
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
