@@ -70,6 +70,7 @@ import torch
 import yaml
 
 from core.config import ConfigError, ExperimentConfig, config_to_dict
+from core.metric_registry import direction
 
 CONFIRM_DIR = "confirm"                 # the Ray experiment inside the search's experiment directory
 HOLDOUT_DIR = "confirm-holdout"         # ... and the best confirmed candidate retrained on new seeds (--holdout)
@@ -116,9 +117,7 @@ def make_plan(exp_dir: Path, cfg: ExperimentConfig, top: int = 3, n_seeds: int =
 
     if top < 1 or n_seeds < 2:
         raise ConfirmError(f"--top must be >= 1 and --seeds >= 2 (a spread needs two seeds), got {top} and {n_seeds}")
-    from core.metrics import DIRECTIONS
-
-    if DIRECTIONS[cfg.search.metric] != "min":
+    if direction(cfg.search.metric) != "min":
         raise ConfirmError(f"confirm.py compares metrics where lower is better (fid, mifid, kid); {exp_dir} was "
                            f"searched on {cfg.search.metric}. Confirm a search whose (first) search.metric is one of those.")
     board_path = exp_dir / "leaderboard.csv"

@@ -47,7 +47,8 @@ from ray.tune.search.optuna import OptunaSearch
 from core.cluster import SharedAssets, Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig, apply_dotted, build_config, config_to_dict, get_dotted
 from core.data import load_prepared, prepare_data
-from core.metrics import DIRECTIONS, reference_statistics
+from core.metric_registry import direction
+from core.metrics import reference_statistics
 from core.models.base import get_family
 from core.results import trial_status
 from core.space import (applicable, baseline_point, dimensions, is_baseline, is_conditional, optuna_space,
@@ -71,8 +72,8 @@ def search_metric(cfg: ExperimentConfig) -> str:
 
 
 def search_mode(cfg: ExperimentConfig) -> str:
-    """"min" or "max": the direction of search.metric (core.metrics.DIRECTIONS)."""
-    return DIRECTIONS[cfg.search.metric]
+    """"min" or "max": the direction of search.metric (core.metric_registry)."""
+    return direction(cfg.search.metric)
 
 
 def tpe_settings(cfg: ExperimentConfig) -> dict:
@@ -114,7 +115,7 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
     if cfg.search.objectives:
         # Several objectives: Optuna's multi-objective TPE over each one's running best, one study
         # direction each; the study's best trials are the Pareto front.
-        metric, mode = [f"best_{m}" for m in cfg.search.objectives], [DIRECTIONS[m] for m in cfg.search.objectives]
+        metric, mode = [f"best_{m}" for m in cfg.search.objectives], [direction(m) for m in cfg.search.objectives]
     else:
         metric, mode = search_metric(cfg), search_mode(cfg)
     return ResumableOptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
@@ -143,7 +144,7 @@ def describe_search(cfg: ExperimentConfig) -> str:
     else:
         scheduler = "FIFO (every trial trains all epochs)"
     verb = {"min": "minimizing", "max": "maximizing"}
-    goal = (" and ".join(f"{verb[DIRECTIONS[m]]} best_{m}" for m in s.objectives) + " (Pareto front)"
+    goal = (" and ".join(f"{verb[direction(m)]} best_{m}" for m in s.objectives) + " (Pareto front)"
             if s.objectives else f"{verb[search_mode(cfg)]} {search_metric(cfg)}")
     baseline = "baseline first" if baseline_points(cfg) else "no baseline"
     budget = f"; time budget {s.time_budget}" if s.time_budget is not None else ""
