@@ -199,15 +199,6 @@ def run_method(space: Path, overrides: list[str], storage: Path, method: str, tr
     return cfg, events, configs
 
 
-def searched_values(space_cfg, config: dict) -> dict:
-    """A trial's values for the space's searched keys, as a confirmation retrains them (a
-    random-search trial also holds values for keys that do not apply under it, `when:`)."""
-    from core.space import applicable
-
-    space = space_cfg.search.space
-    return {k: v for k, v in applicable(config, space).items() if k in space and k != "train.seed"}
-
-
 def retrain(space_cfg, candidates: dict[str, dict], storage: Path, run: str, seeds: list[int], address):
     """Retrain every candidate (label -> searched values) with every seed: one core.confirm run in
     `storage/<space>-<run>/` (reused or resumed by a rerun with --storage); returns (label -> its
@@ -250,13 +241,11 @@ def confirm_searches(space_cfg, tops: dict[str, list[dict]], storage: Path, fres
     core.confirm.BASELINE), the picks' and the baseline's bests on H ("pick"), which rank each
     pick had ("rank") and the evaluation noise (the baseline's first complete seed on S)."""
     from core import confirm as C
-    from core.space import baseline_point
 
     seeds = list(range(C.FIRST_FRESH_SEED, C.FIRST_FRESH_SEED + fresh_seeds))
     held_out = list(range(seeds[-1] + 1, seeds[-1] + 1 + holdout_seeds))
-    space = space_cfg.search.space
-    baseline = {k: v for k, v in baseline_point(space_cfg).items() if k in space and k != "train.seed"}
-    ranked = {label: [searched_values(space_cfg, config) for config in configs] for label, configs in tops.items()}
+    baseline = C.baseline_values(space_cfg)
+    ranked = {label: [C.searched_values(config, space_cfg) for config in configs] for label, configs in tops.items()}
     winners, results, exp_dir = retrain(space_cfg, {C.BASELINE: baseline, **{label: values[0] for label, values
                                                                               in ranked.items() if values}},
                                         storage, "confirm", seeds, address)

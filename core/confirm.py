@@ -14,8 +14,9 @@ search never used gives an unbiased estimate of what the configuration itself is
 of several such estimates is biased low again (less: a few candidates, several seeds each), so
 the one picked is measured once more on seeds neither run used (`make_holdout_plan`).
 
-The candidates are the baseline (the experiment's own values for the searched keys: what its
-`model:`/`train:` sections say) and the top-k rows of `leaderboard.csv` that reached an evaluation
+The candidates are the baseline (`baseline_values`: core.space.baseline_point, the experiment's own
+values for the searched keys that apply under their `when:` conditions, as the search's baseline
+trial trained them) and the top-k rows of `leaderboard.csv` that reached an evaluation
 (their exact values read from the trial's `params.json`; a row whose values equal the baseline's,
 such as the search's own baseline trial, is not retrained twice). Seeds are `train.seed` values
 from FIRST_FRESH_SEED up that no search trial used. The run is a Ray Tune experiment named
@@ -61,7 +62,7 @@ import os
 import warnings
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from functools import partial, reduce
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -130,19 +131,33 @@ def make_plan(exp_dir: Path, cfg: ExperimentConfig, top: int = 3, n_seeds: int =
     if evaluated.empty:
         raise ConfirmError(f"No trial in {board_path} reached an evaluation: there is no winner to confirm")
 
-    # train.seed is what a confirmation varies, so it is never part of a candidate.
-    keys = [key for key in cfg.search.space if key != "train.seed"]
-    baseline = {key: reduce(getattr, key.split("."), cfg) for key in keys}
-    candidates, sources = {BASELINE: baseline}, {BASELINE: ""}
+    candidates, sources = {BASELINE: baseline_values(cfg)}, {BASELINE: ""}
     for trial in evaluated["trial"]:
         if len(candidates) > top:
             break
-        params = _trial_params(exp_dir, trial)
-        values = {key: params[key] for key in keys if key in params}   # a conditional key may be absent
+        values = searched_values(_trial_params(exp_dir, trial), cfg)
         if values not in candidates.values():   # the search's baseline trial, or a repeated setting
             label = f"top {len(candidates)}"
             candidates[label], sources[label] = values, trial
     return ConfirmPlan(candidates, sources, _fresh_seeds(_search_seeds(exp_dir, cfg, board), n_seeds))
+
+
+def baseline_values(cfg: ExperimentConfig) -> dict:
+    """The baseline a confirmation retrains: core.space.baseline_point (the experiment's own values
+    of the searched keys that apply under its `when:` conditions), the search's own baseline trial."""
+    from core.space import baseline_point
+
+    return searched_values(baseline_point(cfg, check_ranges=False), cfg)
+
+
+def searched_values(config: dict, cfg: ExperimentConfig) -> dict:
+    """A trial's values of the searched keys that apply under them (`when:`), without train.seed:
+    what a confirmation varies, so never part of a candidate. (A random-search trial's record also
+    holds values for keys that do not apply.)"""
+    from core.space import applicable
+
+    space = cfg.search.space
+    return {k: v for k, v in applicable(config, space).items() if k in space and k != "train.seed"}
 
 
 def make_holdout_plan(exp_dir: Path, cfg: ExperimentConfig, n_seeds: int = 3) -> ConfirmPlan:

@@ -238,6 +238,21 @@ def test_plan_takes_the_defaults_and_the_top_trials_and_seeds_the_search_never_u
     assert plan.seeds == [1001, 1002, 1003]                   # 1000 is the search's train.seed
 
 
+def test_plan_baseline_is_the_searchs_own_baseline_point_under_its_when_conditions(tmp_path):
+    # vae_builtin's defaults say beta_warmup 10 and beta_cycle 20, but its beta_schedule is constant, so
+    # neither applies (and both lie outside the searched ranges): the search's baseline trial has neither.
+    from core.space import baseline_point
+
+    cfg = load_experiment(ROOT / "search_spaces" / "vae_builtin.yaml")
+    searched_baseline = baseline_point(cfg)
+    assert "model.beta_warmup" not in searched_baseline and "model.beta_cycle" not in searched_baseline
+    other = {**searched_baseline, "model.lr": 5e-3}
+    _fake_search(tmp_path, {"vae_base": (searched_baseline, 1.0), "vae_a": (other, 2.0)})
+    plan = C.make_plan(tmp_path, cfg, top=2, n_seeds=2)
+    assert plan.candidates["baseline"] == searched_baseline
+    assert plan.candidates == {"baseline": searched_baseline, "top 1": other}, "the baseline trial is not retrained twice"
+
+
 def test_plan_refuses_what_it_cannot_confirm(tmp_path):
     cfg = load_experiment(ROOT / "search_spaces" / "cyclegan_builtin.yaml")
     with pytest.raises(C.ConfirmError, match="leaderboard.csv does not exist.*tune.py"):
