@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.checkpoints import checkpoint_problem
 from core.config import ExperimentConfig
-from core.metric_registry import METRICS, direction
+from core.metric_registry import METRICS, direction, ratio_is_meaningful
 
 
 class TrialStatus(str, enum.Enum):
@@ -135,7 +135,8 @@ def pareto_front(board, objectives: list[str]) -> list[bool]:
 
 def versus_baseline(board, metric: str) -> str:
     """One line: the best trial's score and its ratio to the baseline's ("best: fid 0.79, 0.68x the
-    defaults (baseline fid 1.16)"), or why there is no ratio."""
+    defaults (baseline fid 1.16)"), its difference where a ratio is not meaningful (KID:
+    core.metric_registry), or why there is no comparison."""
     column = f"best_{metric}"
     if board.empty or column not in board or board[column].isna().all():
         return "best: no trial reached an evaluation"
@@ -148,6 +149,8 @@ def versus_baseline(board, metric: str) -> str:
         return line + ", the baseline itself: no searched setting beat the defaults"
     if base["status"] != TrialStatus.COMPLETED or not math.isfinite(base.get(column, math.nan)):
         return line + f"; the baseline trial {base['trial']} did not complete ({base['status']}), so no ratio"
+    if not ratio_is_meaningful(metric):   # e.g. KID, often negative: a ratio of negatives reverses the comparison
+        return line + f", {best[column] - base[column]:+.4g} against the defaults (baseline {metric} {base[column]:.4g})"
     return line + f", {best[column] / base[column]:.2f}x the defaults (baseline {metric} {base[column]:.4g})"
 
 
