@@ -613,11 +613,12 @@ def confirmation_line(table, metric: str, csv_path: Path) -> str:
 
 
 def _against_defaults(row, base, metric: str) -> str:
-    """'final fid m ± sd against the defaults' m ± sd on seeds ..., 0.8x [95% CI], paired p=..., failed
-    k/n against k/n (best fid m against m)' of a table row."""
+    """'final fid m ± sd against the defaults' m ± sd on seeds ..., 0.8x [95% CI] on the n seeds both
+    completed, paired p=..., failed k/n against k/n (best fid m against m)' of a table row."""
     return (f"final {metric} {row[f'final_{metric}_mean']:.4g} ± {row[f'final_{metric}_sd']:.4g} against the "
             f"defaults' {base[f'final_{metric}_mean']:.4g} ± {base[f'final_{metric}_sd']:.4g} on seeds {base['seeds']}, "
-            f"{_estimate(row)}, paired p={row['p_value']:.2g}, failed {row['failed']} against {base['failed']} "
+            f"{_estimate(row)} on the {row['n_paired']} seeds both completed, paired p={row['p_value']:.2g}, "
+            f"failed {row['failed']} against {base['failed']} "
             f"(best {metric} {row[f'best_{metric}_mean']:.4g} against {base[f'best_{metric}_mean']:.4g})")
 
 
@@ -663,7 +664,8 @@ def best_confirmed_line(table, metric: str, exp_dir: Path) -> str:
               f"not yet held out: {holdout} retrains it on new seeds, the verdict to ship") if rated > 1 else \
         f"the only candidate compared, p={pick['p_value']:.2g}"
     return (f"{BEST_LINE} {pick['candidate']} (trial {pick['trial']}; {_values(pick, table)}): final {metric} "
-            f"{pick[f'final_{metric}_mean']:.4g} ± {pick[f'final_{metric}_sd']:.4g}, {_estimate(pick)} the defaults, "
+            f"{pick[f'final_{metric}_mean']:.4g} ± {pick[f'final_{metric}_sd']:.4g}, {_estimate(pick)} the defaults on "
+            f"the {pick['n_paired']} seeds both completed, "
             f"failed {pick['failed']}: {pick['verdict_holm']} ({picked})")
 
 

@@ -485,24 +485,29 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert list(table["candidate"]) == ["baseline", "top 1"]
     assert table.loc[1, "trial"] == pd.read_csv(exp_dir / "leaderboard.csv")["trial"][0]
 
-    # Every confirm trial: its candidate and seed from params.json, its best from result.json.
+    # Every confirm trial: its candidate and seed from params.json, its best and final from result.json.
     bests: dict[str, list[float]] = {}
+    finals: dict[str, list[float]] = {}
     seeds = set()
     for trial_dir in sorted(p.parent for p in (exp_dir / "confirm").glob("*/params.json")):
         params = json.loads((trial_dir / "params.json").read_text())
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
         assert max(row["epoch"] for row in rows) == 2                   # FIFO: every seed trains all epochs
         bests.setdefault(params["candidate"], []).append(min(row["fid"] for row in rows))
+        finals.setdefault(params["candidate"], []).append(max(rows, key=lambda row: row["epoch"])["fid"])
         seeds.add(params["train.seed"])
     assert len(seeds) == 2 and search_seed not in seeds
     for row in table.itertuples():
         assert {int(s) for s in str(row.seeds).split()} == seeds
         assert row.n_seeds == 2
         assert row.best_fid_mean == pytest.approx(sum(bests[row.candidate]) / 2, rel=1e-12)
-    assert table.loc[1, "verdict"] in (C.BETTER, C.SAME, C.WORSE)
+        assert row.final_fid_mean == pytest.approx(sum(finals[row.candidate]) / 2, rel=1e-12)
+        assert row.failed == "0/2"
+    assert table.loc[1, "verdict"] in (C.BETTER, C.SAME, C.WORSE) and table.loc[1, "n_paired"] == 2
+    assert table.loc[1, "compared"] in (C.RATIO, C.DIFFERENCE)
     assert table["eval_noise_sd"].notna().all() and table["seed_noise_sd"].notna().all()
 
-    assert "ratio [95% CI]" in out and "Seed noise: sd" in out and "Evaluation noise: sd" in out
+    assert "final fid vs defaults [95% CI]" in out and "paired t-test" in out and "Seed noise: sd" in out and "Evaluation noise: sd" in out
     lines = [l for l in (exp_dir / "leaderboard.txt").read_text().splitlines() if l.startswith("Confirmation:")]
     assert len(lines) == 1 and "confirm/confirm.csv" in lines[0]
     assert "within_noise" in pd.read_csv(exp_dir / "leaderboard.csv")
