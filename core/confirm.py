@@ -100,7 +100,7 @@ import torch
 import yaml
 
 from core.config import ConfigError, ExperimentConfig, config_to_dict
-from core.metric_registry import direction, ratio_is_meaningful
+from core.metric_registry import METRICS, direction, ratio_is_meaningful
 
 CONFIRM_DIR = "confirm"                 # the Ray experiment inside the search's experiment directory
 HOLDOUT_DIR = "confirm-holdout"         # ... and the best confirmed candidate retrained on new seeds (--holdout)
@@ -564,7 +564,8 @@ def format_confirm_table(table, metric: str) -> str:
 
 def table_title(metric: str) -> str:
     """What the table's comparison columns are, for the line above it."""
-    return (f"each seed's final {metric} decides (lower is better; best {metric} shown beside it); paired t-test on "
+    label = METRICS[metric].label
+    return (f"each seed's final {label} decides (lower is better; best {label} shown beside it); paired t-test on "
             f"the seeds both the candidate and the defaults completed; 'vs defaults' is a ratio of means, or a "
             f"difference where a ratio is not meaningful; Holm: corrected over the candidates compared")
 
