@@ -267,8 +267,9 @@ def confirm_searches(space_cfg, tops: dict[str, list[dict]], storage: Path, fres
 
 def pick_rank(bests_by_rank: list[list[float]]) -> int | None:
     """Which of a search's top k to use: the rank (1 = its winner) whose retrainings have the lowest
-    mean best, as core.confirm.best_confirmed picks; a rank with fewer than 2 complete seeds cannot
-    be picked (None: no rank has them)."""
+    mean best (core.confirm.best_confirmed picks by the mean final evaluation; this benchmark measures
+    bests, as its recorded runs did); a rank with fewer than 2 complete seeds cannot be picked (None:
+    no rank has them)."""
     means = {rank: statistics.mean(bests) for rank, bests in enumerate(bests_by_rank, start=1) if len(bests) >= 2}
     return min(means, key=means.get) if means else None
 
