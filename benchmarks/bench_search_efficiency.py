@@ -199,20 +199,11 @@ def run_method(space: Path, overrides: list[str], storage: Path, method: str, tr
     return cfg, events, configs
 
 
-def searched_values(space_cfg, config: dict) -> dict:
-    """A trial's values for the space's searched keys, as a confirmation retrains them (a
-    random-search trial also holds values for keys that do not apply under it, `when:`)."""
-    from core.space import applicable
-
-    space = space_cfg.search.space
-    return {k: v for k, v in applicable(config, space).items() if k in space and k != "train.seed"}
-
-
 def retrain(space_cfg, candidates: dict[str, dict], storage: Path, run: str, seeds: list[int], address):
     """Retrain every candidate (label -> searched values) with every seed: one core.confirm run in
-    `storage/<space>-<run>/` (reused or resumed by a rerun with --storage); returns (label -> its
-    complete seeds' bests, the run's SeedResults, its directory). A candidate whose values equal an
-    earlier one's is trained once and shares its bests."""
+    `storage/<space>-<run>/` (reused or resumed by a rerun with --storage); returns (label -> {seed:
+    best} of its complete seeds, the run's SeedResults, its directory). A candidate whose values equal
+    an earlier one's is trained once and shares its bests."""
     from core import confirm as C
 
     distinct, same_as = {}, {}
@@ -228,11 +219,11 @@ def retrain(space_cfg, candidates: dict[str, dict], storage: Path, run: str, see
     resume = (exp_dir / C.CONFIRM_DIR / C.PLAN_FILE).is_file()
     grid = C.run_confirm(exp_dir, space_cfg, plan, resume=resume, address=address, verbose=0, progress=lambda *_: None)
     results = C.seed_results(grid, space_cfg)
-    bests: dict[str, list[float]] = {}
+    bests: dict[str, dict[int, float]] = {}
     for r in results:
         if r.status == "completed":
-            bests.setdefault(r.candidate, []).append(r.best)
-    return {label: bests.get(same_as.get(label, label), []) for label in candidates}, results, exp_dir
+            bests.setdefault(r.candidate, {})[r.seed] = r.best
+    return {label: bests.get(same_as.get(label, label), {}) for label in candidates}, results, exp_dir
 
 
 def confirm_searches(space_cfg, tops: dict[str, list[dict]], storage: Path, fresh_seeds: int, holdout_seeds: int,
@@ -246,17 +237,15 @@ def confirm_searches(space_cfg, tops: dict[str, list[dict]], storage: Path, fres
                     best on S, on the next fresh seeds H: picked on S, its mean on S is biased low
                     (the winner's curse again, among k), so what it is worth is measured on H.
 
-    Returns a dict with the labels' bests on S ("winner": label -> bests, with the baseline under
+    Returns a dict with the labels' bests on S ("winner": label -> {seed: best}, with the baseline under
     core.confirm.BASELINE), the picks' and the baseline's bests on H ("pick"), which rank each
     pick had ("rank") and the evaluation noise (the baseline's first complete seed on S)."""
     from core import confirm as C
-    from core.space import baseline_point
 
     seeds = list(range(C.FIRST_FRESH_SEED, C.FIRST_FRESH_SEED + fresh_seeds))
     held_out = list(range(seeds[-1] + 1, seeds[-1] + 1 + holdout_seeds))
-    space = space_cfg.search.space
-    baseline = {k: v for k, v in baseline_point(space_cfg).items() if k in space and k != "train.seed"}
-    ranked = {label: [searched_values(space_cfg, config) for config in configs] for label, configs in tops.items()}
+    baseline = C.baseline_values(space_cfg)
+    ranked = {label: [C.searched_values(config, space_cfg) for config in configs] for label, configs in tops.items()}
     winners, results, exp_dir = retrain(space_cfg, {C.BASELINE: baseline, **{label: values[0] for label, values
                                                                               in ranked.items() if values}},
                                         storage, "confirm", seeds, address)
@@ -269,7 +258,7 @@ def confirm_searches(space_cfg, tops: dict[str, list[dict]], storage: Path, fres
     on_seeds = {**winners, **retrain(space_cfg, runners_up, storage, "runners-up", seeds, address)[0]}
     picks = {}
     for label, ranks in ranked.items():
-        rank = pick_rank([on_seeds[rank_label(label, rank)] for rank in range(1, len(ranks) + 1)])
+        rank = pick_rank([list(on_seeds[rank_label(label, rank)].values()) for rank in range(1, len(ranks) + 1)])
         if rank is not None:
             out["rank"][label], picks[label] = rank, ranks[rank - 1]
     out["pick"] = retrain(space_cfg, {C.BASELINE: baseline, **picks}, storage, "holdout", held_out, address)[0]
@@ -278,8 +267,9 @@ def confirm_searches(space_cfg, tops: dict[str, list[dict]], storage: Path, fres
 
 def pick_rank(bests_by_rank: list[list[float]]) -> int | None:
     """Which of a search's top k to use: the rank (1 = its winner) whose retrainings have the lowest
-    mean best, as core.confirm.best_confirmed picks; a rank with fewer than 2 complete seeds cannot
-    be picked (None: no rank has them)."""
+    mean best (core.confirm.best_confirmed picks by the mean final evaluation; this benchmark measures
+    bests, as its recorded runs did); a rank with fewer than 2 complete seeds cannot be picked (None:
+    no rank has them)."""
     means = {rank: statistics.mean(bests) for rank, bests in enumerate(bests_by_rank, start=1) if len(bests) >= 2}
     return min(means, key=means.get) if means else None
 
@@ -372,12 +362,12 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
     if args.fresh_seeds:
         retrained = confirm_searches(space_cfg, tops, args.storage, args.fresh_seeds, args.holdout_seeds, args.address)
     else:   # --fresh-seeds 0: the searches only
-        retrained = {"winner": {C.BASELINE: []}, "pick": {}, "rank": {}, "noise": None}
+        retrained = {"winner": {C.BASELINE: {}}, "pick": {}, "rank": {}, "noise": None}
     confirmed, noise, picked = retrained["winner"], retrained["noise"], retrained["pick"]
-    base = confirmed[C.BASELINE]
+    base = list(confirmed[C.BASELINE].values())
     base_mean = statistics.mean(base) if base else math.nan
     # Pooled over the distinct configurations retrained (a winner equal to another is one group).
-    distinct = {tuple(values): values for values in confirmed.values()}.values()
+    distinct = {tuple(by_seed.values()): list(by_seed.values()) for by_seed in confirmed.values()}.values()
     seed_sd = C.pooled_sd(distinct)
     say("")
     if not args.fresh_seeds:
@@ -406,7 +396,7 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
             f"{sum(r != math.inf for r in ratios):>3}/{len(ratios):<3}  {median_range(confirmed_ratios):>36}  "
             f"{better:>16}/{len(confirmed_ratios):<3}")
     if picked:
-        held = picked[C.BASELINE]
+        held = list(picked[C.BASELINE].values())
         first_held = C.FIRST_FRESH_SEED + args.fresh_seeds
         say("")
         say(f"confirmed best of each search's top {args.confirm_top} (picked by its mean best on seeds "
@@ -427,7 +417,7 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
         f"[{fmt(low, 2)}, {fmt(high, 2)}] ({target_verdict(tpe['budget_ratio'], tpe['budget_interval'], BUDGET_TARGET)})")
     if space_cfg.family == "cyclegan":
         for what, key, base_bests in (("winner", "confirmed", base),
-                                      (f"best of top {args.confirm_top}, held out,", "picked", picked.get(C.BASELINE, []))):
+                                      (f"best of top {args.confirm_top}, held out,", "picked", list(picked.get(C.BASELINE, {}).values()))):
             if tpe[key]:
                 median, interval = statistics.median(tpe[key]), median_interval(tpe[key])
                 wide = with_baseline_noise(interval, base_bests)
@@ -457,18 +447,21 @@ def with_baseline_noise(interval: tuple[float, float], base: list[float],
     return interval[0] * mean / high, interval[1] * mean / low
 
 
-def ratios_to_baseline(bests: dict[str, list[float]], labels: list[str]) -> tuple[list[float], int]:
+def ratios_to_baseline(bests: dict[str, dict[int, float]], labels: list[str]) -> tuple[list[float], int]:
     """Each label's mean best / the baseline's (same seeds), and how many core.confirm calls "better
-    than the defaults"; labels without a complete seed are left out."""
+    than the defaults" (its paired comparison on the seeds both completed, here of the bests: what
+    this benchmark measures; confirm.py decides on each seed's final evaluation); labels without a
+    complete seed are left out."""
     from core import confirm as C
 
-    base = bests.get(C.BASELINE, [])
+    base = bests.get(C.BASELINE, {})
     ratios, better = [], 0
     for label in labels:
-        values = bests.get(label, [])
+        values = bests.get(label, {})
         if values and base:
-            ratios.append(statistics.mean(values) / statistics.mean(base))
-            better += C.compare_to_baseline(values, base).verdict == C.BETTER
+            ratios.append(statistics.mean(values.values()) / statistics.mean(base.values()))
+            shared = [seed for seed in values if seed in base]
+            better += C.compare_to_baseline([values[s] for s in shared], [base[s] for s in shared]).verdict == C.BETTER
     return ratios, better
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from core.metric_registry import METRICS
+
 
 class ConfigError(ValueError):
     """A problem with a configuration file or override, phrased for the user."""
@@ -178,7 +180,6 @@ class LoggingConfig:
 
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
-METRICS = ("fid", "mifid", "kid", "precision", "recall")   # directions: core.metrics.DIRECTIONS
 SCHEDULERS = ("asha", "fifo", "pbt")
 
 

@@ -40,15 +40,13 @@ from core.checkpoints import atomic_torch_save
 from core.feature_extractors import Extractor, MetricsError, extractor_identity, get_extractor
 
 __all__ = ["FID", "KID", "KID_STD", "MIFID", "MEMORIZATION", "DIVERSITY", "COLLAPSED", "PRECISION", "RECALL",
-           "DIRECTIONS", "MetricsError", "Reference", "evaluate",
+           "MetricsError", "Reference", "evaluate",
            "extract_features", "load_reference", "memorization_distance", "mifid_from_fid",
            "reference_path", "reference_statistics", "to_uint8"]
 
 # Keys of the dict `evaluate` returns (and names of the reported metrics).
 FID, KID, KID_STD, MIFID, MEMORIZATION = "fid", "kid", "kid_std", "mifid", "memorization_distance"
 PRECISION, RECALL = "precision", "recall"   # Kynkaanniemi et al. 2019: quality, and coverage of the Monets
-# Which way is better, for the metrics a search can optimize (search.metric).
-DIRECTIONS = {FID: "min", MIFID: "min", KID: "min", PRECISION: "max", RECALL: "max"}
 PRC_NEIGHBORHOOD = 3                     # k of the k-NN balls (torch-fidelity's and the paper's default)
 DIVERSITY = "diversity"   # tr(cov generated) / tr(cov reference): 1 ~ as varied as the Monets, 0 = one image
 COLLAPSED = "collapsed"   # 1 when every generated image is the same, pixel for pixel (a saturated generator)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.checkpoints import checkpoint_problem
 from core.config import ExperimentConfig
-from core.metrics import DIRECTIONS
+from core.metric_registry import METRICS, direction, ratio_is_meaningful
 
 
 class TrialStatus(str, enum.Enum):
@@ -51,7 +51,7 @@ def trial_status(last: dict | None, errored: bool, epochs: int) -> TrialStatus:
 def ranked_checkpoints(results, metric: str) -> list[tuple[str, float, object]]:
     """Every kept checkpoint of the given Ray Results as (path, its `metric`, filesystem), best
     first (NaN last), intact or not: `best_intact_checkpoint` and export.py choose from it."""
-    sign = 1.0 if DIRECTIONS[metric] == "min" else -1.0
+    sign = 1.0 if direction(metric) == "min" else -1.0
     ranked = [(checkpoint.path, float(metrics.get(metric, math.nan)), checkpoint.filesystem)
               for result in results for checkpoint, metrics in (result.best_checkpoints or [])]
     return sorted(ranked, key=lambda item: math.inf if math.isnan(item[1]) else sign * item[1])
@@ -93,12 +93,12 @@ def leaderboard(grid, cfg: ExperimentConfig):
                   if history is not None and metric in history else None)
         evaluated = scored is not None and not scored.empty
         if evaluated:
-            best = scored.loc[scored[metric].idxmin() if DIRECTIONS[metric] == "min" else scored[metric].idxmax()]
+            best = scored.loc[scored[metric].idxmin() if direction(metric) == "min" else scored[metric].idxmax()]
             row[f"best_{metric}"] = float(best[metric])
             for other in cfg.search.metrics[1:]:   # each objective's own best, as the searcher saw it
                 values = scored[other] if other in scored else pd.Series(dtype=float)
-                row[f"best_{other}"] = float(values.min() if DIRECTIONS[other] == "min" else values.max())
-            row.update({name: float(best[name]) for name in (*REPORTED_SCORES,) if name in best})
+                row[f"best_{other}"] = float(values.min() if direction(other) == "min" else values.max())
+            row.update({name: float(best[name]) for name in METRICS if name in best})   # every score at the best evaluation
             row.update({"epoch": int(best["epoch"]), "epochs_trained": int(history["epoch"].max())})
         if history is not None and "exploited_from" in history:
             exploits = history.dropna(subset=["exploited_from"])
@@ -114,18 +114,15 @@ def leaderboard(grid, cfg: ExperimentConfig):
         if cfg.search.objectives:
             board.insert(board.columns.get_loc("status"), "pareto", pareto_front(board, cfg.search.objectives))
         order = ["pareto", column] if cfg.search.objectives else [column]
-        ascending = [False, DIRECTIONS[metric] == "min"] if cfg.search.objectives else [DIRECTIONS[metric] == "min"]
+        ascending = [False, direction(metric) == "min"] if cfg.search.objectives else [direction(metric) == "min"]
         board = board.sort_values(order, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     return board
 
 
-REPORTED_SCORES = ("fid", "mifid", "kid", "precision", "recall")   # shown at each trial's best evaluation
-
-
 def pareto_front(board, objectives: list[str]) -> list[bool]:
     """For each row: no other row is at least as good on every objective's best value and better on
-    one (directions from core.metrics.DIRECTIONS). Rows without scores are never on the front."""
-    signs = [1.0 if DIRECTIONS[m] == "min" else -1.0 for m in objectives]
+    one (directions from core.metric_registry). Rows without scores are never on the front."""
+    signs = [1.0 if direction(m) == "min" else -1.0 for m in objectives]
     points = [[s * row.get(f"best_{m}", math.nan) for m, s in zip(objectives, signs)] for _, row in board.iterrows()]
 
     def dominates(a, b):
@@ -138,7 +135,8 @@ def pareto_front(board, objectives: list[str]) -> list[bool]:
 
 def versus_baseline(board, metric: str) -> str:
     """One line: the best trial's score and its ratio to the baseline's ("best: fid 0.79, 0.68x the
-    defaults (baseline fid 1.16)"), or why there is no ratio."""
+    defaults (baseline fid 1.16)"), its difference where a ratio is not meaningful (KID:
+    core.metric_registry), or why there is no comparison."""
     column = f"best_{metric}"
     if board.empty or column not in board or board[column].isna().all():
         return "best: no trial reached an evaluation"
@@ -151,6 +149,8 @@ def versus_baseline(board, metric: str) -> str:
         return line + ", the baseline itself: no searched setting beat the defaults"
     if base["status"] != TrialStatus.COMPLETED or not math.isfinite(base.get(column, math.nan)):
         return line + f"; the baseline trial {base['trial']} did not complete ({base['status']}), so no ratio"
+    if not ratio_is_meaningful(metric):   # e.g. KID, often negative: a ratio of negatives reverses the comparison
+        return line + f", {best[column] - base[column]:+.4g} against the defaults (baseline {metric} {base[column]:.4g})"
     return line + f", {best[column] / base[column]:.2f}x the defaults (baseline {metric} {base[column]:.4g})"
 
 
@@ -158,7 +158,7 @@ def pareto_summary(board, objectives: list[str]) -> str:
     """One line naming the Pareto front of a multi-objective search."""
     if "pareto" not in board or not board["pareto"].any():
         return "Pareto front: empty (no trial has every objective scored)"
-    arrows = ", ".join(f"{m} {'lower' if DIRECTIONS[m] == 'min' else 'higher'} is better" for m in objectives)
+    arrows = ", ".join(f"{m} {'lower' if direction(m) == 'min' else 'higher'} is better" for m in objectives)
     front = board[board["pareto"]]
     cells = "; ".join(f"{r['trial']} (" + ", ".join(f"{m} {r[f'best_{m}']:.4g}" for m in objectives) + ")"
                       for _, r in front.iterrows())

@@ -37,9 +37,9 @@ from core.cluster import SharedAssets, Storage
 from core.config import ConfigError, ExperimentConfig, config_to_dict, get_dotted
 from core.data import load_prepared, prepare_data
 from core.driver import check_family_builds, tune_driver
-from core.metrics import DIRECTIONS
 from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, ResumableOptunaSearch, check_versions,
                             grow_search, raise_trial_count)
+from core.metric_registry import direction
 from core.space import baseline_point, is_conditional, optuna_space, pbt_mutations, ray_param_space
 from core.trainable import tune_trainable
 
@@ -57,8 +57,8 @@ def search_metric(cfg: ExperimentConfig) -> str:
 
 
 def search_mode(cfg: ExperimentConfig) -> str:
-    """"min" or "max": the direction of search.metric (core.metrics.DIRECTIONS)."""
-    return DIRECTIONS[cfg.search.metric]
+    """"min" or "max": the direction of search.metric (core.metric_registry)."""
+    return direction(cfg.search.metric)
 
 
 def tpe_settings(cfg: ExperimentConfig) -> dict:
@@ -100,7 +100,7 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
     if cfg.search.objectives:
         # Several objectives: Optuna's multi-objective TPE over each one's running best, one study
         # direction each; the study's best trials are the Pareto front.
-        metric, mode = [f"best_{m}" for m in cfg.search.objectives], [DIRECTIONS[m] for m in cfg.search.objectives]
+        metric, mode = [f"best_{m}" for m in cfg.search.objectives], [direction(m) for m in cfg.search.objectives]
     else:
         metric, mode = search_metric(cfg), search_mode(cfg)
     return ResumableOptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
@@ -129,7 +129,7 @@ def describe_search(cfg: ExperimentConfig) -> str:
     else:
         scheduler = "FIFO (every trial trains all epochs)"
     verb = {"min": "minimizing", "max": "maximizing"}
-    goal = (" and ".join(f"{verb[DIRECTIONS[m]]} best_{m}" for m in s.objectives) + " (Pareto front)"
+    goal = (" and ".join(f"{verb[direction(m)]} best_{m}" for m in s.objectives) + " (Pareto front)"
             if s.objectives else f"{verb[search_mode(cfg)]} {search_metric(cfg)}")
     baseline = "baseline first" if baseline_points(cfg) else "no baseline"
     budget = f"; time budget {s.time_budget}" if s.time_budget is not None else ""

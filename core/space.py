@@ -146,10 +146,13 @@ def pbt_mutations(space: dict, fixed: Iterable[str] = ()) -> dict:
 # --- The baseline ------------------------------------------------------------------------------
 
 
-def baseline_point(cfg: ExperimentConfig) -> dict[str, Any]:
+def baseline_point(cfg: ExperimentConfig, check_ranges: bool = True) -> dict[str, Any]:
     """The space's own values of the searched keys (those that apply under them), checked against
-    the searched ranges: a baseline the search cannot represent is a ConfigError naming the key."""
+    the searched ranges: a baseline the search cannot represent is a ConfigError naming the key.
+    (confirm.py skips the check: it retrains the defaults whether or not the search could sample them.)"""
     point = applicable({d.key: _config_value(cfg, d.key) for d in dimensions(cfg.search.space)}, cfg.search.space)
+    if not check_ranges:
+        return point
     problems = [f"{d.key} = {point[d.key]!r} (the space's own value) is outside the searched {d.describe()}"
                 for d in dimensions(cfg.search.space) if d.key in point and not d.contains(point[d.key])]
     if problems:

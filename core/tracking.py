@@ -32,9 +32,11 @@ import shutil
 from core import metrics as M
 from core.config import ExperimentConfig
 from core.internals import wandb_staging_dirs
+from core.metric_registry import METRICS
 
-# What the HParams table compares trials by (TensorBoard shows each tag's latest value).
-HPARAM_METRICS = ("metrics/best_fid", "metrics/best_mifid", "metrics/best_kid", "metrics/fid", "train/epoch")
+# What the HParams table compares trials by (TensorBoard shows each tag's latest value): the running
+# best of the registry's HParams metrics, the latest FID and how far the trial got.
+HPARAM_METRICS = (*(f"metrics/best_{m.name}" for m in METRICS.values() if m.in_hparams), "metrics/fid", "train/epoch")
 
 
 class TrialLoggers:
@@ -184,7 +186,7 @@ def release_wandb_in_driver() -> None:
 
 
 def scalar_tag(key: str) -> str:
-    if key in (M.FID, M.KID, M.KID_STD, M.MIFID, M.MEMORIZATION, M.DIVERSITY) or key.startswith("best_"):
+    if key in METRICS or key in (M.KID_STD, M.MEMORIZATION, M.DIVERSITY) or key.startswith("best_"):
         return f"metrics/{key}"
     if key.startswith("loss"):
         return f"losses/{key}"

@@ -38,12 +38,12 @@ from core.checkpoints import (CHECKPOINT_FILE, checkpoint_problem, load_state, n
                               trial_checkpoints)
 from core.config import ExperimentConfig, apply_dotted, build_config, get_dotted
 from core.data import load_prepared
+from core.metric_registry import METRICS, direction
 from core.models.base import get_family
 from core.space import applicable
 from core.tracking import TrialLoggers
 
 __all__ = ["CHECKPOINT_FILE", "LocalSession", "TuneSession", "run_trial", "tune_trainable"]
-TRACKED_METRICS = tuple(M.DIRECTIONS)  # fid, mifid, kid, precision, recall: each gets a running best_<name>
 
 
 # --- Where results go: Ray Tune or a local directory ---------------------------------------------
@@ -154,7 +154,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
 
     # Resume. Everything a checkpoint holds is restored, so training continues exactly.
     start_epoch, step = 0, 0
-    best = {f"best_{name}": _worst(name) for name in TRACKED_METRICS} | {"best_epoch": -1}
+    best = {f"best_{name}": _worst(name) for name in METRICS} | {"best_epoch": -1}
     exploited: dict = {}           # PBT: which trial's weights this one continues, with which new values
     restored = session.restore_state()
     if restored is not None:
@@ -217,7 +217,7 @@ def run_trial(searched: dict[str, Any], *, experiment: dict, prepared_root: str 
             tick = time.perf_counter()
             scores = M.evaluate(family.generate(cfg.metrics.num_samples, cfg.metrics.batch_size),
                                 reference, cfg.metrics, device=device)
-            for name in TRACKED_METRICS:
+            for name in METRICS:
                 if _better(name, scores[name], best[f"best_{name}"]):
                     best[f"best_{name}"] = scores[name]
                     if name == cfg.search.metric:
@@ -282,7 +282,7 @@ def _diverged(what: str, epoch: int, best: dict, cfg: ExperimentConfig) -> dict:
     search goes on with the other trials, and the result says what happened."""
     return {"epoch": epoch, "diverged": 1, "trial_status": "diverged",
             "status_detail": f"diverged: {what}; trial stopped (try lower learning rates)",
-            **{name: math.nan for name in TRACKED_METRICS}, **best, **_worst_for_the_searcher(cfg)}
+            **{name: math.nan for name in METRICS}, **best, **_worst_for_the_searcher(cfg)}
 
 
 def _worst_for_the_searcher(cfg: ExperimentConfig) -> dict:
@@ -293,11 +293,11 @@ def _worst_for_the_searcher(cfg: ExperimentConfig) -> dict:
 
 
 def _worst(metric: str) -> float:
-    return math.inf if M.DIRECTIONS[metric] == "min" else -math.inf
+    return math.inf if direction(metric) == "min" else -math.inf
 
 
 def _better(metric: str, value: float, than: float) -> bool:
-    return value < than if M.DIRECTIONS[metric] == "min" else value > than
+    return value < than if direction(metric) == "min" else value > than
 
 
 def _short(value) -> str:

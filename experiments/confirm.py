@@ -8,17 +8,20 @@
 
 Each configuration trains train.epochs with every seed (train.seed 1000, 1001, ...: seeds the search
 never used), as a Ray Tune run of its own in runs/<experiment>/confirm/ with the search's resources.
-Then it prints, and saves in confirm/confirm.csv (and confirm.txt), per configuration: mean ± sd over
-seeds of the best and of the final search metric, the ratio of its mean best to the defaults' with a
-95% confidence interval, Welch's p-value and a verdict ("better than the defaults", "not
-distinguishable", "worse"), beside the seed noise and the evaluation noise (core/confirm.py says how
-to read them). leaderboard.txt gets a "Confirmation:" line saying whether the winner held up and a
-"Best confirmed:" line naming the configuration to use: the lowest mean best of them.
+Then it prints, and saves in confirm/confirm.csv (and confirm.txt), per configuration: how many of its
+seeds failed (diverged, collapsed, crashed), mean ± sd over seeds of the best and of the final search
+metric, and, on each seed's final evaluation, the ratio of its mean to the defaults' (a difference
+for KID, which can be negative) with a 95% confidence interval, the paired t-test's p-value (seeds
+both completed), that p Holm-corrected over the candidates, and verdicts ("better than the
+defaults", "not distinguishable", "worse", "fails more often than the defaults"), beside the seed
+noise and the evaluation noise (core/confirm.py says how to read them). leaderboard.txt gets a
+"Confirmation:" line saying whether the winner held up and a "Best confirmed:" line naming the
+configuration to use: the lowest mean final of them, with its Holm-corrected verdict.
 
-That pick is the lowest of several means on the same seeds, so its ratio is biased low (the
+That pick is the lowest of several means on the same seeds, so its estimate is biased low (the
 winner's curse again, among --top candidates). --holdout retrains it and the defaults on the
 next fresh seeds (neither the search's nor the confirmation's), in runs/<experiment>/confirm-holdout/,
-and writes confirm-holdout/confirm.csv and a "Held out:" line: what the pick is worth.
+and writes confirm-holdout/confirm.csv and a "Held out:" line: what the pick is worth, the verdict to ship.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     confirm_dir = exp_dir / run
     table.to_csv(confirm_dir / C.TABLE_FILE, index=False)
     title = "The best confirmed configuration on new seeds" if args.holdout else "Confirmation"
-    text = "\n".join([f"{title} of {exp_dir} (best {metric} per seed, lower is better):",
+    text = "\n".join([f"{title} of {exp_dir} ({C.table_title(metric)}):",
                       C.format_confirm_table(table, metric), "", *C.noise_lines(table, metric, noise)])
     (confirm_dir / C.TEXT_FILE).write_text(text + "\n")
     csv_path = Path(run) / C.TABLE_FILE   # relative to exp_dir

@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.search.objectives:
         print(f"\n{pareto_summary(board, cfg.search.objectives)}")
     print(f"\n{versus_baseline(board, cfg.search.metric)}")
-    from core.metrics import DIRECTIONS
+    from core.metric_registry import direction
 
-    if len(board) > 1 and not remote and DIRECTIONS[cfg.search.metric] == "min":   # what confirm.py compares
+    if len(board) > 1 and not remote and direction(cfg.search.metric) == "min":   # what confirm.py compares
         print(f"Each trial trained once: is the winner better than the defaults, or selection noise? "
               f"python experiments/confirm.py {exp_dir} retrains both with fresh seeds.")
     print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))

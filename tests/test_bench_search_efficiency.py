@@ -92,3 +92,12 @@ def test_a_ratio_target_also_carries_the_baselines_uncertainty():
     assert bench.target_verdict(0.65, tight, 0.8).startswith("holds; decided")
     assert bench.with_baseline_noise((0.6, 0.7), [0.1, 2.0, 4.0])[1] == math.inf   # its interval reaches 0
     assert all(math.isnan(end) for end in bench.with_baseline_noise((0.6, 0.7), [6.0]))
+
+
+def test_the_better_count_pairs_the_retrainings_by_seed():
+    from core import confirm as C
+
+    bests = {C.BASELINE: {1000: 1.0, 1001: 1.2, 1002: 0.8}, "a": {1000: 0.5, 1002: 0.3}, "b": {1001: 1.4}}
+    ratios, better = bench.ratios_to_baseline(bests, ["a", "b", "missing"])
+    assert ratios == pytest.approx([0.4 / 1.0, 1.4 / 1.0])
+    assert better == 1, "a: 0.5 lower on both seeds it shares with the defaults; b: one seed, too few"

@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -27,43 +28,214 @@ T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)   # t quantile 0.975 at 2 degrees
 # --- Statistics ------------------------------------------------------------------------------------
 
 
-def test_welch_and_fieller_with_a_constant_baseline_match_the_closed_forms():
-    # Baseline sd 0: Welch's df is the candidate's n - 1 = 2, its t = (1 - 2) / (0.2 / sqrt 3) = -5 sqrt 3,
-    # and Fieller's interval reduces to (mean_x +- t_crit * se_x) / mean_y.
+def test_paired_t_and_fieller_with_a_constant_baseline_match_the_closed_forms():
+    # Baseline sd 0: the paired differences are x - 2, t = (1 - 2) / (0.2 / sqrt 3) = -5 sqrt 3 at n - 1 = 2
+    # degrees of freedom, and Fieller's interval reduces to (mean_x +- t_crit * se_x) / mean_y.
     c = C.compare_to_baseline([1.0, 1.2, 0.8], [2.0, 2.0, 2.0])
     t = 5 * math.sqrt(3)
-    assert c.ratio == pytest.approx(0.5)
+    assert c.scale == C.RATIO and c.estimate == pytest.approx(0.5) and c.n_pairs == 3
     assert c.p_value == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)   # df 2: P(|T| > t) in closed form
     se = 0.2 / math.sqrt(3)
     assert (c.low, c.high) == pytest.approx(((1 - T975_DF2 * se) / 2, (1 + T975_DF2 * se) / 2), rel=1e-9)
     assert c.verdict == C.BETTER
 
 
-def test_fieller_interval_solves_its_defining_equation_and_matches_welch():
+def test_paired_fieller_interval_solves_its_defining_equation_and_matches_the_paired_t_test():
     from scipy import stats
 
-    x, y = [0.5, 0.6, 0.4], [1.0, 1.2, 0.8]   # means 0.5 and 1, variances 0.01 and 0.04
+    x, y = [0.5, 0.7, 0.4], [1.0, 1.2, 0.95]   # seed by seed: differences -0.5, -0.5, -0.55
     c = C.compare_to_baseline(x, y)
-    vx, vy = 0.01 / 3, 0.04 / 3
-    df = (vx + vy) ** 2 / (vx ** 2 / 2 + vy ** 2 / 2)   # Welch-Satterthwaite: 50/17
-    assert df == pytest.approx(50 / 17)
-    t_crit = stats.t.ppf(0.975, df)
-    for r in (c.low, c.high):   # both ends: (mean_x - r mean_y)^2 = t^2 (vx + r^2 vy)
-        assert (0.5 - r) ** 2 == pytest.approx(t_crit ** 2 * (vx + r * r * vy), rel=1e-9)
-    assert c.low < 0.5 < c.high < 1
-    assert c.p_value == pytest.approx(2 * stats.t.sf(math.sqrt(15), df), rel=1e-9)   # t = -0.5 / sqrt(0.05/3)
-    assert c.p_value < 0.05 and c.verdict == C.BETTER   # the interval excludes 1 exactly when p < 0.05
+    n = 3
+    cov = np.cov(x, y, ddof=1) / n   # of the means
+    t_crit = stats.t.ppf(0.975, n - 1)
+    for r in (c.low, c.high):   # both ends: (mean_x - r mean_y)^2 = t^2 (vx - 2 r cxy + r^2 vy)
+        lhs = (np.mean(x) - r * np.mean(y)) ** 2
+        assert lhs == pytest.approx(t_crit ** 2 * (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]), rel=1e-9)
+    assert c.low < c.estimate < c.high < 1
+    d = np.subtract(x, y)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(n))
+    assert c.p_value == pytest.approx(2 * stats.t.sf(abs(t), n - 1), rel=1e-9)
+    assert c.p_value < 0.05 and c.verdict == C.BETTER
 
 
 def test_verdicts():
     assert C.compare_to_baseline([2.0, 2.1, 1.9], [1.0, 1.2, 0.8]).verdict == C.WORSE
     same = C.compare_to_baseline([0.9, 1.3, 1.0], [1.0, 1.2, 0.8])
     assert same.verdict == C.SAME and same.low < 1 < same.high and same.p_value > 0.05
-    few = C.compare_to_baseline([0.5], [1.0, 2.0])
-    assert few.verdict == C.TOO_FEW and few.ratio == pytest.approx(0.5 / 1.5) and math.isnan(few.p_value)
-    # A baseline whose mean is within its own noise of 0 bounds no ratio.
-    assert C.fieller_interval(1.0, 0.01, 0.1, 0.01, 4.3) == (-math.inf, math.inf)
+    few = C.compare_to_baseline([0.5], [1.5])
+    assert few.verdict == C.TOO_FEW and few.estimate == pytest.approx(0.5 / 1.5) and math.isnan(few.p_value)
+    # A baseline whose mean is within its own noise of 0 bounds no ratio: two rays or the whole line.
+    assert C.fieller_interval(1.0, 0.01, 0.1, 0.01, 4.3) is None
     assert C.compare_to_baseline([1.0, 1.0], [2.0, 2.0]).verdict == C.BETTER   # exact: no noise at all
+    with pytest.raises(ValueError, match="pairs scores by seed"):
+        C.compare_to_baseline([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    # Sorted 0.01, 0.03, 0.04: x3, x2 (but never below the previous), x1.
+    assert C.holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert C.holm([0.5]) == [0.5] and C.holm([0.6, 0.9]) == [1.0, 1.0]
+
+
+def test_kid_can_be_negative_so_it_is_compared_by_differences():
+    # Trap 1: a ratio of two negative means reverses the verdict (the old code: 3x, "worse", p 0.0003).
+    plan = _plan("top 1")
+    baseline, lower = [-0.001, -0.0012, -0.0008], [-0.003, -0.0032, -0.0028]
+    table = C.confirm_table(_runs(plan, {"baseline": baseline, "top 1": lower}), plan, "kid").set_index("candidate")
+    assert table.loc["top 1", "verdict"] == C.BETTER
+    assert table.loc["top 1", "compared"] == C.DIFFERENCE and table.loc["top 1", "estimate"] == pytest.approx(-0.002)
+    assert table.loc["top 1", "low"] <= -0.002 <= table.loc["top 1", "high"] < 0
+    text = C.format_confirm_table(table.reset_index(), "kid")
+    assert "final kid vs defaults [95% CI]" in text and "difference -0.002 [" in text
+    assert C.table_title("kid").startswith("each seed's final KID decides") and "difference where a ratio" in C.table_title("kid")
+    assert "difference -0.002 [" in C.best_confirmed_line(table.reset_index(), "kid", Path("runs/x"))
+    higher = C.confirm_table(_runs(plan, {"baseline": lower, "top 1": baseline}), plan, "kid")
+    assert higher["verdict"][1] == C.WORSE
+
+
+def test_the_leaderboards_headline_compares_kid_by_difference():
+    from core.results import versus_baseline
+
+    board = pd.DataFrame({"trial": ["w", "b"], "baseline": [False, True], "status": ["completed"] * 2,
+                          "best_kid": [-0.003, -0.001]})
+    line = versus_baseline(board, "kid")
+    assert line == "best: kid -0.003 (w), -0.002 against the defaults (baseline kid -0.001)"
+    board["best_fid"] = [0.8, 1.0]
+    assert versus_baseline(board, "fid") == "best: fid 0.8 (w), 0.80x the defaults (baseline fid 1)"
+
+
+def test_a_two_ray_fieller_set_is_compared_by_differences_and_agrees_with_p():
+    # Trap 2: with 2 seeds the baseline's mean is not clearly away from 0, so Fieller's set is two rays
+    # that exclude 1 (the old code made it the whole line: "not distinguishable" at p 0.049).
+    c = C.compare_to_baseline([749.0, 751.0], [50.0, 150.0])
+    assert c.p_value < 0.05 and c.verdict == C.WORSE
+    assert c.scale == C.DIFFERENCE and 0 < c.low < c.estimate == 650 < c.high
+
+
+@pytest.mark.parametrize("scale", ["kid-like", "fid-like"])
+def test_the_verdict_says_distinguishable_exactly_when_p_is_below_0_05(scale):
+    # The module docstring's promise, on 2 x 1000 random draws of 2-3 seeds a side: KID-like scores around 0
+    # (differences), FID-like positive scores noisy enough that Fieller's set is often unbounded.
+    rng = np.random.default_rng(23)
+    kinds = set()
+    for _ in range(1000):
+        n = int(rng.integers(2, 4))
+        seed_effect = rng.normal(size=n)
+        if scale == "kid-like":
+            x, y = 1e-3 * (seed_effect + rng.normal(size=n)), 1e-3 * (seed_effect + rng.normal(0.5, 1, size=n))
+        else:
+            x, y = 100 + 40 * (seed_effect + rng.normal(size=n)), 130 + 40 * (seed_effect + rng.normal(size=n))
+        c = C.compare_to_baseline(x, y, ratio=scale == "fid-like")
+        no_change = 1.0 if c.scale == C.RATIO else 0.0
+        excluded = not c.low <= no_change <= c.high
+        assert excluded == (c.p_value < 0.05) == (c.verdict != C.SAME), (x, y, c)
+        kinds.add((c.scale, excluded))
+    expected = {(C.DIFFERENCE, True), (C.DIFFERENCE, False)}
+    assert kinds >= (expected if scale == "kid-like" else expected | {(C.RATIO, True), (C.RATIO, False)})
+
+
+def test_the_shipped_verdict_is_rarely_better_under_the_null():
+    # Trap 3: 3 candidates no better than the defaults, 3 seeds, normal outcomes sharing a seed effect.
+    # Picking the lowest of 3 means and keeping its own verdict says "better" about twice as often as for
+    # one candidate named in advance (alpha / 2 = 2.5%); Holm over the 3 brings it back under that.
+    rng = np.random.default_rng(3)
+    draws, uncorrected, corrected = 1200, 0, 0
+    for _ in range(draws):
+        seed_effect = rng.normal(size=3)
+        base = seed_effect + rng.normal(size=3)
+        candidates = [seed_effect + rng.normal(size=3) for _ in range(3)]
+        comparisons = [C.compare_to_baseline(c, base) for c in candidates]
+        pick = int(np.argmin([np.mean(c) for c in candidates]))   # what best_confirmed picks
+        uncorrected += comparisons[pick].verdict == C.BETTER
+        corrected += comparisons[pick].verdict == C.BETTER and C.holm([c.p_value for c in comparisons])[pick] < 0.05
+    assert uncorrected / draws > 0.035, uncorrected / draws      # the trap, measured
+    assert corrected / draws <= 0.025, corrected / draws         # what the "Best confirmed:" line claims
+    # ... and the table's own pick and Holm verdict are the ones computed above, on one such draw.
+    plan = _plan("top 1", "top 2", "top 3")
+    finals = {"baseline": base, **{f"top {i + 1}": c for i, c in enumerate(candidates)}}
+    table = C.confirm_table(_runs(plan, finals), plan, "fid")
+    assert C.best_confirmed(table, "fid")["candidate"] == f"top {pick + 1}"
+    assert list(table["p_holm"][1:]) == pytest.approx(C.holm([c.p_value for c in comparisons]))
+
+
+def test_the_best_confirmed_verdict_is_corrected_for_picking_the_lowest_of_three():
+    # Trap 3 on one table: top 2's own p is 0.035, but it is the lowest of 3 means (Holm: 0.1).
+    plan = _plan("top 1", "top 2", "top 3")
+    base = [1.0, 1.05, 0.95]
+    finals = {"baseline": base, "top 1": [1.3, 0.85, 1.05], "top 2": [0.9, 0.85, 0.8], "top 3": [1.05, 0.95, 1.15]}
+    table = C.confirm_table(_runs(plan, finals), plan, "fid").set_index("candidate")
+    assert table.loc["top 2", "p_value"] < 0.05 and table.loc["top 2", "verdict"] == C.BETTER
+    assert table.loc["top 2", "p_holm"] == pytest.approx(3 * table.loc["top 2", "p_value"])
+    assert table.loc["top 2", "verdict_holm"] == C.SAME
+    line = C.best_confirmed_line(table.reset_index(), "fid", Path("runs/x"))
+    assert line.startswith("Best confirmed: top 2 (trial trial_top 2; model.lr_g=0.0005): final fid 0.85 ± 0.05, 0.85x [")
+    assert ": not distinguishable (the lowest mean of 3 on these seeds: Holm-corrected over the 3, p=0.1" in line
+    assert line.endswith("not yet held out: python experiments/confirm.py runs/x --holdout retrains it on new seeds, "
+                         "the verdict to ship)")
+
+
+def test_a_candidate_that_fails_more_often_than_the_defaults_is_never_better():
+    # Trap 4: 2 of its 5 seeds diverged; its 3 survivors alone look better.
+    plan = C.ConfirmPlan({"baseline": {"model.lr_g": 2e-4}, "top 1": {"model.lr_g": 1e-3}},
+                         {"baseline": "", "top 1": "a"}, [1000, 1001, 1002, 1003, 1004])
+    runs = _runs(plan, {"baseline": [1.0, 1.1, 0.9, 1.2, 0.8], "top 1": [0.5, 0.6, 0.4]})
+    runs += [C.SeedResult("top 1", seed, f"t{seed}", "diverged", 0.3, math.inf, None) for seed in (1003, 1004)]
+    table = C.confirm_table(runs, plan, "fid").set_index("candidate")
+    assert table.loc["top 1", "p_value"] < 0.05
+    assert table.loc["top 1", "verdict"] == C.FAILS_MORE and table.loc["top 1", "verdict_holm"] == C.FAILS_MORE
+    assert table.loc["top 1", "failed"] == "2/5" and table.loc["baseline", "failed"] == "0/5"
+    assert table.loc["top 1", "n_paired"] == 3
+    assert "2/5" in C.format_confirm_table(table.reset_index(), "fid")
+    line = C.confirmation_line(table.reset_index(), "fid", Path("c.csv"))
+    assert "failed 2/5 against 0/5" in line and line.endswith("not confirmed: its seeds fail more often than the defaults' (c.csv)")
+    # As often as the defaults (2 of 5 there too): the survivors are judged as they are.
+    runs = [r for r in runs if r.trial not in ("baseline1003", "baseline1004")]
+    runs += [C.SeedResult("baseline", 1003, "b1003", "collapsed", 2.0, 2.0, None),
+             C.SeedResult("baseline", 1004, "b1004", "error", math.nan, math.nan, None)]
+    even = C.confirm_table(runs, plan, "fid").set_index("candidate")
+    assert even.loc["baseline", "failed"] == "2/5" and even.loc["top 1", "verdict"] == C.BETTER
+
+
+def test_the_verdict_is_decided_by_each_seeds_final_evaluation_not_its_best():
+    # Trap 5: each seed's best epoch is picked by its score on the draw it is reported with (the quickstart
+    # winner: best 0.68, final 0.99). The final evaluation is the schedule's end, chosen by no draw.
+    plan = _plan("top 1")
+    runs = _runs(plan, {"baseline": [0.9, 0.92, 0.88], "top 1": [0.99, 0.95, 1.02]},
+                 bests={"baseline": [0.83, 0.85, 0.81], "top 1": [0.6, 0.65, 0.62]})
+    table = C.confirm_table(runs, plan, "fid").set_index("candidate")
+    assert table.loc["top 1", "verdict"] == C.SAME, "the bests alone would say better"
+    assert table.loc["top 1", "estimate"] == pytest.approx(0.9867 / 0.9, rel=1e-3)
+    assert table.loc["top 1", "best_fid_per_seed"] == "0.6 0.65 0.62" and table.loc["top 1", "final_fid_per_seed"] == "0.99 0.95 1.02"
+    text = C.format_confirm_table(table.reset_index(), "fid")
+    assert "best fid" in text and "final fid vs defaults [95% CI]" in text
+
+
+def test_seeds_are_paired_because_outcomes_correlate_by_seed():
+    # Trap 6: a configuration 0.5 lower on every seed, while seeds differ by several units (measured: 0.85
+    # and 0.999 correlation between two configurations' per-seed FIDs). Unpaired tests drown it in the seed
+    # noise; paired on the seeds both sides completed, it is clear. A seed one side lost is left out.
+    plan = C.ConfirmPlan({"baseline": {"model.lr_g": 2e-4}, "top 1": {"model.lr_g": 1e-3}},
+                         {"baseline": "", "top 1": "a"}, [1000, 1001, 1002, 1003])
+    base = [20.3, 12.9, 18.4, 8.2]
+    runs = _runs(plan, {"baseline": base, "top 1": [b - 0.5 + e for b, e in zip(base[:3], [0.05, -0.04, 0.0])]})
+    runs.append(C.SeedResult("top 1", 1003, "t1003", "error", math.nan, math.nan, None))
+    table = C.confirm_table(runs, plan, "fid").set_index("candidate")
+    assert table.loc["top 1", "n_paired"] == 3
+    assert table.loc["top 1", "verdict"] == C.FAILS_MORE, "paired: better, but one of its 4 seeds crashed"
+    assert table.loc["top 1", "p_value"] < 0.01
+
+
+def _plan(*labels: str) -> C.ConfirmPlan:
+    lrs = [1e-3, 5e-4, 7e-4]
+    return C.ConfirmPlan({"baseline": {"model.lr_g": 2e-4}, **{label: {"model.lr_g": lr} for label, lr in zip(labels, lrs)}},
+                         {"baseline": "", **{label: f"trial_{label}" for label in labels}}, [1000, 1001, 1002])
+
+
+def _runs(plan: C.ConfirmPlan, finals: dict[str, list[float]], bests: dict[str, list[float]] | None = None):
+    """Completed SeedResults, one per listed final score (on the plan's first seeds); best = final unless given."""
+    bests = bests or finals
+    return [C.SeedResult(label, seed, f"{label}{seed}", "completed", float(best), float(final), None)
+            for label, values in finals.items() for seed, final, best in zip(plan.seeds, values, bests[label])]
 
 
 def test_pooled_sd_and_noise_marks():
@@ -86,25 +258,27 @@ def test_confirm_table_from_seed_results():
     runs.append(C.SeedResult("top 1", 1002, "t1002", "diverged", 0.1, math.nan, None))   # not counted
     table = C.confirm_table(runs, plan, "fid", eval_sd=0.01).set_index("candidate")
     assert table.loc["top 1", "n_seeds"] == 2 and table.loc["top 1", "seeds"] == "1000 1001"
-    assert table.loc["top 1", "incomplete"] == "seed 1002 diverged"
+    assert table.loc["top 1", "incomplete"] == "seed 1002 diverged" and table.loc["top 1", "failed"] == "1/3"
     assert table.loc["top 1", "best_fid_mean"] == pytest.approx(0.55)
     assert table.loc["top 1", "final_fid_mean"] == pytest.approx(2.55)
     assert table.loc["top 1", "best_fid_sd"] == pytest.approx(math.sqrt(0.005))
-    assert table.loc["top 1", "ratio"] == pytest.approx(0.55)
+    # Compared on seeds 1000 and 1001: finals 2.5, 2.6 against 2.0, 2.2.
+    assert table.loc["top 1", "n_paired"] == 2 and table.loc["top 1", "compared"] == C.RATIO
+    assert table.loc["top 1", "estimate"] == pytest.approx(2.55 / 2.1)
     assert table.loc["baseline", "verdict"] == C.BASELINE
     # Pooled over both: (0.08 + 0.005) / (2 + 1).
     assert table.loc["baseline", "seed_noise_sd"] == pytest.approx(math.sqrt(0.085 / 3))
     text = C.format_confirm_table(table.reset_index(), "fid")
-    assert "0.55 ± 0.07071" in text and "seed 1002 diverged" in text
-    outcome = {C.BETTER: "confirmed: better", C.SAME: "not confirmed: not distinguishable"}[table.loc["top 1", "verdict"]]
+    assert "2.55 ± 0.07071" in text and "seed 1002 diverged" in text and "1/3" in text
     line = C.confirmation_line(table.reset_index(), "fid", Path("confirm/confirm.csv"))
-    assert line.startswith("Confirmation: the winner (cyclegan_a) retrained on seeds 1000 1001: best fid 0.55 ± 0.07071")
-    assert outcome in line and line.endswith("(confirm/confirm.csv)")
+    assert line.startswith("Confirmation: the winner (cyclegan_a) retrained on seeds 1000 1001: final fid 2.55 ± 0.07071 "
+                           "against the defaults' 2 ± 0.2 on seeds 1000 1001 1002, 1.214x [")
+    assert C.OUTCOMES[table.loc["top 1", "verdict"]] in line and line.endswith("(confirm/confirm.csv)")
 
     one_seed = C.confirm_table([r for r in runs if r.trial != "t1001"], plan, "fid")
     assert C.confirmation_line(one_seed, "fid", Path("c.csv")) == (
         "Confirmation: the winner (cyclegan_a) is not confirmed: too few seeds trained every epoch "
-        "(1 of it, 3 of the defaults; c.csv)")
+        "(1 of it, 3 of the defaults, 1 on the same seeds; c.csv)")
 
 
 def _three_candidates():
@@ -113,10 +287,8 @@ def _three_candidates():
                           "top 2": {"model.lr_g": 5e-4}, "top 3": {"model.lr_g": 7e-4}},
                          {"baseline": "", "top 1": "cyclegan_a", "top 2": "cyclegan_b", "top 3": "cyclegan_c"},
                          [1000, 1001])
-    bests = {"baseline": [1.0, 1.2], "top 1": [0.9, 1.1], "top 2": [0.5, 0.6], "top 3": [0.1]}
-    runs = [C.SeedResult(label, seed, f"{label}{seed}", "completed", best, best, None)
-            for label, values in bests.items() for seed, best in zip(plan.seeds, values)]
-    return plan, C.confirm_table(runs, plan, "fid")
+    finals = {"baseline": [1.0, 1.2], "top 1": [0.9, 1.1], "top 2": [0.5, 0.6], "top 3": [0.1]}
+    return plan, C.confirm_table(_runs(plan, finals), plan, "fid")
 
 
 def test_the_best_confirmed_is_the_lowest_mean_over_two_or_more_seeds():
@@ -124,16 +296,19 @@ def test_the_best_confirmed_is_the_lowest_mean_over_two_or_more_seeds():
     pick = C.best_confirmed(table, "fid")
     assert pick["candidate"] == "top 2", "top 3's 0.1 is one seed: too few to be picked"
     line = C.best_confirmed_line(table, "fid", Path("runs/x"))
-    assert line.startswith("Best confirmed: top 2 (trial cyclegan_b; model.lr_g=0.0005): best fid 0.55 ± 0.07071, 0.5x")
-    assert "the lowest mean of 2 on these seeds, so this ratio is biased low" in line
+    # (2 seeds: the defaults' mean is not clearly away from 0 at 1 degree of freedom, so a difference)
+    assert line.startswith("Best confirmed: top 2 (trial cyclegan_b; model.lr_g=0.0005): final fid 0.55 ± 0.07071, "
+                           "difference -0.55 [")
+    assert "the lowest mean of 2 on these seeds: Holm-corrected over the 2" in line
     assert "python experiments/confirm.py runs/x --holdout" in line
-    alone = table[table["candidate"].isin(["baseline", "top 2"])]
-    verdict = alone["verdict"].iloc[1]   # (Welch on 2 seeds each: its own test above)
-    assert C.best_confirmed_line(alone, "fid", Path("runs/x")).endswith(f"{verdict} (the only candidate confirmed)")
-    worse = table.assign(ratio=[1.0, 1.2, 1.1, 0.1])   # as though every candidate had lost to the defaults
-    assert C.best_confirmed_line(worse, "fid", Path("runs/x")) == (
-        "Best confirmed: the defaults: no candidate's mean best fid is below theirs (the lowest, top 2, is 1.1x; "
-        "python experiments/confirm.py runs/x --holdout measures it on new seeds)")
+    alone = C.confirm_table(_runs(plan, {"baseline": [1.0, 1.2], "top 2": [0.5, 0.6]}), plan, "fid")
+    alone = alone[alone["candidate"].isin(["baseline", "top 2"])]
+    verdict = alone["verdict"].iloc[1]
+    assert C.best_confirmed_line(alone, "fid", Path("runs/x")).endswith(
+        f"{verdict} (the only candidate compared, p={alone['p_value'].iloc[1]:.2g})")
+    worse = table.assign(final_fid_mean=[1.0, 1.2, 1.1, 0.1])   # as though every candidate had lost to the defaults
+    assert C.best_confirmed_line(worse, "fid", Path("runs/x")).startswith(
+        "Best confirmed: the defaults: no candidate's mean final fid is below theirs (the lowest, top 2, is difference")
     only_defaults = table[table["candidate"].isin(["baseline", "top 3"])]
     assert C.best_confirmed(only_defaults, "fid") is None
     assert C.best_confirmed_line(only_defaults, "fid", Path("runs/x")).startswith("Best confirmed: none")
@@ -143,12 +318,13 @@ def test_the_held_out_line_compares_the_pick_with_the_defaults_on_the_new_seeds(
     _, table = _three_candidates()
     held = table[table["candidate"].isin(["baseline", "top 2"])].reset_index(drop=True)
     line = C.holdout_line(held, "fid", Path("confirm-holdout/confirm.csv"))
-    assert line.startswith("Held out: top 2 (cyclegan_b) retrained on new seeds 1000 1001: best fid 0.55 ± 0.07071 "
-                           "against the defaults' 1.1 ± 0.1414 on seeds 1000 1001, 0.5x [")
+    assert line.startswith("Held out: top 2 (cyclegan_b) retrained on new seeds 1000 1001: final fid 0.55 ± 0.07071 "
+                           "against the defaults' 1.1 ± 0.1414 on seeds 1000 1001, difference -0.55 [")
     assert line.endswith(f": {held['verdict'][1]} (confirm-holdout/confirm.csv)")
     too_few = table[table["candidate"].isin(["baseline", "top 3"])].reset_index(drop=True)
     assert C.holdout_line(too_few, "fid", Path("h.csv")) == (
-        "Held out: top 3 (cyclegan_c) is not measured: too few seeds trained every epoch (1 of it, 2 of the defaults; h.csv)")
+        "Held out: top 3 (cyclegan_c) is not measured: too few seeds trained every epoch (1 of it, 2 of the defaults, "
+        "1 on the same seeds; h.csv)")
 
 
 def test_the_holdout_plan_takes_the_best_confirmed_and_seeds_neither_run_used(tmp_path):
@@ -238,6 +414,21 @@ def test_plan_takes_the_defaults_and_the_top_trials_and_seeds_the_search_never_u
     assert plan.seeds == [1001, 1002, 1003]                   # 1000 is the search's train.seed
 
 
+def test_plan_baseline_is_the_searchs_own_baseline_point_under_its_when_conditions(tmp_path):
+    # vae_builtin's defaults say beta_warmup 10 and beta_cycle 20, but its beta_schedule is constant, so
+    # neither applies (and both lie outside the searched ranges): the search's baseline trial has neither.
+    from core.space import baseline_point
+
+    cfg = load_experiment(ROOT / "search_spaces" / "vae_builtin.yaml")
+    searched_baseline = baseline_point(cfg)
+    assert "model.beta_warmup" not in searched_baseline and "model.beta_cycle" not in searched_baseline
+    other = {**searched_baseline, "model.lr": 5e-3}
+    _fake_search(tmp_path, {"vae_base": (searched_baseline, 1.0), "vae_a": (other, 2.0)})
+    plan = C.make_plan(tmp_path, cfg, top=2, n_seeds=2)
+    assert plan.candidates["baseline"] == searched_baseline
+    assert plan.candidates == {"baseline": searched_baseline, "top 1": other}, "the baseline trial is not retrained twice"
+
+
 def test_plan_refuses_what_it_cannot_confirm(tmp_path):
     cfg = load_experiment(ROOT / "search_spaces" / "cyclegan_builtin.yaml")
     with pytest.raises(C.ConfirmError, match="leaderboard.csv does not exist.*tune.py"):
@@ -294,24 +485,29 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert list(table["candidate"]) == ["baseline", "top 1"]
     assert table.loc[1, "trial"] == pd.read_csv(exp_dir / "leaderboard.csv")["trial"][0]
 
-    # Every confirm trial: its candidate and seed from params.json, its best from result.json.
+    # Every confirm trial: its candidate and seed from params.json, its best and final from result.json.
     bests: dict[str, list[float]] = {}
+    finals: dict[str, list[float]] = {}
     seeds = set()
     for trial_dir in sorted(p.parent for p in (exp_dir / "confirm").glob("*/params.json")):
         params = json.loads((trial_dir / "params.json").read_text())
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
         assert max(row["epoch"] for row in rows) == 2                   # FIFO: every seed trains all epochs
         bests.setdefault(params["candidate"], []).append(min(row["fid"] for row in rows))
+        finals.setdefault(params["candidate"], []).append(max(rows, key=lambda row: row["epoch"])["fid"])
         seeds.add(params["train.seed"])
     assert len(seeds) == 2 and search_seed not in seeds
     for row in table.itertuples():
         assert {int(s) for s in str(row.seeds).split()} == seeds
         assert row.n_seeds == 2
         assert row.best_fid_mean == pytest.approx(sum(bests[row.candidate]) / 2, rel=1e-12)
-    assert table.loc[1, "verdict"] in (C.BETTER, C.SAME, C.WORSE)
+        assert row.final_fid_mean == pytest.approx(sum(finals[row.candidate]) / 2, rel=1e-12)
+        assert row.failed == "0/2"
+    assert table.loc[1, "verdict"] in (C.BETTER, C.SAME, C.WORSE) and table.loc[1, "n_paired"] == 2
+    assert table.loc[1, "compared"] in (C.RATIO, C.DIFFERENCE)
     assert table["eval_noise_sd"].notna().all() and table["seed_noise_sd"].notna().all()
 
-    assert "ratio [95% CI]" in out and "Seed noise: sd" in out and "Evaluation noise: sd" in out
+    assert "final fid vs defaults [95% CI]" in out and "paired t-test" in out and "Seed noise: sd" in out and "Evaluation noise: sd" in out
     lines = [l for l in (exp_dir / "leaderboard.txt").read_text().splitlines() if l.startswith("Confirmation:")]
     assert len(lines) == 1 and "confirm/confirm.csv" in lines[0]
     assert "within_noise" in pd.read_csv(exp_dir / "leaderboard.csv")
