@@ -641,43 +641,51 @@ def holdout_line(table, metric: str, csv_path: Path) -> str:
             f"{_against_defaults(pick, base, metric)}: {pick['verdict']} ({csv_path})")
 
 
-def write_leaderboard_line(exp_dir: Path, line: str, prefix: str = LEADERBOARD_LINE) -> Path:
-    """Replace (or append) the leaderboard.txt line that starts with `prefix` (LEADERBOARD_LINE,
-    BEST_LINE or HOLDOUT_LINE)."""
-    path = exp_dir / "leaderboard.txt"
-    kept = [l for l in (path.read_text().splitlines() if path.is_file() else [])
-            if not l.startswith(prefix)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join([*kept, line]) + "\n")
-    os.replace(tmp, path)   # a reader sees the old file or the new one
-    return path
-
-
-def mark_leaderboard_noise(exp_dir: Path, cfg: ExperimentConfig, seed_sd: float, eval_sd: float | None) -> Path:
-    """Mark the leaderboard's rows that are within noise of its winner: leaderboard.csv gets a
-    `within_noise` column (noise_mark of the row's best minus the winner's best; "" for the winner
-    and rows outside the noise), leaderboard.txt the same column and a line naming the noise levels.
-    A row marked "below seed noise" cannot be told from the winner by training each once."""
+def leaderboard_annotations(exp_dir: Path, cfg: ExperimentConfig, board) -> tuple[list[str], list[str], list[str] | None]:
+    """What the confirmations on disk add to the leaderboard (core.results.save_leaderboard, the one
+    writer of leaderboard.txt, asks on every write, so a resumed or grown search keeps them, up to
+    date): (the Noise line for its header, the Confirmation / Best confirmed / Held out lines for its
+    end, the `within_noise` column or None). Read from confirm/confirm.csv and
+    confirm-holdout/confirm.csv; none of it when confirm.py has not run. A confirmation whose winner
+    is no longer the leaderboard's (the search grew since) says so."""
     import pandas as pd
 
-    from core.results import save_leaderboard
-
     metric = cfg.search.metric
-    csv_path = exp_dir / "leaderboard.csv"
-    board = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
-    column = f"best_{metric}"
-    best = board[column].iloc[0] if len(board) and column in board else math.nan
-    board["within_noise"] = ["" if i == 0 or math.isnan(value) else noise_mark(value - best, seed_sd, eval_sd)
-                             for i, value in enumerate(board[column] if column in board else [])]
-    save_leaderboard(board, exp_dir, metric, cfg.search.objectives)
-    eval_part = f", evaluation noise sd {eval_sd:.4g}" if eval_sd is not None else ""
-    marked = int((board["within_noise"] != "").sum())
-    line = (f"{NOISE_LINE} seed noise sd {seed_sd:.4g}{eval_part} of best {metric} (measured by confirm.py): "
-            f"{marked} trial(s) within noise of the winner, marked in the within_noise column")
-    text = csv_path.with_suffix(".txt")
-    lines = text.read_text().splitlines()
-    text.write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
-    return csv_path
+    tables = {}
+    for run in (CONFIRM_DIR, HOLDOUT_DIR):
+        path = exp_dir / run / TABLE_FILE
+        if path.is_file():
+            try:
+                tables[run] = pd.read_csv(path, keep_default_na=False, na_values=[""])
+            except (ValueError, OSError):   # a damaged table: the leaderboard goes on without its lines
+                continue
+    header, footer, within_noise = [], [], None
+    confirmed = tables.get(CONFIRM_DIR)
+    if confirmed is not None and len(confirmed):
+        seed_sd = float(confirmed["seed_noise_sd"].iloc[0])
+        eval_sd = confirmed["eval_noise_sd"].iloc[0]
+        eval_sd = None if eval_sd is None or math.isnan(eval_sd) else float(eval_sd)
+        column = f"best_{metric}"
+        values = list(board[column]) if column in board else []
+        best = values[0] if values else math.nan
+        within_noise = ["" if i == 0 or math.isnan(value) else noise_mark(value - best, seed_sd, eval_sd)
+                        for i, value in enumerate(values)]
+        eval_part = f", evaluation noise sd {eval_sd:.4g}" if eval_sd is not None else ""
+        marked = sum(mark != "" for mark in within_noise)
+        header.append(f"{NOISE_LINE} seed noise sd {seed_sd:.4g}{eval_part} of best {metric} (measured by confirm.py): "
+                      f"{marked} trial(s) within noise of the winner, marked in the within_noise column")
+        csv_path = Path(CONFIRM_DIR) / TABLE_FILE
+        line = confirmation_line(confirmed, metric, csv_path)
+        tops = confirmed[confirmed["candidate"] == "top 1"]
+        winner = board["trial"].iloc[0] if len(board) else None
+        if len(tops) and winner is not None and tops["trial"].iloc[0] != winner:
+            line += (f"; the leaderboard's winner is now {winner} (the search went on after this confirmation: "
+                     f"python experiments/confirm.py {exp_dir} confirms it)")
+        footer += [line, best_confirmed_line(confirmed, metric, exp_dir)]
+    held = tables.get(HOLDOUT_DIR)
+    if held is not None and len(held) >= 2:
+        footer.append(holdout_line(held, metric, Path(HOLDOUT_DIR) / TABLE_FILE))
+    return header, footer, within_noise
 
 
 def _mean(values: list[float]) -> float:

@@ -1,7 +1,7 @@
 """A search's results: how each trial ended, and the leaderboard.
 
     board = leaderboard(grid, cfg)            # grid: Ray Tune's ResultGrid; one row per trial, best first
-    save_leaderboard(board, exp_dir)          # leaderboard.csv + leaderboard.txt
+    save_leaderboard(board, exp_dir, cfg)     # leaderboard.csv + leaderboard.txt (their one writer)
     print(format_leaderboard(board, exp_dir))
 
 Rows are built from Ray's own records (`Result.metrics_dataframe`, `Result.best_checkpoints`). The
@@ -165,15 +165,33 @@ def pareto_summary(board, objectives: list[str]) -> str:
     return f"Pareto front ({arrows}): {len(front)} of {len(board)} trials: {cells}"
 
 
-def save_leaderboard(board, exp_dir: Path, metric: str | None = None,
-                     objectives: list[str] | None = None) -> tuple[Path, Path]:
+def save_leaderboard(board, exp_dir: Path, cfg: ExperimentConfig) -> tuple[Path, Path]:
+    """Write leaderboard.csv and leaderboard.txt: the one writer of both (tune.py after every run or
+    resume, confirm.py after every confirmation). The text leads with the Pareto front (several
+    objectives), the comparison with the baseline and the noise levels, then the table, then what
+    confirm.py found (core.confirm.leaderboard_annotations, read from its tables on disk, so a
+    rewrite never drops them). Each file is replaced whole: a reader sees the old one or the new."""
+    from core.confirm import leaderboard_annotations
+
+    metric = cfg.search.metric
+    board = board.drop(columns=["within_noise"], errors="ignore")
+    header, footer, within_noise = leaderboard_annotations(exp_dir, cfg, board)
+    if within_noise is not None:
+        board = board.assign(within_noise=within_noise)
+    lines = [pareto_summary(board, cfg.search.objectives)] if cfg.search.objectives else []
+    lines += [versus_baseline(board, metric), *header, "", format_leaderboard(board, exp_dir)]
+    if footer:
+        lines += ["", *footer]
     csv_path, txt_path = exp_dir / "leaderboard.csv", exp_dir / "leaderboard.txt"
-    board.to_csv(csv_path, index=False)
-    header = f"{versus_baseline(board, metric)}\n\n" if metric else ""
-    if objectives:
-        header = f"{pareto_summary(board, objectives)}\n" + header
-    txt_path.write_text(header + format_leaderboard(board, exp_dir) + "\n")
+    _replace(csv_path, lambda path: board.to_csv(path, index=False))
+    _replace(txt_path, lambda path: path.write_text("\n".join(lines) + "\n"))
     return csv_path, txt_path
+
+
+def _replace(path: Path, write) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    os.replace(partial, path)
 
 
 def format_leaderboard(board, exp_dir: Path | None = None) -> str:

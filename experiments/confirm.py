@@ -95,15 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([f"{title} of {exp_dir} ({C.table_title(metric)}):",
                       C.format_confirm_table(table, metric), "", *C.noise_lines(table, metric, noise)])
     (confirm_dir / C.TEXT_FILE).write_text(text + "\n")
-    csv_path = Path(run) / C.TABLE_FILE   # relative to exp_dir
-    if args.holdout:   # only its own line: the leaderboard's noise marks are the confirmation's
-        lines = [C.holdout_line(table, metric, csv_path)]
-        board = C.write_leaderboard_line(exp_dir, lines[0], C.HOLDOUT_LINE)
-    else:
-        lines = [C.confirmation_line(table, metric, csv_path), C.best_confirmed_line(table, metric, Path(args.path))]
-        C.mark_leaderboard_noise(exp_dir, cfg, table["seed_noise_sd"].iloc[0], noise.sd if noise else None)
-        for line, prefix in zip(lines, (C.LEADERBOARD_LINE, C.BEST_LINE)):
-            board = C.write_leaderboard_line(exp_dir, line, prefix)
+    import pandas as pd
+
+    from core.results import save_leaderboard
+
+    # The leaderboard's one writer reads the confirmation tables just written for its lines.
+    searched = pd.read_csv(exp_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
+    _, board = save_leaderboard(searched, exp_dir, cfg)
+    _, lines, _ = C.leaderboard_annotations(exp_dir, cfg, searched)
+    if args.holdout:   # its own line; the confirmation's are unchanged
+        lines = [line for line in lines if line.startswith(C.HOLDOUT_LINE)]
     print(f"\n{text}\n\n" + "\n".join(lines) + f"\n\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; "
           f"updated {board}")
     if grid.num_errors:

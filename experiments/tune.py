@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     board = leaderboard(grid, cfg)
-    csv_path, txt_path = save_leaderboard(board, exp_dir, cfg.search.metric, cfg.search.objectives)
+    csv_path, txt_path = save_leaderboard(board, exp_dir, cfg)
     publish_experiment_files(cfg, args.storage)
     remote = "://" in args.storage
     print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}):")

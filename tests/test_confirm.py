@@ -354,34 +354,51 @@ def test_the_holdout_plan_takes_the_best_confirmed_and_seeds_neither_run_used(tm
         C.make_holdout_plan(tmp_path, cfg)
 
 
-def test_the_confirmation_line_replaces_the_previous_one(tmp_path):
-    (tmp_path / "leaderboard.txt").write_text("trial best_fid\n   a     1.0\n")
-    C.write_leaderboard_line(tmp_path, "Confirmation: first")
-    C.write_leaderboard_line(tmp_path, "Confirmation: second")
-    assert (tmp_path / "leaderboard.txt").read_text() == "trial best_fid\n   a     1.0\nConfirmation: second\n"
-
-
-def test_the_leaderboard_marks_the_trials_within_noise_of_its_winner(tmp_path):
+def test_the_leaderboards_one_writer_adds_the_confirmations_lines_and_keeps_them_on_every_rewrite(tmp_path):
+    """leaderboard.txt had three writers, and tune.py --resume rewrote it without the confirmation's
+    lines. Now save_leaderboard writes it whole, reading the confirmation tables on disk each time."""
     from types import SimpleNamespace
 
     from core.results import save_leaderboard
 
-    board = pd.DataFrame({"trial": ["w", "a", "b", "c", "d"], "baseline": [False, True, False, False, False],
+    cfg = SimpleNamespace(search=SimpleNamespace(metric="fid", objectives=None))
+    board = pd.DataFrame({"trial": ["cyclegan_a", "w", "b", "c", "d"], "baseline": [False, True, False, False, False],
                           "status": ["completed"] * 4 + ["diverged"],
                           "best_fid": [1.0, 1.05, 1.3, 2.0, math.nan]})
-    save_leaderboard(board, tmp_path, "fid")
-    C.write_leaderboard_line(tmp_path, "Confirmation: old")
-    cfg = SimpleNamespace(search=SimpleNamespace(metric="fid", objectives=None))
-    C.mark_leaderboard_noise(tmp_path, cfg, seed_sd=0.5, eval_sd=0.1)
+    save_leaderboard(board, tmp_path, cfg)   # before any confirmation: the search's lines only
+    assert not any(l.startswith(("Noise:", "Confirmation:")) for l in (tmp_path / "leaderboard.txt").read_text().splitlines())
+    assert "within_noise" not in pd.read_csv(tmp_path / "leaderboard.csv")
 
-    marked = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False)
-    # 1.05 - 1.0 < 0.1 (evaluation noise); 1.3 - 1.0 < 0.5 (seed noise); 2.0 - 1.0 is neither.
-    assert list(marked["within_noise"]) == ["", C.BELOW_EVAL_NOISE, C.BELOW_SEED_NOISE, "", ""]
+    plan, table = _three_candidates()        # top 1 is cyclegan_a, the leaderboard's winner
+    (tmp_path / C.CONFIRM_DIR).mkdir()
+    table.assign(seed_noise_sd=0.5, eval_noise_sd=0.1).to_csv(tmp_path / C.CONFIRM_DIR / C.TABLE_FILE, index=False)
+    for rewrite in range(2):   # confirm.py's write, then tune.py --resume's (a fresh board, no marks)
+        save_leaderboard(board, tmp_path, cfg)
+        marked = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False)
+        # 1.05 - 1.0 < 0.1 (evaluation noise); 1.3 - 1.0 < 0.5 (seed noise); 2.0 - 1.0 is neither.
+        assert list(marked["within_noise"]) == ["", C.BELOW_EVAL_NOISE, C.BELOW_SEED_NOISE, "", ""]
+        lines = (tmp_path / "leaderboard.txt").read_text().splitlines()
+        assert lines[0] == "best: fid 1 (cyclegan_a), 0.95x the defaults (baseline fid 1.05)"
+        assert lines[1] == ("Noise: seed noise sd 0.5, evaluation noise sd 0.1 of best fid (measured by confirm.py): "
+                            "2 trial(s) within noise of the winner, marked in the within_noise column")
+        assert "within_noise" in lines[3]
+        assert [l.split(" ")[0] for l in lines[-2:]] == ["Confirmation:", "Best"]
+        assert lines[-2] == C.confirmation_line(table, "fid", Path("confirm/confirm.csv"))
+        assert lines[-1] == C.best_confirmed_line(table, "fid", tmp_path)
+
+    # The held-out retraining adds its line; the others stay.
+    held = table[table["candidate"].isin(["baseline", "top 2"])]
+    (tmp_path / C.HOLDOUT_DIR).mkdir()
+    held.to_csv(tmp_path / C.HOLDOUT_DIR / C.TABLE_FILE, index=False)
+    save_leaderboard(board, tmp_path, cfg)
     lines = (tmp_path / "leaderboard.txt").read_text().splitlines()
-    assert lines[0] == "best: fid 1 (w), 0.95x the defaults (baseline fid 1.05)"   # save_leaderboard's line stays first
-    assert lines[1] == ("Noise: seed noise sd 0.5, evaluation noise sd 0.1 of best fid (measured by confirm.py): "
-                        "2 trial(s) within noise of the winner, marked in the within_noise column")
-    assert "within_noise" in lines[3] and not any(l.startswith("Confirmation:") for l in lines)
+    assert [l.split(" ")[0] for l in lines[-3:]] == ["Confirmation:", "Best", "Held"]
+
+    # The search grew and another trial leads now: the confirmation says whom it confirmed, and who leads.
+    grown = pd.concat([board.iloc[[1]].assign(trial="z", baseline=False, best_fid=0.5), board], ignore_index=True)
+    save_leaderboard(grown, tmp_path, cfg)
+    confirmation = next(l for l in (tmp_path / "leaderboard.txt").read_text().splitlines() if l.startswith("Confirmation:"))
+    assert "the winner (cyclegan_a)" in confirmation and "the leaderboard's winner is now z" in confirmation
 
 
 # --- The plan --------------------------------------------------------------------------------------
