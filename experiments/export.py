@@ -19,6 +19,7 @@ import io
 import os
 import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -111,9 +112,8 @@ def write_zip(batches, out: Path, count: int, progress: bool = True):
     batch decoded back from its JPEG bytes (what Kaggle will score). The zip appears complete or not at all."""
     from tqdm import tqdm
 
-    partial = out.with_name(out.name + ".partial")
     written = 0
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive, \
+    with _unnamed_file(out) as (handle, publish), zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive, \
             tqdm(total=count, unit="img", desc=f"writing {out.name}", disable=not progress) as bar:
         for batch in batches:
             decoded = []
@@ -125,7 +125,45 @@ def write_zip(batches, out: Path, count: int, progress: bool = True):
                 written += 1
             bar.update(len(decoded))
             yield torch.stack(decoded)   # (B, 3, H, W) uint8, as written
-    os.replace(partial, out)
+        archive.close()   # (the zip's directory, before the file is published)
+        publish()
+
+
+@contextmanager
+def _unnamed_file(out: Path):
+    """A file in out's directory that has no name until `publish()` gives it out's (atomically), so
+    an export stopped at any moment, SIGKILL included, leaves no partial zip behind: Linux's
+    O_TMPFILE, whose file the kernel removes with its last descriptor. Where the file system lacks
+    it, a hidden `.<name>.partial` removed on every exit this process sees."""
+    try:
+        fd = os.open(out.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    except (AttributeError, OSError):   # (no O_TMPFILE: not Linux, or a file system without it)
+        fd = None
+    if fd is not None:
+        handle = os.fdopen(fd, "wb")
+
+        def publish():
+            handle.flush()
+            staged = out.with_name(f".{out.name}.{os.getpid()}.staged")
+            # A name beside out, then out's, atomically. (linkat with AT_SYMLINK_FOLLOW through
+            # /proc/self/fd; Python calls plain link(), which does not follow, unless given a dir_fd.)
+            directory = os.open(out.parent, os.O_RDONLY)
+            try:
+                os.link(f"/proc/self/fd/{handle.fileno()}", staged, src_dir_fd=directory, follow_symlinks=True)
+            finally:
+                os.close(directory)
+            os.replace(staged, out)
+
+        with handle:
+            yield handle, publish
+        return
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            yield handle, lambda: None
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def export(checkpoint: Path, out: Path, count: int | None = None, any_count: bool = False, batch_size: int = 32,
@@ -141,7 +179,7 @@ def export(checkpoint: Path, out: Path, count: int | None = None, any_count: boo
     check_image_size(cfg.data.image_size, upscale)   # before rebuilding any data
     loaded = load_checkpoint(checkpoint, device=device, progress=progress)
     test_photos = loaded.data.count("test/photo") if cfg.family == "cyclegan" else None
-    count = count or test_photos or DEFAULT_SAMPLES
+    count = count if count is not None else test_photos or DEFAULT_SAMPLES   # (0 is refused, not the default)
     check_count(count, test_photos, any_count)
     if any_count and not KAGGLE_COUNT[0] <= count <= KAGGLE_COUNT[1]:
         progress(f"Note: {count} images; Kaggle accepts only {KAGGLE_COUNT[0]:,} to {KAGGLE_COUNT[1]:,}.")

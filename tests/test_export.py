@@ -73,6 +73,42 @@ def test_refuses_counts_kaggle_rejects(checkpoint_256, tmp_path, capsys):
     # No --count: CycleGAN's default is every test photo (4 here), which Kaggle would refuse.
     assert export.main([str(checkpoint_256), "--out", str(out)]) == 2
     assert "4 images requested" in capsys.readouterr().err and not out.exists()
+    # A count of 0 is 0 (refused), not the default (which wrote 7,000 images for a GAN).
+    assert export.main([str(checkpoint_256), "--out", str(out), "--count", "0", "--any-count"]) == 2
+    assert "--count must be at least 2" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_export_stopped_midway_leaves_no_partial_zip(tmp_path):
+    """Stopped by an error (or Ctrl-C), and SIGKILLed mid-write in a process of its own: nothing is
+    left in the output's directory, not even a partial file (a killed export left 50 MB)."""
+    def failing_batches():
+        yield torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        for _ in export.write_zip(failing_batches(), tmp_path / "images.zip", 4, progress=False):
+            pass
+    assert not list(tmp_path.iterdir())
+
+    import signal
+    import subprocess
+
+    (tmp_path / "out").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, torch\n"
+        f"sys.path.insert(0, {str(Path(export.__file__).parent)!r}); import export\n"
+        "def batches():\n"
+        "    while True:\n"
+        "        yield torch.zeros(4, 3, 64, 64, dtype=torch.uint8)\n"
+        "        print('wrote', flush=True); time.sleep(0.2)\n"
+        f"for _ in export.write_zip(batches(), export.Path({str(tmp_path / 'out' / 'images.zip')!r}), 10**6, progress=False): pass\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "wrote\n" and writer.stdout.readline() == "wrote\n"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_refuses_other_image_sizes_and_non_experiments(smoke_experiments, tmp_path, capsys):
