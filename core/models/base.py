@@ -107,10 +107,6 @@ class Family(abc.ABC):
     def draw_samples(self, n: int, seed: int, label: int | None, photos: torch.Tensor | None) -> torch.Tensor:
         """`sample()` after its arguments were checked against what the family accepts."""
 
-    def eval_metrics(self) -> dict[str, float]:
-        """Family-specific held-out metrics reported beside FID at each evaluation; none by default."""
-        return {}
-
     @abc.abstractmethod
     def image_grids(self) -> dict[str, torch.Tensor]:
         """Named image grids for TensorBoard, each a float (3, H, W) tensor in [0, 1]."""
