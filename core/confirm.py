@@ -83,7 +83,6 @@ LEADERBOARD_LINE = "Confirmation:"      # the line of leaderboard.txt that confi
 BEST_LINE = "Best confirmed:"           # ... the one naming the candidate to use
 HOLDOUT_LINE = "Held out:"              # ... and the one confirm.py --holdout writes
 NOISE_LINE = "Noise:"                   # the line of leaderboard.txt naming the noise levels (confirm.py)
-TRANSLATION_FAMILIES = ("cyclegan",)    # score translated test photos: their draws are photo subsets
 
 BETTER, SAME, WORSE, TOO_FEW = "better than the defaults", "not distinguishable", "worse", "too few seeds"
 BELOW_EVAL_NOISE, BELOW_SEED_NOISE = "below evaluation noise", "below seed noise"
@@ -623,7 +622,7 @@ def evaluation_noise(family, reference, cfg: ExperimentConfig, draws: int = 5, d
     if draws < 2:
         raise ConfirmError(f"evaluation noise needs at least 2 draws, got {draws}")
     n, batch = cfg.metrics.num_samples, cfg.metrics.batch_size
-    if cfg.family in TRANSLATION_FAMILIES:
+    if family.translates_photos:   # it scores translated test photos: a draw is a subset of them
         from core.data import ImageDataset, eval_transform
 
         photos = ImageDataset(family.data, "test/photo", eval_transform(cfg.data))
