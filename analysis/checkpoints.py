@@ -19,7 +19,8 @@ import torch
 
 from core.config import ExperimentConfig, build_config
 from core.data import PreparedData, prepare_data
-from core.models.base import Family, get_family
+from core.models import get_family
+from core.models.base import Family
 from core.checkpoints import CHECKPOINT_FILE, load_state
 
 

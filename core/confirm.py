@@ -69,7 +69,8 @@ import numpy as np
 import torch
 import yaml
 
-from core.config import ConfigError, ExperimentConfig, config_to_dict
+from core.config import ExperimentConfig, config_to_dict
+from core.errors import ConfirmError
 
 CONFIRM_DIR = "confirm"                 # the Ray experiment inside the search's experiment directory
 HOLDOUT_DIR = "confirm-holdout"         # ... and the best confirmed candidate retrained on new seeds (--holdout)
@@ -86,10 +87,6 @@ NOISE_LINE = "Noise:"                   # the line of leaderboard.txt naming the
 
 BETTER, SAME, WORSE, TOO_FEW = "better than the defaults", "not distinguishable", "worse", "too few seeds"
 BELOW_EVAL_NOISE, BELOW_SEED_NOISE = "below evaluation noise", "below seed noise"
-
-
-class ConfirmError(ConfigError):
-    """The experiment cannot be confirmed as asked; the message says why and what to do."""
 
 
 # --- What to retrain -----------------------------------------------------------------------------

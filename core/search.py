@@ -48,7 +48,7 @@ from core.cluster import SharedAssets, Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig, apply_dotted, build_config, config_to_dict, get_dotted
 from core.data import load_prepared, prepare_data
 from core.metrics import DIRECTIONS, reference_statistics
-from core.models.base import get_family
+from core.models import get_family
 from core.results import trial_status
 from core.space import (applicable, baseline_point, dimensions, is_baseline, is_conditional, optuna_space,
                         pbt_mutations, ray_param_space)
@@ -214,8 +214,6 @@ def make_scheduler(cfg: ExperimentConfig):
 def architecture_keys(cfg: ExperimentConfig) -> list[str]:
     """The searched keys that fix a trial's network shape (its family's architecture_keys, dotted):
     a PBT trial takes them from the donor whose weights it copies, never mutated."""
-    from core.models import get_family
-
     fixed = {f"model.{key}" for key in get_family(cfg.family).architecture_keys}
     return [key for key in cfg.search.space if key in fixed]
 

@@ -38,7 +38,7 @@ from core.checkpoints import (CHECKPOINT_FILE, checkpoint_problem, load_state, n
                               trial_checkpoints)
 from core.config import ExperimentConfig, apply_dotted, build_config, get_dotted
 from core.data import load_prepared
-from core.models.base import get_family
+from core.models import get_family
 from core.space import applicable
 from core.tracking import TrialLoggers
 

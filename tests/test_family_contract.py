@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, build_config
-from core.models import FAMILIES
+from core.models import all_families, get_family
 
 # Per family: model settings small enough for a CPU test at 32 px, with non-default values where a
 # default would hide something (CycleGAN's decay starts at epoch 1; WGAN-GP steps the critic twice).
@@ -26,7 +26,7 @@ TINY = {
 STEPS = 4   # training steps of the resume test: STEPS / 2, an epoch boundary, STEPS / 2
 
 
-@pytest.fixture(params=sorted(FAMILIES))
+@pytest.fixture(params=list(all_families()))
 def make(request, tiny_data):
     """Factory for the parametrized family: make(seed, **model overrides) -> a Family on the CPU."""
     name = request.param
@@ -41,7 +41,7 @@ def make(request, tiny_data):
                             "logging": {"image_grid_size": 2},
                             "model": TINY[name] | model})
         torch.manual_seed(seed)   # the trainable seeds the global RNG before building a family
-        return FAMILIES[name](cfg, tiny_data, torch.device("cpu"))
+        return get_family(name)(cfg, tiny_data, torch.device("cpu"))
 
     return build
 

@@ -38,7 +38,8 @@ Optional parts have explicit defaults that say "none": `lr_factor` 1 (constant),
 
 A family registers itself with `@register_family("name")`, which checks its declarations against
 its `Config`; the config loader uses `Config` to validate the `model:` section of a YAML file.
-Adding a family is one file in core/models/ plus its search space.
+Adding a family is one file, core/models/<name>.py, plus its search space: the config loader finds
+it by its name (core/models/registry.py) and the tests iterate the registry.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.config import ConfigError
+from core.errors import ConfigError
+from core.models.registry import FAMILIES
 
 
 class Family(abc.ABC):
@@ -231,16 +233,18 @@ class Family(abc.ABC):
         self._apply_optimizer_settings()   # this config's values, not the saved ones
 
 
-FAMILIES: dict[str, type[Family]] = {}
-
-
 def register_family(name: str):
-    """Class decorator: make a Family available to configs as `family: <name>`, after checking that
-    its declarations are complete and name real fields of its Config."""
+    """Class decorator: make a Family available to configs as `family: <name>` (core/models/registry.py),
+    after checking that its declarations are complete and name real fields of its Config, and that a
+    built-in family lives in core/models/<name>.py, where a lookup by name imports it."""
 
     def decorator(cls: type[Family]) -> type[Family]:
         if not (isinstance(cls, type) and issubclass(cls, Family)):
             raise TypeError(f"@register_family({name!r}) expects a Family subclass, got {cls!r}")
+        package, _, module = cls.__module__.rpartition(".")
+        if package == "core.models" and module != name:
+            raise TypeError(f"Family {name!r} is defined in core/models/{module}.py: a built-in family lives in "
+                            f"core/models/{name}.py, so that `family: {name}` finds it")
         if name in FAMILIES and FAMILIES[name] is not cls:
             raise ValueError(f"Model family {name!r} is already registered by {FAMILIES[name]!r}")
         if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
@@ -260,14 +264,6 @@ def register_family(name: str):
         return cls
 
     return decorator
-
-
-def get_family(name: str) -> type[Family]:
-    import core.models  # noqa: F401  (importing the package registers every family)
-
-    if name not in FAMILIES:
-        raise KeyError(f"Unknown model family {name!r}. Available: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name]
 
 
 # --- Config checks every family uses --------------------------------------------------------------

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.utils import make_grid
 
-from core.config import ConfigError
+from core.errors import ConfigError
 from core.data import ImageDataset, eval_transform, train_transform
 from core.metrics import to_uint8
 from core.models.base import Family, betas_errors, register_family
