@@ -11,6 +11,7 @@ state. A family DECLARES what it has; this class does the mechanics that every f
         optimizer_keys = {"opt_g": ("lr_g", "betas_g"),   # optimizer attribute -> the Config keys of
                           "opt_d": ("lr_d", "betas_d")}   #   its learning rate and Adam betas
         architecture_keys = ("ngf", "ndf", "latent_dim")  # Config keys fixed for a trial's life
+        tiny = {"ngf": 4, "ndf": 4}                       # small enough for the CPU contract test
 
         def build(self): ...          # create the networks and optimizers (torch.optim.Adam(params))
         def make_loader(self, generator): ...
@@ -67,6 +68,9 @@ class Family(abc.ABC):
     architecture_keys: ClassVar[tuple[str, ...]]          # Config keys that cannot change in set_hparams
     conditional_on_labels: ClassVar[bool] = False         # sample() takes a class `label`
     translates_photos: ClassVar[bool] = False             # sample() takes input `photos`
+    tiny: ClassVar[dict[str, Any]] = {}                   # model: values small enough for the CPU contract test
+                                                          #   at 32 px (tests/test_family_contract.py), non-default
+                                                          #   where a default would hide something
 
     def __init__(self, cfg, data, device: torch.device):
         self.cfg = cfg        # core.config.ExperimentConfig (cfg.model is an instance of self.Config)
@@ -255,7 +259,7 @@ def register_family(name: str):
         if not cls.network_names:
             raise TypeError(f"Family {name!r} declares no networks (network_names is empty)")
         fields = {f.name for f in dataclasses.fields(cls.Config)}
-        used = [*cls.architecture_keys, *(key for keys in cls.optimizer_keys.values() for key in keys)]
+        used = [*cls.architecture_keys, *(key for keys in cls.optimizer_keys.values() for key in keys), *cls.tiny]
         missing = [key for key in used if key not in fields]
         if missing:
             raise TypeError(f"Family {name!r} declares keys its Config lacks: {', '.join(missing)}")

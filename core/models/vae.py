@@ -180,6 +180,7 @@ class VAE(Family):
     network_names = ("encoder", "decoder")
     optimizer_keys = {"optimizer": ("lr", "betas")}
     architecture_keys = ("latent_dim", "base_channels", "conditional", "holdout_every")
+    tiny = {"base_channels": 4, "latent_dim": 8, "holdout_every": 4, "conditional": True}
 
     def build(self) -> None:
         m: Config = self.cfg.model
