@@ -2,9 +2,9 @@
 
     streamlit run analysis/gallery.py -- --storage runs
 
-GANs and VAEs: choose the seed, the number of images and (conditional VAE) the class. Families that
-translate photos (CycleGAN): translate a test photo of the experiment's data, or upload your own. The trial's searched values,
-scores and config are shown beside the images.
+GANs and VAEs: choose the seed, the number of images and (conditional VAE) the class. Families
+that translate photos (CycleGAN): translate a test photo of the experiment's data, or upload your
+own. The trial's searched values, scores and config are shown beside the images.
 
 It reads checkpoints and accepts uploads, so it is private by default: analysis/.streamlit/config.toml
 makes Streamlit listen on localhost only (`--server.address 0.0.0.0` exposes it deliberately), and
