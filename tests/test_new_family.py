@@ -66,3 +66,18 @@ def test_the_toy_familys_best_checkpoint_exports(toy_search, tmp_path, capsys):
     assert "FID" in capsys.readouterr().out
     with zipfile.ZipFile(out) as archive:
         assert archive.namelist() == [f"{i:05d}.jpg" for i in range(3)]
+
+
+def test_registration_checks_where_a_family_lives_and_its_tiny_keys():
+    """A built-in family must live in core/models/<name>.py (a lookup by name imports that file), and
+    its `tiny` settings must be keys of its Config."""
+    from core.models.base import register_family
+    from toy_family import ToyAutoencoder
+
+    misplaced = type("Misplaced", (ToyAutoencoder,), {"__module__": "core.models.blocks"})
+    with pytest.raises(TypeError, match="a built-in family lives in core/models/misplaced.py"):
+        register_family("misplaced")(misplaced)
+    typo = type("Typo", (ToyAutoencoder,), {"tiny": {"chanels": 2}})
+    with pytest.raises(TypeError, match="declares keys its Config lacks: chanels"):
+        register_family("typo")(typo)
+    assert "misplaced" not in all_families() and "typo" not in all_families()
