@@ -19,8 +19,9 @@ import torch
 
 from core.config import ExperimentConfig, build_config
 from core.data import PreparedData, prepare_data
-from core.models.base import Family, get_family
-from core.checkpoints import CHECKPOINT_FILE, checkpoint_problem, load_state
+from core.models import get_family
+from core.models.base import Family
+from core.checkpoints import CHECKPOINT_FILE, load_state
 
 
 @dataclass
@@ -31,11 +32,6 @@ class LoadedCheckpoint:
     data: PreparedData
     epoch: int                 # epochs trained when it was saved
     extractor: str             # the feature extractor its scores came from
-
-
-def is_checkpoint_dir(path: str | os.PathLike) -> bool:
-    """A checkpoint directory whose state file is intact (core.checkpoints.checkpoint_problem)."""
-    return (Path(path) / CHECKPOINT_FILE).is_file() and checkpoint_problem(path) is None
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", progress=print) -> LoadedCheckpoint:

@@ -2,9 +2,9 @@
 
     streamlit run analysis/gallery.py -- --storage runs
 
-GANs and VAEs: choose the seed, the number of images and (conditional VAE) the class. CycleGAN:
-translate a test photo of the experiment's data, or upload your own. The trial's searched values,
-scores and config are shown beside the images.
+GANs and VAEs: choose the seed, the number of images and (conditional VAE) the class. Families
+that translate photos (CycleGAN): translate a test photo of the experiment's data, or upload your
+own. The trial's searched values, scores and config are shown beside the images.
 
 It reads checkpoints and accepts uploads, so it is private by default: analysis/.streamlit/config.toml
 makes Streamlit listen on localhost only (`--server.address 0.0.0.0` exposes it deliberately), and
@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 from analysis.checkpoints import load_checkpoint, sample  # noqa: E402
 from analysis.experiments import NotAnExperiment, find_experiments, load_experiment_dir  # noqa: E402
 from core.config import config_to_dict  # noqa: E402
-from core.data import eval_transform  # noqa: E402
+from core.data import ImageDataset, eval_transform  # noqa: E402
 
 
 def storage_root() -> Path:
@@ -100,18 +100,18 @@ best_index = [str(p) for p in checkpoints].index(row["checkpoint"]) if row["chec
 checkpoint_dir = st.sidebar.selectbox("Checkpoint", checkpoints, index=best_index, key="checkpoint",
                                       format_func=lambda p: p.name + ("  (best)" if str(p) == row["checkpoint"] else ""))
 loaded = checkpoint(str(checkpoint_dir))
-family = loaded.cfg.family
 
 images, caption = None, ""
-if family == "cyclegan":
+if loaded.family.translates_photos:
     upload = st.sidebar.file_uploader("Your photo (optional)", type=["jpg", "jpeg", "png"], key="upload")
     if upload is not None:
         photo = eval_transform(loaded.cfg.data)(Image.open(upload).convert("RGB"))   # (3, S, S) in [-1, 1]
         caption = upload.name
     else:
-        index = st.sidebar.number_input(f"Test photo (0-{len(loaded.family.test_photos) - 1})", 0,
-                                        len(loaded.family.test_photos) - 1, 0, key="photo")
-        photo, caption = loaded.family.test_photos[index][0], f"test photo {index}"
+        test_photos = ImageDataset(loaded.data, "test/photo", eval_transform(loaded.cfg.data))
+        index = st.sidebar.number_input(f"Test photo (0-{len(test_photos) - 1})", 0, len(test_photos) - 1, 0,
+                                        key="photo")
+        photo, caption = test_photos[index][0], f"test photo {index}"
     generated = sample(loaded, 1, photos=photo[None])
     images = [Image.fromarray(((photo.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()),
               *as_pil(generated)]

@@ -35,14 +35,12 @@ from pathlib import Path
 
 import torch
 
+from core.errors import CheckpointError
+
 CHECKPOINT_FILE = "state.pt"
 REPORT_FILE = "report.json"           # beside state.pt: the result the checkpoint was reported with
 CHECKPOINT_PREFIX = "checkpoint_"
 STAGING_PREFIX = "paintsweep-ckpt-"   # + trial id: temp directories a trial writes checkpoints into
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says which, why, and what to do."""
 
 
 # --- Writing ----------------------------------------------------------------------------------

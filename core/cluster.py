@@ -21,17 +21,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import ConfigError, ExperimentConfig
+from core.config import ExperimentConfig
+from core.errors import ClusterError
 
 STARTUP_TRIES = 2         # a local Ray that does not come up in time is started once more, then reported
 CONNECT_TIMEOUT_S = 5.0   # a cluster address that does not answer within this is reported, not waited on
 PROGRESS_DELAY_S = 2.0    # a transfer shows a progress bar once it has run this long
 COPY_CHUNK_BYTES = 1 << 20
 COPY_THREADS = 8          # files copied at once (pyarrow.fs.copy_files uses a thread pool too)
-
-
-class ClusterError(ConfigError):
-    """The cluster or the storage cannot be used as asked; the message says why and what to do."""
 
 
 # --- The Ray cluster ----------------------------------------------------------------------------

@@ -27,11 +27,10 @@ from typing import Any
 
 import yaml
 
+from core.errors import ConfigError
 from core.metric_registry import METRICS
-
-
-class ConfigError(ValueError):
-    """A problem with a configuration file or override, phrased for the user."""
+from core.models import get_family
+from core.space import baseline_point
 
 
 # --- The sections ------------------------------------------------------------------------------
@@ -500,9 +499,9 @@ def apply_dotted(tree: dict, values: dict[str, Any]) -> dict:
 
 
 def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
-    """Validate a merged YAML tree into an ExperimentConfig; raise one ConfigError listing every problem."""
-    from core.models.base import get_family
-
+    """Validate a merged YAML tree into an ExperimentConfig; raise one ConfigError listing every problem.
+    The `model:` section is checked against the named family's Config: this imports that family's
+    module (core/models/<family>.py), and no other."""
     search = tree.get("search")
     if isinstance(search, dict) and isinstance(search.get("metric"), list) and search["metric"]:
         # `metric: [fid, recall]`: the first drives ASHA and checkpoint ranking, all of them the searcher.
@@ -555,8 +554,6 @@ def _check_space_keys(tree: dict, space: dict) -> list[str]:
 
 
 def _field_names(section: str, tree: dict) -> tuple[str, ...]:
-    from core.models.base import get_family
-
     cls = get_family(tree["family"]).Config if section == "model" else SECTIONS[section]
     return tuple(f.name for f in dataclasses.fields(cls))
 
@@ -658,8 +655,6 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None)
     tree = apply_dotted(read_yaml(path), parse_overrides(overrides or []))
     cfg = build_config(tree, source=str(path))
     if cfg.search.baseline and cfg.search.space:
-        from core.space import baseline_point
-
         try:
             baseline_point(cfg)   # a search space whose own values it cannot represent
         except ConfigError as e:

@@ -97,7 +97,8 @@ import numpy as np
 import torch
 import yaml
 
-from core.config import ConfigError, ExperimentConfig, config_to_dict
+from core.config import ExperimentConfig, config_to_dict
+from core.errors import ConfirmError
 from core.metric_registry import METRICS, direction, ratio_is_meaningful
 
 CONFIRM_DIR = "confirm"                 # the Ray experiment inside the search's experiment directory
@@ -112,16 +113,11 @@ LEADERBOARD_LINE = "Confirmation:"      # the line of leaderboard.txt that confi
 BEST_LINE = "Best confirmed:"           # ... the one naming the candidate to use
 HOLDOUT_LINE = "Held out:"              # ... and the one confirm.py --holdout writes
 NOISE_LINE = "Noise:"                   # the line of leaderboard.txt naming the noise levels (confirm.py)
-TRANSLATION_FAMILIES = ("cyclegan",)    # score translated test photos: their draws are photo subsets
 
 BETTER, SAME, WORSE, TOO_FEW = "better than the defaults", "not distinguishable", "worse", "too few seeds"
 FAILS_MORE = "fails more often than the defaults"   # would be "better", but more of its seeds failed
 RATIO, DIFFERENCE = "ratio", "difference"           # how a candidate's mean is set against the baseline's
 BELOW_EVAL_NOISE, BELOW_SEED_NOISE = "below evaluation noise", "below seed noise"
-
-
-class ConfirmError(ConfigError):
-    """The experiment cannot be confirmed as asked; the message says why and what to do."""
 
 
 # --- What to retrain -----------------------------------------------------------------------------
@@ -724,7 +720,7 @@ def evaluation_noise(family, reference, cfg: ExperimentConfig, draws: int = 5, d
     if draws < 2:
         raise ConfirmError(f"evaluation noise needs at least 2 draws, got {draws}")
     n, batch = cfg.metrics.num_samples, cfg.metrics.batch_size
-    if cfg.family in TRANSLATION_FAMILIES:
+    if family.translates_photos:   # it scores translated test photos: a draw is a subset of them
         from core.data import ImageDataset, eval_transform
 
         photos = ImageDataset(family.data, "test/photo", eval_transform(cfg.data))

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import torch
 from ray.tune import Callback
 
 from core.checkpoints import backfill_reports, checkpoint_problem, remove_staging_leftovers
@@ -42,7 +41,7 @@ from core.config import ConfigError, ExperimentConfig
 from core.data import prepare_data
 from core.internals import SessionCSVLogger, SessionJsonLogger, check_versions, repair_checkpoint_records
 from core.metrics import reference_statistics
-from core.models.base import get_family
+from core.plan import check_family_builds
 from core.results import trial_status
 from core.tracking import release_wandb_in_driver
 
@@ -66,15 +65,6 @@ def prepare_experiment(cfg: ExperimentConfig, progress=print) -> PreparedExperim
     check_family_builds(cfg, prepared)
     reference = reference_statistics(prepared, cfg.metrics, cfg.cache_path, progress=progress)
     return PreparedExperiment(str(prepared.root), str(reference))
-
-
-def check_family_builds(cfg: ExperimentConfig, prepared) -> None:
-    """Build the family on the prepared data, on the CPU: an image size the networks cannot take,
-    more scored samples than distinct images, ... become one ConfigError before any trial starts."""
-    try:
-        get_family(cfg.family)(cfg, prepared, torch.device("cpu"))
-    except (ValueError, RuntimeError) as e:
-        raise ConfigError(f"The {cfg.family} model cannot be built with this configuration: {e}") from None
 
 
 # --- The run ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
   (`wandb_staging_dirs`: looked up defensively, a W&B without them has nothing to remove).
 
 All of it is written against Ray RAY_VERSION: `check_versions()` runs before every run (the
-search's, a confirmation's, a dry run's) and refuses another installed Ray with one message, and
+search's, a confirmation's) and refuses another installed Ray with one message, and
 tests/test_internals.py fails when a Ray method overridden or a private attribute read here is
 renamed or changes its signature. A Ray upgrade is this module and that test file.
 """
@@ -48,24 +48,18 @@ class UnsupportedVersion(ConfigError):
     """The installed Ray is not the one paintsweep's use of its internals was written for."""
 
 
-def check_versions() -> None:
-    """Refuse a Ray other than RAY_VERSION (major.minor) before anything runs: its private
-    methods and files may differ, and an override of a renamed method would silently stop acting."""
-    import ray
+def check_versions(installed: str | None = None) -> None:
+    """Refuse a Ray other than RAY_VERSION (major.minor) before anything runs: its private methods
+    and files may differ, and an override of a renamed method would silently stop acting.
+    `installed`: the version to check, by default the installed package's (read from its metadata)."""
+    from importlib.metadata import version
 
-    installed = ".".join(ray.__version__.split(".")[:2])
-    if installed != RAY_VERSION:
+    installed = installed or version("ray")
+    if ".".join(installed.split(".")[:2]) != RAY_VERSION:
         raise UnsupportedVersion(
             f"paintsweep needs Ray {RAY_VERSION}.x (it relies on Ray Tune internals, core/internals.py); this "
-            f"environment has Ray {ray.__version__}. Install the tested versions: pip install -c constraints.txt "
+            f"environment has Ray {installed}. Install the tested versions: pip install -c constraints.txt "
             f"-e . (or make install).")
-
-
-def quiet_token_authentication_notice() -> None:
-    """A private cluster of this process: Ray turns on token authentication for it (kept: it listens
-    on the machine's ports) and announces that in a warning above every run's first line, which
-    says nothing to act on here. (The logger of a private Ray module.)"""
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def is_startup_timeout(error: Exception) -> bool:

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from core.config import ConfigError, ExperimentConfig
+from core.errors import ConfigError
+
+if TYPE_CHECKING:   # annotations only: core.config imports this module to check a config's baseline
+    from core.config import ExperimentConfig
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from core.checkpoints import (CHECKPOINT_FILE, checkpoint_problem, load_state, n
 from core.config import ExperimentConfig, apply_dotted, build_config, get_dotted
 from core.data import load_prepared
 from core.metric_registry import METRICS, direction
-from core.models.base import get_family
+from core.models import get_family
 from core.space import applicable
 from core.tracking import TrialLoggers
 

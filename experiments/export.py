@@ -178,7 +178,7 @@ def export(checkpoint: Path, out: Path, count: int | None = None, any_count: boo
     cfg = build_config(saved, source=str(checkpoint / CHECKPOINT_FILE))
     check_image_size(cfg.data.image_size, upscale)   # before rebuilding any data
     loaded = load_checkpoint(checkpoint, device=device, progress=progress)
-    test_photos = loaded.data.count("test/photo") if cfg.family == "cyclegan" else None
+    test_photos = loaded.data.count("test/photo") if loaded.family.translates_photos else None
     count = count if count is not None else test_photos or DEFAULT_SAMPLES   # (0 is refused, not the default)
     check_count(count, test_photos, any_count)
     if any_count and not KAGGLE_COUNT[0] <= count <= KAGGLE_COUNT[1]:

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from core.config import ConfigError, config_to_dict, load_experiment  # noqa: E402
-from core.data import DataError  # noqa: E402
+from core.errors import DataError  # noqa: E402
 
 # --smoke-test: tiny everything, offline (builtin data, random-feature extractor), about a minute.
 SMOKE_TEST_OVERRIDES = [
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         print_space(cfg)
-        from core.search import check_experiment
+        from core.plan import check_experiment   # not core.search: a dry run does not import Ray
 
         try:
             print(f"\n# Checks: {check_experiment(cfg, progress=lambda message: None)}")
@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from core.results import format_leaderboard, leaderboard, pareto_summary, save_leaderboard, versus_baseline
+    from core.plan import describe_search
     from core.search import experiment_dir, publish_experiment_files, run_search
-
-    from core.search import describe_search
 
     print(f"Search {cfg.name!r} ({cfg.family}, {cfg.search.num_samples} trials): {describe_search(cfg)}", flush=True)
     try:
@@ -124,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 def print_space(cfg) -> None:
     import yaml
 
-    from core.search import baseline_points, describe_search
+    from core.plan import baseline_points, describe_search
     from core.space import dimensions
 
     tree = config_to_dict(cfg)
-    search = tree.pop("search")
+    del tree["search"]   # shown below, dimension by dimension
     print(f"# Experiment {cfg.name!r}: family {cfg.family}, {cfg.search.num_samples} trials")
     print(yaml.safe_dump(tree, sort_keys=False).rstrip())
     print("\n# Searched:")

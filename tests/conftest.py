@@ -7,6 +7,7 @@ for the whole session (ExperimentConfig.cache_path reads it, and Ray workers inh
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
@@ -104,3 +105,10 @@ def smoke_experiments(tmp_path_factory, shared_ray) -> SmokeExperiments:
         out[stem] = storage / f"{stem}-smoke"
         out.outputs[stem] = done.stdout
     return out
+
+
+# --- A fourth family, defined here as a plugin would be ---------------------------------------------
+
+# Registered at import, before collection: the tests that iterate the registry (the family contract,
+# the trainable over every offline space) take it up as they take up the built-in families.
+importlib.import_module("toy_family")   # tests/ is on sys.path: pytest puts a conftest's folder there

@@ -1,6 +1,11 @@
 """Config loading: `_base_` inheritance, typed validation, clear errors, overrides."""
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -142,7 +147,6 @@ def test_overrides_reach_any_field_with_yaml_typed_values(tmp_path):
 
 
 def test_every_search_space_in_the_repo_loads():
-    from pathlib import Path
 
     spaces = sorted(Path(__file__).resolve().parents[1].glob("search_spaces/*.yaml"))
     assert spaces, "no search spaces found"
@@ -231,3 +235,24 @@ def test_paintsweep_threads_must_be_a_whole_number_and_train_threads_wins(tmp_pa
     assert load_experiment(path).train.threads is None
     with pytest.raises(ConfigError, match=r"train.threads must be >= 1 or null, got 0"):
         load_experiment(path, ["train.threads=0"])
+
+
+def test_validating_a_config_imports_only_the_family_it_names():
+    """`import core.config` needs no torch; validating a config imports the family it names (its
+    module imports torch) and no other family. A fresh interpreter, so other tests' imports do not count."""
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import json, sys\n"
+        "import core.config\n"
+        "torch_at_import = 'torch' in sys.modules\n"
+        "core.config.load_experiment('search_spaces/vae_builtin.yaml')\n"
+        "print(json.dumps({'torch_at_import': torch_at_import, 'modules': sorted(sys.modules)}))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert not seen["torch_at_import"], "import core.config imported torch"
+    families = {m for m in seen["modules"] if m.startswith("core.models.")}
+    assert "core.models.vae" in families
+    assert not families & {"core.models.cyclegan", "core.models.wgan_gp"}, sorted(families)
+    assert not any(m == "ray" or m.startswith("ray.") for m in seen["modules"]), "validating imported Ray"

@@ -1,8 +1,9 @@
 """The Family contract (core/models/base.py), checked on every registered family at tiny size:
 build -> train step -> state round trip -> exact resume -> set_hparams (PBT exploit) -> sample ->
 generate -> grids. The families are read from the registry, so a new family is covered as soon as
-it registers; its tiny settings go in TINY (a family without them fails, it is never skipped).
-Family-specific behaviour (losses, schedules, G:D steps) is tested in test_<family>.py."""
+it registers, at the tiny settings it declares (`Family.tiny`); the toy family of tests/toy_family.py
+is covered this way too. Family-specific behaviour (losses, schedules, G:D steps) is tested in
+test_<family>.py."""
 
 import dataclasses
 import io
@@ -13,24 +14,15 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, build_config
-from core.models import FAMILIES
+from core.models import all_families, get_family
 
-# Per family: model settings small enough for a CPU test at 32 px, with non-default values where a
-# default would hide something (CycleGAN's decay starts at epoch 1; WGAN-GP steps the critic twice).
-TINY = {
-    "cyclegan": {"ngf": 4, "ndf": 4, "n_res_blocks": 1, "pool_size": 2, "wait_epochs": 1, "decay_epochs": 2},
-    "wgan_gp": {"latent_dim": 8, "ngf": 4, "ndf": 4, "unet_bottleneck": 8, "g_steps": 1, "d_steps": 2,
-                "spectral_norm_d": True, "grad_clip": 5.0},
-    "vae": {"base_channels": 4, "latent_dim": 8, "holdout_every": 4, "conditional": True},
-}
 STEPS = 4   # training steps of the resume test: STEPS / 2, an epoch boundary, STEPS / 2
 
 
-@pytest.fixture(params=sorted(FAMILIES))
+@pytest.fixture(params=list(all_families()))
 def make(request, tiny_data):
     """Factory for the parametrized family: make(seed, **model overrides) -> a Family on the CPU."""
     name = request.param
-    assert name in TINY, f"family {name!r} is registered but has no tiny test settings: add them to TINY"
 
     def build(seed: int = 0, **model):
         cfg = build_config({"name": "contract", "family": name,
@@ -39,9 +31,9 @@ def make(request, tiny_data):
                             "train": {"batch_size": 2},
                             "metrics": {"num_samples": 4, "batch_size": 3},
                             "logging": {"image_grid_size": 2},
-                            "model": TINY[name] | model})
+                            "model": get_family(name).tiny | model})
         torch.manual_seed(seed)   # the trainable seeds the global RNG before building a family
-        return FAMILIES[name](cfg, tiny_data, torch.device("cpu"))
+        return get_family(name)(cfg, tiny_data, torch.device("cpu"))
 
     return build
 

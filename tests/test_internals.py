@@ -20,13 +20,14 @@ def cyclegan(*overrides):
     return load_experiment(SPACES / "cyclegan_builtin.yaml", list(overrides))
 
 
-def test_the_installed_ray_is_the_one_written_for_and_another_is_refused_with_what_to_do(monkeypatch):
+def test_the_installed_ray_is_the_one_written_for_and_another_is_refused_with_what_to_do():
     import ray
 
     internals.check_versions()   # this environment: the pinned Ray
-    monkeypatch.setattr(ray, "__version__", "2.61.0")
+    internals.check_versions(ray.__version__)
+    internals.check_versions("2.60.3")
     with pytest.raises(internals.UnsupportedVersion, match=r"needs Ray 2\.60\.x .* has Ray 2\.61\.0\. .*constraints\.txt"):
-        internals.check_versions()
+        internals.check_versions("2.61.0")
 
 
 # (Ray's class, method) -> the parameters the override in core/internals.py was written for.

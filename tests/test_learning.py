@@ -17,7 +17,7 @@ import torch
 from core import metrics as M
 from core.config import config_to_dict, load_experiment
 from core.data import load_prepared
-from core.models.base import get_family
+from core.models import get_family
 from core.driver import prepare_experiment
 from core.trainable import LocalSession, run_trial
 

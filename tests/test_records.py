@@ -34,7 +34,7 @@ def uninterrupted_fids(overrides: list[str], root: Path) -> dict[int, float]:
     trial loop on the same config, data and seed, run in this process (no driver to start)."""
     from core.config import config_to_dict, load_experiment
     from core.driver import prepare_experiment
-    from core.search import baseline_points
+    from core.plan import baseline_points
     from core.trainable import LocalSession, run_trial
 
     cfg = load_experiment(SMOKE[1], [*load_script("tune").SMOKE_TEST_OVERRIDES, *overrides])

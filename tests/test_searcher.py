@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from core.config import ConfigError, load_experiment
-from core.search import describe_search, make_scheduler, make_searcher, perturbation_interval, search_metric, tpe_settings
+from core.plan import describe_search, perturbation_interval, search_metric, tpe_settings
+from core.search import make_scheduler, make_searcher
 from core.space import applicable, baseline_point, dimensions, is_baseline, optuna_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

@@ -8,7 +8,7 @@ in the Kaggle layout (train/monet, train/photo, test/photo), and PyTorch dataset
 """
 
 from core.data.datasets import ImageDataset, UnpairedDataset, eval_transform, train_transform
-from core.data.errors import DataError
+from core.errors import DataError
 from core.data.prepare import SPLITS, PreparedData, load_prepared, prepare_data
 
 __all__ = ["DataError", "ImageDataset", "PreparedData", "SPLITS", "UnpairedDataset", "eval_transform",

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from core.data.errors import DataError
+from core.errors import DataError
 from core.data.prepare import SPLITS, PreparedData
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from core.data.errors import DataError
+from core.errors import DataError
 
 IMAGE_FOLDERS = ("monet_jpg", "photo_jpg")  # what we use from the competition zip (it also has TFRecords)
 EXTRACTED_MARKER = ".extracted"  # written after a complete unzip: its presence means "ready"

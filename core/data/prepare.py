@@ -74,7 +74,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from core.data import builtin
-from core.data.errors import DataError
+from core.errors import DataError
 from core.data.kaggle import fetch_competition, fetch_dataset
 
 SPLITS = ("train/monet", "train/photo", "test/photo")

@@ -1,12 +1,8 @@
-"""Model families. Importing this package imports every module in it, so each family's
-`@register_family` runs and `family: <name>` works in configs without a central list to edit."""
+"""Model families: one module per family (core/models/<name>.py), each registering itself with
+`@register_family("<name>")` from core.models.base, so `family: <name>` works in configs without a
+central list to edit. Importing this package imports no family and no torch: `get_family(name)`
+imports the one module it names (core/models/registry.py)."""
 
-import importlib
-import pkgutil
+from core.models.registry import FAMILIES, all_families, get_family
 
-from core.models.base import FAMILIES, Family, get_family, register_family
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = ["FAMILIES", "Family", "get_family", "register_family"]
+__all__ = ["FAMILIES", "all_families", "get_family"]

@@ -11,6 +11,7 @@ state. A family DECLARES what it has; this class does the mechanics that every f
         optimizer_keys = {"opt_g": ("lr_g", "betas_g"),   # optimizer attribute -> the Config keys of
                           "opt_d": ("lr_d", "betas_d")}   #   its learning rate and Adam betas
         architecture_keys = ("ngf", "ndf", "latent_dim")  # Config keys fixed for a trial's life
+        tiny = {"ngf": 4, "ndf": 4}                       # small enough for the CPU contract test
 
         def build(self): ...          # create the networks and optimizers (torch.optim.Adam(params))
         def make_loader(self, generator): ...
@@ -38,7 +39,8 @@ Optional parts have explicit defaults that say "none": `lr_factor` 1 (constant),
 
 A family registers itself with `@register_family("name")`, which checks its declarations against
 its `Config`; the config loader uses `Config` to validate the `model:` section of a YAML file.
-Adding a family is one file in core/models/ plus its search space.
+Adding a family is one file, core/models/<name>.py, plus its search space: the config loader finds
+it by its name (core/models/registry.py) and the tests iterate the registry.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.config import ConfigError
+from core.errors import ConfigError
+from core.models.registry import FAMILIES
 
 
 class Family(abc.ABC):
@@ -65,6 +68,9 @@ class Family(abc.ABC):
     architecture_keys: ClassVar[tuple[str, ...]]          # Config keys that cannot change in set_hparams
     conditional_on_labels: ClassVar[bool] = False         # sample() takes a class `label`
     translates_photos: ClassVar[bool] = False             # sample() takes input `photos`
+    tiny: ClassVar[dict[str, Any]] = {}                   # model: values small enough for the CPU contract test
+                                                          #   at 32 px (tests/test_family_contract.py), non-default
+                                                          #   where a default would hide something
 
     def __init__(self, cfg, data, device: torch.device):
         self.cfg = cfg        # core.config.ExperimentConfig (cfg.model is an instance of self.Config)
@@ -106,10 +112,6 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def draw_samples(self, n: int, seed: int, label: int | None, photos: torch.Tensor | None) -> torch.Tensor:
         """`sample()` after its arguments were checked against what the family accepts."""
-
-    def eval_metrics(self) -> dict[str, float]:
-        """Family-specific held-out metrics reported beside FID at each evaluation; none by default."""
-        return {}
 
     @abc.abstractmethod
     def image_grids(self) -> dict[str, torch.Tensor]:
@@ -235,16 +237,18 @@ class Family(abc.ABC):
         self._apply_optimizer_settings()   # this config's values, not the saved ones
 
 
-FAMILIES: dict[str, type[Family]] = {}
-
-
 def register_family(name: str):
-    """Class decorator: make a Family available to configs as `family: <name>`, after checking that
-    its declarations are complete and name real fields of its Config."""
+    """Class decorator: make a Family available to configs as `family: <name>` (core/models/registry.py),
+    after checking that its declarations are complete and name real fields of its Config, and that a
+    built-in family lives in core/models/<name>.py, where a lookup by name imports it."""
 
     def decorator(cls: type[Family]) -> type[Family]:
         if not (isinstance(cls, type) and issubclass(cls, Family)):
             raise TypeError(f"@register_family({name!r}) expects a Family subclass, got {cls!r}")
+        package, _, module = cls.__module__.rpartition(".")
+        if package == "core.models" and module != name:
+            raise TypeError(f"Family {name!r} is defined in core/models/{module}.py: a built-in family lives in "
+                            f"core/models/{name}.py, so that `family: {name}` finds it")
         if name in FAMILIES and FAMILIES[name] is not cls:
             raise ValueError(f"Model family {name!r} is already registered by {FAMILIES[name]!r}")
         if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
@@ -255,7 +259,7 @@ def register_family(name: str):
         if not cls.network_names:
             raise TypeError(f"Family {name!r} declares no networks (network_names is empty)")
         fields = {f.name for f in dataclasses.fields(cls.Config)}
-        used = [*cls.architecture_keys, *(key for keys in cls.optimizer_keys.values() for key in keys)]
+        used = [*cls.architecture_keys, *(key for keys in cls.optimizer_keys.values() for key in keys), *cls.tiny]
         missing = [key for key in used if key not in fields]
         if missing:
             raise TypeError(f"Family {name!r} declares keys its Config lacks: {', '.join(missing)}")
@@ -264,14 +268,6 @@ def register_family(name: str):
         return cls
 
     return decorator
-
-
-def get_family(name: str) -> type[Family]:
-    import core.models  # noqa: F401  (importing the package registers every family)
-
-    if name not in FAMILIES:
-        raise KeyError(f"Unknown model family {name!r}. Available: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name]
 
 
 # --- Config checks every family uses --------------------------------------------------------------

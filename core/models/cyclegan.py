@@ -116,6 +116,8 @@ class CycleGAN(Family):
     architecture_keys = ("generator", "blocks", "ngf", "ndf", "n_res_blocks", "n_layers_d", "norm_g", "norm_d",
                          "pool_size", "init_gain")
     translates_photos = True
+    tiny = {"ngf": 4, "ndf": 4, "n_res_blocks": 1, "pool_size": 2,
+            "wait_epochs": 1, "decay_epochs": 2}   # the LR decay starts at epoch 1
 
     def build(self) -> None:
         m, size = self.cfg.model, self.cfg.data.image_size

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.utils import make_grid
 
-from core.config import ConfigError
+from core.errors import ConfigError
 from core.data import ImageDataset, eval_transform, train_transform
 from core.metrics import to_uint8
 from core.models.base import Family, betas_errors, register_family
@@ -180,6 +180,7 @@ class VAE(Family):
     network_names = ("encoder", "decoder")
     optimizer_keys = {"optimizer": ("lr", "betas")}
     architecture_keys = ("latent_dim", "base_channels", "conditional", "holdout_every")
+    tiny = {"base_channels": 4, "latent_dim": 8, "holdout_every": 4, "conditional": True}
 
     def build(self) -> None:
         m: Config = self.cfg.model

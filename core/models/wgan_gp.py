@@ -129,6 +129,8 @@ class WGANGP(Family):
     optimizer_keys = {"opt_g": ("lr_g", "betas_g"), "opt_d": ("lr_d", "betas_d")}
     architecture_keys = ("generator", "critic", "latent_dim", "ngf", "ndf", "unet_bottleneck", "n_layers_d",
                          "norm_g", "norm_d", "spectral_norm_g", "spectral_norm_d")
+    tiny = {"latent_dim": 8, "ngf": 4, "ndf": 4, "unet_bottleneck": 8, "g_steps": 1, "d_steps": 2,
+            "spectral_norm_d": True, "grad_clip": 5.0}   # the critic steps twice
 
     def build(self) -> None:
         m: Config = self.cfg.model
