@@ -57,17 +57,28 @@ def shared_ray():
     --head`, then `tune.py --address`) instead of starting a Ray each, which costs about 10 s a run.
 
     Its workers take their environment from the cluster, not from the driver: started with this
-    session's (PAINTSWEEP_CACHE above), without RAY_ADDRESS or any W&B setting of the developer's (the
-    smoke search's W&B must find no key). Fault tests, and tests of what a driver's own Ray leaves in
+    session's (PAINTSWEEP_CACHE above, the toy family's module), without RAY_ADDRESS or any W&B
+    setting of the developer's (the smoke search's W&B must find no key). Fault tests, and tests of what a driver's own Ray leaves in
     TMPDIR or of per-driver credentials (S3), start their own Ray instead."""
     from ray.cluster_utils import Cluster
 
     kept = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("WANDB_") or k == "RAY_ADDRESS"}
+    # The toy family of tests/toy_family.py, which this session registers, is found by its workers too.
+    tests = str(Path(__file__).resolve().parent)
+    plugin = {"PAINTSWEEP_FAMILIES": "toy_family",
+              "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    kept_plugin = {k: os.environ.get(k) for k in plugin}
+    os.environ.update(plugin)
     try:
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count(),
                                                                 "include_dashboard": False})
     finally:
         os.environ.update(kept)
+        for k, v in kept_plugin.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         yield cluster.address
     finally:

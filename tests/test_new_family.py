@@ -1,7 +1,7 @@
 """A new family needs one module and its search space, and no test list: the toy family of
 tests/toy_family.py (registered by tests/conftest.py, as a plugin is) goes through the contract
 and trainable tests from the registry; here it runs a real search with tune.py, which finds it
-through $PAINTSWEEP_FAMILIES, and its best checkpoint is exported. (About 30 s: one Ray run.)"""
+through $PAINTSWEEP_FAMILIES, and its best checkpoint is exported. (About 20 s: one search on the session's Ray.)"""
 
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ def test_a_family_module_that_does_not_import_is_a_config_error(tmp_path, monkey
 
 
 @pytest.fixture(scope="module")
-def toy_search(tmp_path_factory) -> Path:
+def toy_search(tmp_path_factory, shared_ray) -> Path:
+    """The toy space's search, on the session's Ray (whose workers find the toy family the same way)."""
     storage = tmp_path_factory.mktemp("toy-runs")
-    done = tune("--space", str(TOY_SPACE), "--storage", str(storage), env=toy_environment(), timeout=300)
+    done = tune("--space", str(TOY_SPACE), "--storage", str(storage), "--address", shared_ray,
+                env=toy_environment(), timeout=300)
     assert done.returncode == 0, f"the toy search failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return storage / "toy-builtin"
 
