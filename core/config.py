@@ -306,9 +306,9 @@ class SearchConfig:
             seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text) * 3600.0
         except ValueError:
             seconds = math.nan
-        if not seconds > 0:
-            raise ValueError(f"search.time_budget must be a positive duration such as \"6h\", \"90m\" or a number "
-                             f"of hours, got {budget!r}")
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"search.time_budget must be a positive, finite duration such as \"6h\", \"90m\" or a "
+                             f"number of hours (leave it out for no budget), got {budget!r}")
         return seconds
 
 
@@ -511,6 +511,8 @@ def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
     for required in ("name", "family"):
         if required not in tree:
             errors.append(f"missing required key {required!r}")
+    if "name" in tree:
+        errors.extend(_check_name(tree["name"]))
     family_name = tree.get("family")
     family_cls = None
     if family_name is not None:
@@ -536,6 +538,16 @@ def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
     return ExperimentConfig(name=str(tree["name"]), family=family_name, model=model,
                             description=str(tree.get("description", "")),
                             cache_dir=str(tree.get("cache_dir", "~/.cache/paintsweep")), **sections)
+
+
+def _check_name(name) -> list[str]:
+    """The experiment's name is its directory under --storage: one plain path component, so that
+    an experiment never lands outside the storage (`../x`, `/tmp/x`) or in a hidden directory."""
+    text = str(name)
+    if not text or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text:
+        return [f"name must be one folder name (letters, digits, - and _; it becomes <storage>/<name>), "
+                f"got {text!r}: choose another --name"]
+    return []
 
 
 def _check_space_keys(tree: dict, space: dict) -> list[str]:

@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the evaluation-noise draws run")
     args = parser.parse_args(argv)
+    # Refused here, not after the retraining they would follow.
+    if args.noise < 0 or args.noise == 1:
+        parser.error(f"--noise must be 0 (skip) or at least 2 draws (a spread needs two), got {args.noise}")
+    if args.top < 1:
+        parser.error(f"--top must be at least 1, got {args.top}")
+    if args.seeds < 2:
+        parser.error(f"--seeds must be at least 2 (a spread needs two seeds), got {args.seeds}")
 
     import yaml
 

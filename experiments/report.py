@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="the HTML file to write (default: <experiment>/report.html)")
     parser.add_argument("--top", type=int, default=3, help="trials whose sample grids are shown (default: 3)")
     args = parser.parse_args(argv)
+    if args.top < 0:
+        parser.error(f"--top must be 0 or more (trials whose samples are shown), got {args.top}")
 
     from analysis.experiments import NotAnExperiment
     from analysis.report import write_report
