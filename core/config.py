@@ -498,10 +498,12 @@ def apply_dotted(tree: dict, values: dict[str, Any]) -> dict:
     return out
 
 
-def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
+def build_config(tree: dict, source: str = "config", check_searched_values: bool = False) -> ExperimentConfig:
     """Validate a merged YAML tree into an ExperimentConfig; raise one ConfigError listing every problem.
     The `model:` section is checked against the named family's Config: this imports that family's
-    module (core/models/<family>.py), and no other."""
+    module (core/models/<family>.py), and no other. `check_searched_values`: also every value the
+    search can draw (`_check_searched_values`), so that no trial dies mid-search on one; on for a
+    search about to run (load_experiment), off for a trial's own point or a finished experiment."""
     search = tree.get("search")
     if isinstance(search, dict) and isinstance(search.get("metric"), list) and search["metric"]:
         # `metric: [fid, recall]`: the first drives ASHA and checkpoint ranking, all of them the searcher.
@@ -532,6 +534,8 @@ def build_config(tree: dict, source: str = "config") -> ExperimentConfig:
             errors.extend(section.validate())
     if family_cls is not None and model is not None and not errors:
         errors.extend(_check_space_keys(tree, sections["search"].space))
+        if check_searched_values and not errors:
+            errors.extend(_check_searched_values(tree, sections["search"].space))
 
     if errors:
         raise ConfigError(f"Invalid configuration in {source}:\n  - " + "\n  - ".join(errors))
@@ -562,6 +566,33 @@ def _check_space_keys(tree: dict, space: dict) -> list[str]:
         if leaf not in valid:
             errors.extend(_unknown_keys({leaf: None}, valid, f"search.space ({section})",
                                         renamed=RENAMED_MODEL_KEYS if section == "model" else {}))
+    return errors
+
+
+def _check_searched_values(tree: dict, space: dict) -> list[str]:
+    """Each choice and both ends of each range, through the same validation as a fixed value: a
+    searched `model.g_steps: {choice: [0]}` is as wrong as `model.g_steps: 0`. A value that fails
+    with the other keys at the config's values passes if one other searched key's choice or range end
+    makes it valid (the VAE's beta_cycle must exceed beta_warmup: a search that draws both can pair
+    them); the message is the validation's own, for the value drawn."""
+    from core.space import dimensions
+
+    def problems(values: dict) -> list[str]:
+        try:
+            build_config(apply_dotted(tree, values), check_searched_values=False)
+        except ConfigError as e:
+            return [line.strip()[2:] for line in str(e).splitlines()[1:]]
+        return []
+
+    dims = dimensions(space)
+    candidates = {d.key: list(d.args) for d in dims}   # a choice's values, or a range's two ends
+    errors = []
+    for d in dims:
+        for value in candidates[d.key]:
+            found = problems({d.key: value})
+            if found and not any(not problems({d.key: value, other: paired})
+                                 for other in candidates if other != d.key for paired in candidates[other]):
+                errors.append(f"search.space.{d.key} can draw {value!r}, which is invalid: {found[0]}")
     return errors
 
 
@@ -665,7 +696,7 @@ def config_to_dict(cfg: ExperimentConfig) -> dict:
 def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, merge, override and validate an experiment YAML file."""
     tree = apply_dotted(read_yaml(path), parse_overrides(overrides or []))
-    cfg = build_config(tree, source=str(path))
+    cfg = build_config(tree, source=str(path), check_searched_values=True)
     if cfg.search.baseline and cfg.search.space:
         try:
             baseline_point(cfg)   # a search space whose own values it cannot represent

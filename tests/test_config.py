@@ -117,6 +117,39 @@ def test_search_space_key_must_name_a_real_field(tmp_path):
         load_experiment(path)
 
 
+def test_every_value_a_search_can_draw_is_validated_before_it_runs(tmp_path):
+    """A choice or a range end that a fixed value would fail is refused when the config loads; it
+    used to kill the trials that drew it, mid-search, with a traceback and a useless --resume hint."""
+    path = write(tmp_path / "exp.yaml", """
+    name: t
+    family: wgan_gp
+    data: {source: builtin, image_size: 32}
+    search:
+      space:
+        model.g_steps: {choice: [0, 1]}
+        model.d_steps: {int: [-3, 5]}
+        model.lr_g: {loguniform: [1.0e-5, 1.0e-3]}
+    """)
+    with pytest.raises(ConfigError) as refused:
+        load_experiment(path)
+    assert "search.space.model.g_steps can draw 0, which is invalid: model.g_steps must be >= 1, got 0" in str(refused.value)
+    assert "search.space.model.d_steps can draw -3, which is invalid: model.d_steps must be >= 1" in str(refused.value)
+    assert "lr_g" not in str(refused.value)
+    # A value valid only with another searched key's value (the VAE's cycle must exceed its warm-up)
+    # is not refused: the search can pair them.
+    vae = write(tmp_path / "vae.yaml", """
+    name: v
+    family: vae
+    data: {source: builtin, image_size: 32}
+    model: {beta_schedule: cyclic, beta_warmup: 5, beta_cycle: 10}
+    search:
+      space:
+        model.beta_warmup: {int: [2, 30]}
+        model.beta_cycle: {int: [10, 60]}
+    """)
+    assert load_experiment(vae).search.space
+
+
 def test_malformed_yaml_names_the_file(tmp_path):
     path = write(tmp_path / "bad.yaml", "name: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
