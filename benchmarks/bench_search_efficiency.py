@@ -82,7 +82,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACES = [ROOT / "search_spaces" / "vae_builtin.yaml", ROOT / "search_spaces" / "cyclegan_builtin.yaml"]
 BENCH_SIZE = ["data.builtin_count=200", "train.epochs=4", "train.iters_per_epoch=10", "train.eval_every=1",
               "metrics.num_samples=100", "metrics.kid_subset_size=50",
-              "search.max_concurrent=2", "search.pbt.perturbation_interval=1"]
+              "search.max_concurrent=2"]
 FAMILY_SIZE = {   # after BENCH_SIZE: CycleGAN trains 2.5x slower an iteration and has 50 test photos to score;
     # it keeps its space's 8 epochs (4 constant-LR, 4 decaying): at 4 epochs, LR constant, ASHA had one
     # rung to stop trials at and TPE+ASHA needed 0.61x random search's epochs (RESULTS.md)
@@ -91,7 +91,7 @@ SMOKE = ["train.epochs=3", "train.iters_per_epoch=4"]
 METHODS = {   # name -> overrides; num_samples is set per method (see the module docstring)
     "random+FIFO": ["search.searcher=random", "search.scheduler=fifo", "search.baseline=false"],
     "TPE+ASHA": ["search.searcher=optuna", "search.scheduler=asha", "search.baseline=true"],
-    "PBT": ["search.searcher=random", "search.scheduler=pbt", "search.baseline=true"],
+    "PBT": ["search.searcher=random", "search.scheduler=pbt", "search.baseline=true", "search.pbt.perturbation_interval=1"],
 }
 BUDGET_TARGET = 0.5
 CONFIRMED_TARGETS = {"cyclegan": 0.8}   # family -> target of confirmed winner / baseline: set for the CycleGAN search

@@ -532,6 +532,8 @@ def build_config(tree: dict, source: str = "config", check_searched_values: bool
     for section in (*sections.values(), model):
         if section is not None and hasattr(section, "validate"):
             errors.extend(section.validate())
+    if not errors:
+        errors.extend(_check_settings_act(sections["search"], sections["train"]))
     if family_cls is not None and model is not None and not errors:
         errors.extend(_check_space_keys(tree, sections["search"].space))
         if check_searched_values and not errors:
@@ -542,6 +544,31 @@ def build_config(tree: dict, source: str = "config", check_searched_values: bool
     return ExperimentConfig(name=str(tree["name"]), family=family_name, model=model,
                             description=str(tree.get("description", "")),
                             cache_dir=str(tree.get("cache_dir", "~/.cache/paintsweep")), **sections)
+
+
+def pbt_interval(search: SearchConfig, train: TrainConfig) -> int:
+    """PBT's interval in epochs: a multiple of train.eval_every, so every round finds a fresh checkpoint."""
+    every = train.eval_every
+    interval = search.pbt_options.perturbation_interval or 2 * every
+    return max(every, interval // every * every)
+
+
+def _check_settings_act(search: SearchConfig, train: TrainConfig) -> list[str]:
+    """A setting that cannot act is an error, not silently ignored: PBT's options under another
+    scheduler, Optuna's under random search, and a PBT that would never exploit (its first round
+    comes at or after the last epoch, where nothing is exploited)."""
+    errors = []
+    if search.pbt and search.scheduler != "pbt":
+        errors.append(f"search.pbt is set but search.scheduler is {search.scheduler}: PBT's settings act only with "
+                      f"scheduler: pbt. Remove search.pbt, or set search.scheduler: pbt")
+    if search.optuna and search.searcher != "optuna":
+        errors.append(f"search.optuna is set but search.searcher is {search.searcher}: remove search.optuna, or set "
+                      f"search.searcher: optuna")
+    if search.scheduler == "pbt" and pbt_interval(search, train) >= train.epochs:
+        errors.append(f"PBT would never act: its first round comes after {pbt_interval(search, train)} epochs "
+                      f"(search.pbt.perturbation_interval, a multiple of train.eval_every {train.eval_every}) and "
+                      f"train.epochs is {train.epochs}. Lower the interval below train.epochs, or train longer")
+    return errors
 
 
 def _check_name(name) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from core.config import ExperimentConfig
+from core.config import ExperimentConfig, pbt_interval
 from core.data import prepare_data
 from core.errors import ConfigError
 from core.metric_registry import direction
@@ -82,10 +82,8 @@ def describe_search(cfg: ExperimentConfig) -> str:
 
 
 def perturbation_interval(cfg: ExperimentConfig) -> int:
-    """PBT's interval in epochs: a multiple of train.eval_every, so every round finds a fresh checkpoint."""
-    every = cfg.train.eval_every
-    interval = cfg.search.pbt_options.perturbation_interval or 2 * every
-    return max(every, interval // every * every)
+    """PBT's interval in epochs (core.config.pbt_interval, which the config's validation uses too)."""
+    return pbt_interval(cfg.search, cfg.train)
 
 
 def architecture_keys(cfg: ExperimentConfig) -> list[str]:

@@ -150,6 +150,25 @@ def test_every_value_a_search_can_draw_is_validated_before_it_runs(tmp_path):
     assert load_experiment(vae).search.space
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["search.pbt={quantile_fraction: 0.5}"], "search.pbt is set but search.scheduler is asha"),
+    (["search.searcher=random", "search.optuna={n_startup_trials: 3}"], "search.optuna is set but search.searcher is random"),
+    (["search.scheduler=pbt", "search.searcher=random", "train.epochs=4", "search.pbt={perturbation_interval: 4}"],
+     "PBT would never act: its first round comes after 4 epochs"),
+    (["search.scheduler=pbt", "search.searcher=random", "train.epochs=2"], "PBT would never act: its first round comes after 2"),
+])
+def test_a_setting_that_cannot_act_is_refused(tmp_path, overrides, message):
+    path = write(tmp_path / "exp.yaml", MINIMAL + """
+    search:
+      space:
+        model.lr_g: {loguniform: [1.0e-5, 1.0e-3]}
+    """)
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(path, overrides)
+    acting = [o for o in overrides if not o.startswith(("search.pbt=", "search.optuna=", "train.epochs="))]
+    load_experiment(path, [*acting, "train.epochs=6"])   # the same without the setting that cannot act loads
+
+
 def test_malformed_yaml_names_the_file(tmp_path):
     path = write(tmp_path / "bad.yaml", "name: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
