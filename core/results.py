@@ -79,6 +79,8 @@ def leaderboard(grid, cfg: ExperimentConfig):
     baseline = baseline_point(cfg) if cfg.search.baseline and cfg.search.space else None
     rows = []
     for result in grid:
+        if "epoch" not in (result.metrics or {}) and result.error is None:
+            continue   # never started or never reported (a time budget or a stop came first): not a result
         history = result.metrics_dataframe
         config = applicable(result.config or {}, cfg.search.space)
         row = {"trial": Path(result.path).name}
@@ -108,7 +110,10 @@ def leaderboard(grid, cfg: ExperimentConfig):
         # A trial stopped at its first evaluation (collapsed) has scores but no checkpoint.
         row["checkpoint"] = best_intact_checkpoint(result, metric) if evaluated else None
         rows.append(row)
-    board = pd.DataFrame(rows)
+    # (No row yet, as when a time budget ran out before any report: the columns still, so that every
+    # reader of leaderboard.csv finds an empty table, not an empty file.)
+    board = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[
+        "trial", *cfg.search.space, "baseline", "status", "status_detail", f"best_{metric}", "epoch", "checkpoint"])
     column = f"best_{metric}"
     if column in board:
         if cfg.search.objectives:

@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{versus_baseline(board, cfg.search.metric)}")
     from core.metric_registry import direction
 
-    if len(board) > 1 and not remote and direction(cfg.search.metric) == "min":   # what confirm.py compares
+    column = f"best_{cfg.search.metric}"
+    evaluated = int(board[column].notna().sum()) if column in board else 0   # trials with a score to rank
+    if evaluated > 1 and not remote and direction(cfg.search.metric) == "min":   # what confirm.py compares
         print(f"Each trial trained once: is the winner better than the defaults, or selection noise? "
               f"python experiments/confirm.py {exp_dir} retrains both with fresh seeds.")
     print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
@@ -109,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"{' --name ' + args.name if args.name else ''}{' --address ' + args.address if args.address else ''}"
                      f"{' --smoke-test' if args.smoke_test else ''} --resume")
     if getattr(grid, "stopped_by_time_budget", False):
-        print(f"\nThe time budget ({cfg.search.time_budget}) is used up; {len(board)} of {cfg.search.num_samples} "
-              f"trials started. Continue with a larger budget:\n  {continue_with} search.time_budget=...")
+        if not evaluated:
+            print(f"\nThe time budget ({cfg.search.time_budget}) ran out before any trial reported an evaluation: "
+                  f"nothing to rank yet. Continue with a larger budget:\n  {continue_with} search.time_budget=...")
+            return 1
+        print(f"\nThe time budget ({cfg.search.time_budget}) is used up; {evaluated} of {cfg.search.num_samples} "
+              f"trials reported an evaluation. Continue with a larger budget:\n  {continue_with} search.time_budget=...")
         return 0
     unfinished = len(board) < cfg.search.num_samples or grid.num_errors
     if unfinished:

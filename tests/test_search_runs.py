@@ -171,6 +171,17 @@ def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(bu
 
 
 @pytest.mark.slow
+def test_a_time_budget_spent_before_any_evaluation_says_so_and_fails(tmp_path, shared_ray):
+    """No trial had reported when 1 s ran out: no leaderboard row (a baseline row without values
+    read as measured), no confirm.py hint, a non-zero exit, and the resume to continue."""
+    out = tune(*SMOKE, "--storage", str(tmp_path), "--address", shared_ray, "search.time_budget=1s")
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ran out before any trial reported an evaluation: nothing to rank yet" in out.stdout
+    assert "confirm.py" not in out.stdout and "--resume search.time_budget=" in out.stdout
+    assert pd.read_csv(tmp_path / SMOKE_EXPERIMENT / "leaderboard.csv").empty
+
+
+@pytest.mark.slow
 def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_untouched(budgeted, capsys):
     """Extends the shared search in place (the time-budget test reads only what the fixture kept).
     Not a copy of it: its Optuna searcher, restored from Ray's snapshot, names the study file where
