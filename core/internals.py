@@ -62,6 +62,13 @@ def check_versions(installed: str | None = None) -> None:
             f"-e . (or make install).")
 
 
+def quiet_token_authentication_notice() -> None:
+    """A private cluster of this process: Ray turns on token authentication for it (kept: it listens
+    on the machine's ports) and announces that in a warning above every run's first line, which
+    says nothing to act on here. (The logger of a private Ray module.)"""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def is_startup_timeout(error: Exception) -> bool:
     """Whether ray.init failed because its raylet did not register within the fixed 30 s that
     Ray 2.60 gives it (ray._private.node raises a bare Exception, recognised by its text)."""

@@ -123,6 +123,10 @@ def test_the_ray_text_and_module_names_it_recognises_are_rays():
     assert internals.is_startup_timeout(Exception("The current node timed out during startup. This could ..."))
     assert not internals.is_startup_timeout(Exception("Address already in use"))
     assert importlib.util.find_spec("ray._private.authentication.authentication_token_setup") is not None
+    import logging
+
+    internals.quiet_token_authentication_notice()
+    assert logging.getLogger("ray._private.authentication.authentication_token_setup").level == logging.ERROR
 
 
 def test_no_private_name_of_ray_optuna_wandb_or_torch_is_used_outside_core_internals():
