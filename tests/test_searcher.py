@@ -26,6 +26,8 @@ def test_tpe_start_up_trials_scale_with_the_budget_and_liar_follows_concurrency(
         "n_startup_trials": 6, "multivariate": True, "constant_liar": True, "group": False}
     assert tpe_settings(cyclegan("search.num_samples=6", "search.max_concurrent=1"))["n_startup_trials"] == 3
     assert tpe_settings(cyclegan("search.num_samples=60"))["n_startup_trials"] == 10   # Optuna's default caps it
+    quarter = tpe_settings(cyclegan("search.num_samples=25"))["n_startup_trials"]   # a whole number of trials
+    assert quarter == 6 and isinstance(quarter, int)
     assert tpe_settings(cyclegan("search.max_concurrent=1"))["constant_liar"] is False
     explicit = cyclegan("search.optuna={n_startup_trials: 5, multivariate: false, constant_liar: false}",
                           "search.max_concurrent=4")
@@ -49,6 +51,18 @@ def test_optuna_searcher_runs_the_baseline_first_with_the_configured_tpe(tmp_pat
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._n_startup_trials == 5 and sampler._multivariate and sampler._constant_liar
     assert not make_searcher(cyclegan("search.baseline=false"), tmp_path)._points_to_evaluate
+
+
+def test_a_multi_objective_searcher_gets_each_objectives_running_best_and_direction(tmp_path):
+    searcher = make_searcher(cyclegan("search.metric=[kid, precision]"), tmp_path)
+    assert searcher.metric == ["best_kid", "best_precision"] and searcher.mode == ["min", "max"]
+
+
+def test_pbt_perturbs_every_two_evaluations_unless_told(tmp_path):
+    base = ["search.scheduler=pbt", "search.searcher=random", "train.epochs=12"]
+    assert perturbation_interval(cyclegan(*base, "train.eval_every=1")) == 2
+    assert perturbation_interval(cyclegan(*base, "train.eval_every=3")) == 6
+    assert perturbation_interval(cyclegan(*base, "train.eval_every=2", "search.pbt={perturbation_interval: 5}")) == 4
 
 
 def test_random_searcher_also_runs_the_baseline_first(tmp_path):
