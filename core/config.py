@@ -395,8 +395,8 @@ RENAMED_MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "gd_ratio": ("g_steps", "d_steps"),        # "1:5" -> g_steps: 1, d_steps: 5
     "gan_loss": ("loss",),
     "norm": ("norm_g", "norm_d"),
-    "beta1": ("betas_g", "betas_d"),           # beta1/beta2 -> betas_g/betas_d: [beta1, beta2]
-    "beta2": ("betas_g", "betas_d"),
+    "beta1": ("betas_g", "betas_d", "betas"),  # beta1/beta2 -> betas_g/betas_d (GANs), betas (VAE): [beta1, beta2]
+    "beta2": ("betas_g", "betas_d", "betas"),
     "beta1_g": ("betas_g",),
     "beta2_g": ("betas_g",),
     "beta1_d": ("betas_d",),
@@ -472,9 +472,18 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
+def _dotted_parts(dotted: str) -> list[str]:
+    """"model.lr_g" -> ["model", "lr_g"]; under search.space a key is itself dotted, so
+    "search.space.model.lr_g.loguniform" -> ["search", "space", "model.lr_g", "loguniform"]."""
+    parts = dotted.split(".")
+    if parts[:2] == ["search", "space"] and len(parts) >= 4:
+        return [*parts[:2], f"{parts[2]}.{parts[3]}", *parts[4:]]
+    return parts
+
+
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     """Set `tree["model"]["lr_g"] = value` for dotted == "model.lr_g" (creating sections)."""
-    *parents, leaf = dotted.split(".")
+    *parents, leaf = _dotted_parts(dotted)
     node = tree
     for part in parents:
         child = node.setdefault(part, {})
@@ -486,7 +495,7 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 def get_dotted(tree: dict, dotted: str) -> Any:
     """`tree["model"]["lr_g"]` for dotted == "model.lr_g"; None where the tree has no such key."""
-    for part in dotted.split("."):
+    for part in _dotted_parts(dotted):
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree
 
@@ -634,8 +643,8 @@ def _unknown_keys(values: dict, valid: tuple[str, ...] | list[str], where: str,
     replacement; any other names the closest valid key and lists them all."""
     errors = []
     for key in values:
-        new = (renamed or {}).get(key)
-        if key not in valid and new and all(k in valid for k in new):
+        new = [k for k in (renamed or {}).get(key, ()) if k in valid]   # its replacements in this family
+        if key not in valid and new:
             errors.append(f"model.{key} was renamed: use {' and '.join(f'model.{k}' for k in new)}"
                           f" (in {where})")
         elif key not in valid:

@@ -55,7 +55,10 @@ def describe_search(cfg: ExperimentConfig) -> str:
     s = cfg.search
     if s.searcher == "optuna":
         tpe = tpe_settings(cfg)
-        searcher = (f"Optuna TPE (seed {s.seed}): {tpe['n_startup_trials']} random start-up trials of {s.num_samples}, "
+        startup = (f"all {s.num_samples} trials random (start-up {tpe['n_startup_trials']})"
+                   if tpe["n_startup_trials"] >= s.num_samples
+                   else f"{tpe['n_startup_trials']} random start-up trials of {s.num_samples}")
+        searcher = (f"Optuna TPE (seed {s.seed}): {startup}, "
                     f"multivariate {'on' if tpe['multivariate'] else 'off'}"
                     f"{' (grouped: conditional keys)' if tpe['group'] else ''}, "
                     f"constant liar {'on' if tpe['constant_liar'] else 'off'}")

@@ -264,7 +264,7 @@ class TimeBudget:
         self.start = time.monotonic()
         if self.budget is not None:
             remaining = self.budget - self.used
-            self.progress(f"time budget: {remaining / 60:.1f} of {self.budget / 60:.1f} minutes left")
+            self.progress(f"time budget: {_duration(remaining)} of {_duration(self.budget)} left")
             self._timer = threading.Timer(remaining, self._expire)
             self._timer.daemon = True
             self._timer.start()
@@ -280,6 +280,13 @@ class TimeBudget:
             self._timer.cancel()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps({"seconds": self.used + time.monotonic() - self.start}))
+
+
+def _duration(seconds: float) -> str:
+    """"45 s", "12.5 min", "2.25 h": a budget in the unit a person reads it in."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
 def _diff_keys(a, b, prefix="") -> list[str]:

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = list(args.overrides)
     if args.smoke_test:
-        overrides = SMOKE_TEST_OVERRIDES + overrides
+        # A key the space searches keeps its searched values (and the space its baseline inside them).
+        searched = _searched_keys(args.space)
+        overrides = [o for o in SMOKE_TEST_OVERRIDES if o.partition("=")[0] not in searched] + overrides
     if args.num_samples is not None:
         overrides.append(f"search.num_samples={args.num_samples}")
     if args.name:
@@ -124,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{grid.num_errors} errors). Continue it with:\n  {continue_with}")
         return 1
     return 0
+
+
+def _searched_keys(space: str) -> set[str]:
+    """The keys the space file searches (an unreadable file is left to load_experiment to report)."""
+    from core.config import ConfigError, read_yaml
+
+    try:
+        search = read_yaml(space).get("search") or {}
+    except (ConfigError, OSError):
+        return set()
+    return set(search.get("space") or {}) if isinstance(search, dict) else set()
 
 
 def print_space(cfg) -> None:

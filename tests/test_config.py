@@ -238,6 +238,25 @@ def test_an_old_key_anywhere_names_the_new_one(tmp_path):
         load_experiment(cyclegan)
     assert "model.gan_loss was renamed: use model.loss" in str(err.value)
     assert "model.beta2 was renamed: use model.betas_g and model.betas_d" in str(err.value)
+    # The VAE's Adam betas are one key: its old beta1 names it, not the KL weight `beta` (which
+    # the closest spelling would suggest).
+    vae = write(tmp_path / "vae.yaml", "name: v\nfamily: vae\nmodel: {beta1: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"model\.beta1 was renamed: use model\.betas \(in model \(vae\)\)"):
+        load_experiment(vae)
+
+
+def test_a_searched_range_can_be_overridden_on_the_command_line(tmp_path):
+    """Its key is dotted itself (search.space.model.lr_g): it used to be split into sections and fail
+    with "unknown distribution 'lr_g'"."""
+    path = write(tmp_path / "exp.yaml", MINIMAL + """
+    search:
+      space:
+        model.lr_g: {loguniform: [1.0e-5, 1.0e-3]}
+    """)
+    cfg = load_experiment(path, ["search.space.model.lr_g={loguniform: [1.0e-5, 1.0e-2]}",
+                                 "search.space.model.lr_d.loguniform=[1.0e-5, 1.0e-3]"])
+    assert cfg.search.space == {"model.lr_g": {"loguniform": [1.0e-5, 1.0e-2]},
+                                "model.lr_d": {"loguniform": [1.0e-5, 1.0e-3]}}
 
 
 def test_a_renamed_key_is_only_suggested_where_the_new_key_exists(tmp_path):

@@ -23,6 +23,16 @@ def tune(capsys, *args: str):
     return code, out.out, out.err
 
 
+@pytest.mark.parametrize("space", ["vae_builtin.yaml", "vae.yaml"])
+def test_smoke_test_keeps_the_values_a_space_searches(space, capsys):
+    """--smoke-test's batch size 1 lay outside the VAE spaces' searched batch sizes: refused. A key
+    the space searches keeps its searched values; the rest is shrunk. (Also: a TPE whose start-up
+    covers every trial says so.)"""
+    code, out, err = tune(capsys, "--space", str(ROOT / "search_spaces" / space), "--smoke-test", "--dry-run")
+    assert code == 0, err
+    assert "all 2 trials random (start-up 3)" in out and "train.batch_size: choice" in out
+
+
 def test_dry_run_prints_the_real_cyclegan_space(capsys):
     code, out, err = tune(capsys, "--space", str(ROOT / "search_spaces/cyclegan.yaml"), "--dry-run")
     assert code == 0, err

@@ -195,6 +195,9 @@ def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_un
     assert "train.epochs: 4 then, 5 now" in capsys.readouterr().err
     assert tune_main([*args, "--num-samples", "3", "--resume"]) == 2
     assert "cannot shrink it" in capsys.readouterr().err
+    assert tune_main([*args, "--resume", "search.space.model.lr_g={loguniform: [1.0e-5, 1.0e-2]}"]) == 2
+    assert ("search.space.model.lr_g.loguniform: [2e-05, 0.002] then, [1e-05, 0.01] now"
+            in capsys.readouterr().err), "the changed range, not 'None then, None now'"
 
     out = tune(*args, "--num-samples", "5", "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
