@@ -212,3 +212,51 @@ def backfill_reports(experiment_path: str, fs=None, progress=print) -> int:
     return restored
 
 
+def drop_reports_after(trial_dir: str, epoch: int, fs=None) -> int:
+    """Before a trial resumes from its checkpoint of `epoch`: remove the rows of later epochs from its
+    result.json and progress.csv. It trains those epochs again and reports them anew; kept, they
+    would stand twice in its records (curves, epoch counts, the leaderboard's epochs trained).
+    Returns how many rows were dropped."""
+    import csv
+
+    fs = fs or _local_fs()
+    dropped = 0
+    path = f"{trial_dir}/result.json"
+    try:
+        with fs.open_input_stream(path) as f:
+            lines = f.readall().decode().splitlines()
+    except (FileNotFoundError, OSError):
+        lines = []
+    kept = []
+    for line in lines:
+        try:
+            later = json.loads(line).get("epoch", 0) > epoch
+        except json.JSONDecodeError:   # the last line of a driver killed mid-write
+            later = True
+        dropped += later
+        if not later:
+            kept.append(line)
+    if len(kept) < len(lines):
+        _replace_text(fs, path, "".join(f"{line}\n" for line in kept))
+    path = f"{trial_dir}/progress.csv"
+    try:
+        with fs.open_input_stream(path) as f:
+            rows = list(csv.reader(io.StringIO(f.readall().decode())))
+    except (FileNotFoundError, OSError):
+        rows = []
+    if rows and "epoch" in rows[0]:
+        column = rows[0].index("epoch")
+        body = [r for r in rows[1:] if len(r) > column and r[column] and float(r[column]) <= epoch]
+        if len(body) < len(rows) - 1:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows([rows[0], *body])
+            _replace_text(fs, path, out.getvalue())
+    return dropped
+
+
+def _replace_text(fs, path: str, text: str) -> None:
+    partial = f"{path}.partial"
+    with fs.open_output_stream(partial) as f:
+        f.write(text.encode())
+    fs.move(partial, path)
+

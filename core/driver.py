@@ -143,12 +143,12 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         # about each on every resume, though nothing is wrong.
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         if resume:
-            # Ray restores each unfinished trial from the checkpoint its last snapshot names; a
-            # driver killed at the wrong moment leaves that record naming a deleted checkpoint, and
-            # reports it had not saved.
+            # A driver killed at the wrong moment leaves reports it had not saved (restored from
+            # the checkpoints' own report.json), then Ray's snapshot behind the checkpoints on disk:
+            # naming an older or a deleted one, its counter about to write over a kept one.
             remove_damaged_checkpoints(storage, exp_path, progress)
-            repair_checkpoint_records(exp_path, storage.filesystem, progress)
             backfill_reports(exp_path, storage.filesystem, progress)
+            repair_checkpoint_records(exp_path, storage.filesystem, progress)
         try:
             yield TuneRun(cfg, storage, ready)
         finally:

@@ -35,7 +35,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
-from core.checkpoints import CHECKPOINT_FILE, _local_fs, checkpoint_problem, newest_intact
+from core.checkpoints import CHECKPOINT_FILE, _local_fs, checkpoint_problem, drop_reports_after, load_state, newest_intact
 from core.config import ConfigError, apply_dotted, build_config
 from core.space import applicable, dimensions, is_baseline
 
@@ -307,21 +307,35 @@ def raise_trial_count(tuner, num_samples: int) -> None:
 
 
 def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> list[str]:
-    """Before `Tuner.restore`: in Ray's newest experiment snapshot, point every trial whose recorded
-    latest checkpoint no longer exists (or is damaged) at its newest intact checkpoint, with the
-    metrics that checkpoint was reported with (from the trial's result.json), and drop kept-checkpoint
-    records that are gone. A trial with no intact checkpoint left restarts from scratch. Returns
-    one line per repaired trial.
+    """Before `Tuner.restore` (and after core.checkpoints.backfill_reports): make Ray's newest
+    experiment snapshot agree with the checkpoints on disk. A driver killed between a trial's
+    checkpoint and Ray's next snapshot leaves a record that names an older checkpoint (or one
+    keep-top-k deleted since), and a checkpoint counter behind the files. Per trial:
 
-    This edits Ray Tune 2.60's own snapshot format (`experiment_state-*.json`: per trial a JSON run
-    metadata whose `checkpoint_manager` is a cloudpickled `_CheckpointManager`), the only place Ray
-    reads the checkpoint to restore from; the file is replaced atomically."""
+    - the latest-checkpoint record points at its newest intact checkpoint, the one the trial loop
+      resumes from (core.trainable), with the result that checkpoint was reported with (its row in
+      result.json, or its own report.json): Ray then restores the right last result;
+    - kept-checkpoint records whose directory is gone are dropped (Ray would delete them again);
+    - a trial that will resume has the reports of epochs after that checkpoint dropped from its
+      result.json and progress.csv: it trains them again, and each epoch stands once in its records;
+    - the checkpoint counter moves past the highest checkpoint number on disk, so the next save
+      gets a new directory instead of writing over a kept checkpoint (which then held another epoch
+      than its records said).
+    A trial with no intact checkpoint left restarts from scratch. Returns one line per trial whose
+    record changed (a counter moved on its own is not reported).
+
+    This edits Ray Tune 2.60's own snapshot format (`experiment_state-*.json`: per trial its JSON
+    state, whose `storage` StorageContext holds the counter, and its run metadata, whose
+    `checkpoint_manager` holds the records), the only place Ray reads them from on a restore; the
+    file is replaced atomically."""
     from ray.train import Checkpoint
     from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
     from ray.train._internal.session import _TrainingResult
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.trainable.metadata import _TrainingRunMetadata
     from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+    from core.checkpoints import CHECKPOINT_PREFIX, trial_checkpoints
 
     fs = fs or _local_fs()
     snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
@@ -330,39 +344,62 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> 
     with fs.open_input_stream(snapshot) as f:
         state = _loads_with_cloudpickle(f.readall())   # Ray's own file, written by this experiment's driver
 
-    repaired = []
+    repaired, changed = [], False
     for i, (trial_json, metadata_json) in enumerate(state["trial_data"]):
+        trial_state = _loads_with_cloudpickle(trial_json)
+        storage = trial_state["storage"]
+        trial_dir = f"{experiment_path}/{storage.trial_dir_name}"   # (the storage may have moved)
+        on_disk = trial_checkpoints(trial_dir, fs)
+        highest = max((int(Path(p).name[len(CHECKPOINT_PREFIX):]) for p in on_disk), default=-1)
+        if highest > storage.current_checkpoint_index:
+            storage.current_checkpoint_index = highest
+            state["trial_data"][i][0] = json.dumps(trial_state, indent=2, cls=TuneFunctionEncoder)
+            changed = True
+
         metadata = _TrainingRunMetadata.from_json_state(metadata_json)
         manager = metadata.checkpoint_manager
-        latest = manager.latest_checkpoint_result if manager is not None else None
-        if latest is None:
+        if manager is None:
             continue
-        trial_dir = f"{experiment_path}/{Path(latest.checkpoint.path).parent.name}"   # the storage may have moved
-        recorded = f"{trial_dir}/{Path(latest.checkpoint.path).name}"
-        problem = checkpoint_problem(recorded, fs)
-        if problem is None:
-            continue
-        replacement = newest_intact(trial_dir, fs)
+        latest = manager.latest_checkpoint_result
+        recorded = f"{trial_dir}/{Path(latest.checkpoint.path).name}" if latest is not None else None
+        newest = newest_intact(trial_dir, fs)
+        if newest is None and recorded is None:
+            continue   # never checkpointed: it starts over either way
+        if newest is not None and trial_state.get("status") != "TERMINATED":
+            # It resumes from `newest`: the epochs after it are trained and reported again.
+            drop_reports_after(trial_dir, _reported_metrics(newest, fs).get("epoch") or load_state(newest, fs)["epoch"], fs)
+        if recorded is not None and Path(recorded).name == Path(newest or "").name:
+            continue   # the record names the checkpoint the trial resumes from
+        problem = checkpoint_problem(recorded, fs) if recorded is not None else None
         # Kept-checkpoint records whose directory is gone would be "deleted" again and listed as kept.
         manager._checkpoint_results = [r for r in manager._checkpoint_results
                                        if checkpoint_problem(f"{trial_dir}/{Path(r.checkpoint.path).name}", fs) is None]
-        if replacement is None:
+        name = Path(trial_dir).name
+        if newest is None:
             manager._latest_checkpoint_result = None
-            repaired.append(f"{Path(trial_dir).name}: {Path(recorded).name} ({problem.replace(CHECKPOINT_FILE, 'its ' + CHECKPOINT_FILE)}) "
+            repaired.append(f"{name}: {Path(recorded).name} ({problem.replace(CHECKPOINT_FILE, 'its ' + CHECKPOINT_FILE)}) "
                             f"and no intact checkpoint is left; the trial starts over")
         else:
-            metrics = _reported_metrics(trial_dir, Path(replacement).name, fs)
-            result = _TrainingResult(checkpoint=Checkpoint(replacement, filesystem=fs), metrics=metrics)
+            # Ray's row (with its own fields, training_iteration among them) where the driver saved
+            # it, else what the trial reported with the checkpoint.
+            metrics = _result_row(trial_dir, Path(newest).name, fs) or _reported_metrics(newest, fs)
+            result = _TrainingResult(checkpoint=Checkpoint(newest, filesystem=fs), metrics=metrics)
             manager._latest_checkpoint_result = result
-            if all(Path(r.checkpoint.path).name != Path(replacement).name for r in manager._checkpoint_results):
+            if all(Path(r.checkpoint.path).name != Path(newest).name for r in manager._checkpoint_results):
                 _insert_into_sorted_list(manager._checkpoint_results, result, key=manager._get_checkpoint_score)
-            what = "is gone" if "missing" in problem else problem.replace(CHECKPOINT_FILE, "its " + CHECKPOINT_FILE)
-            repaired.append(f"{Path(trial_dir).name}: recorded {Path(recorded).name} {what}; "
-                            f"resuming from {Path(replacement).name}, its newest intact checkpoint")
+            if problem is None:
+                what = f"recorded {Path(recorded).name}" if recorded else "no checkpoint recorded"
+                repaired.append(f"{name}: {what}, but {Path(newest).name} was saved after Ray's last snapshot; "
+                                f"resuming from it")
+            else:
+                what = "is gone" if "missing" in problem else problem.replace(CHECKPOINT_FILE, "its " + CHECKPOINT_FILE)
+                repaired.append(f"{name}: recorded {Path(recorded).name} {what}; "
+                                f"resuming from {Path(newest).name}, its newest intact checkpoint")
         metadata.invalidate_cache()
-        state["trial_data"][i] = [trial_json, metadata.get_json_state()]
+        state["trial_data"][i][1] = metadata.get_json_state()
+        changed = True
 
-    if repaired:
+    if changed:
         partial = f"{snapshot}.partial"
         with fs.open_output_stream(partial) as f:
             f.write(json.dumps(state, cls=TuneFunctionEncoder).encode())
@@ -372,8 +409,20 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> 
     return repaired
 
 
-def _reported_metrics(trial_dir: str, checkpoint_name: str, fs) -> dict:
-    """The result a checkpoint was reported with (Ray's result.json names it in checkpoint_dir_name)."""
+def _reported_metrics(checkpoint: str, fs) -> dict:
+    """The result a checkpoint was reported with: its own report.json (core.checkpoints writes it
+    beside state.pt), which outlives a driver killed before it saved the row."""
+    from core.checkpoints import REPORT_FILE
+
+    try:
+        with fs.open_input_stream(f"{checkpoint}/{REPORT_FILE}") as f:
+            return json.loads(f.readall().decode())
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
+        return {}
+
+
+def _result_row(trial_dir: str, checkpoint_name: str, fs) -> dict:
+    """The row of the trial's result.json that names `checkpoint_name`, or {}."""
     try:
         with fs.open_input_stream(f"{trial_dir}/result.json") as f:
             lines = f.readall().decode().splitlines()

@@ -102,6 +102,12 @@ def test_the_snapshot_pieces_the_resume_repair_and_growth_use_exist():
     again = _TrainingRunMetadata.from_json_state(metadata.get_json_state())
     assert again.checkpoint_manager.latest_checkpoint_result.metrics == {"epoch": 1}
     assert callable(metadata.invalidate_cache)
+    # The trial's StorageContext, in its JSON state, holds the checkpoint counter the repair moves on.
+    from ray.train._internal.storage import StorageContext
+
+    counter = inspect.signature(StorageContext.__init__).parameters
+    assert "current_checkpoint_index" in counter and "trial_dir_name" in counter
+    assert "self.current_checkpoint_index += 1" in inspect.getsource(StorageContext._update_checkpoint_index)
     # grow_search edits the SearchGenerator's saved state: its trial count and whether it is done.
     state = SearchGenerator(OptunaSearch(metric="fid", mode="min", space={})).get_state()
     assert {"total_samples", "finished"} <= set(state)

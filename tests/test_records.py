@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.checkpoints import checkpoint_problem
+from core.checkpoints import REPORT_FILE, checkpoint_problem, load_state
 from tune_cli import (ROOT, SMOKE, TUNE, driver, environment, kill_session, load_script, recorded_latest_checkpoint,
                       reports, wait_for)
 
@@ -81,6 +81,23 @@ def test_resume_whose_recorded_checkpoint_was_deleted_finishes_like_an_uninterru
     resumed = fid_by_epoch(exp / trial)
     assert resumed == pytest.approx(expected), f"the resumed trial's evaluations differ: {resumed} != {expected}"
     assert checkpoint_problem(board["checkpoint"][0]) is None
+    assert_records_hold(exp / trial, epochs)
+    best = board.iloc[0]   # the leaderboard's checkpoint holds the epoch and score its row claims
+    assert load_state(best["checkpoint"])["epoch"] == best["epoch"]
+    assert json.loads((Path(best["checkpoint"]) / REPORT_FILE).read_text())["fid"] == pytest.approx(best["best_fid"])
+
+
+def assert_records_hold(trial_dir: Path, epochs: int) -> None:
+    """Each epoch reported once, in order; every kept checkpoint holds the epoch its result.json row
+    and its own report.json say (a resume once wrote epoch 6 over checkpoint_000004, still listed as
+    epoch 5 with epoch 5's scores)."""
+    rows = reports(trial_dir)
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1)), [r["epoch"] for r in rows]
+    by_name = {r["checkpoint_dir_name"]: r for r in rows if r.get("checkpoint_dir_name")}
+    for checkpoint in sorted(trial_dir.glob("checkpoint_*")):
+        epoch = load_state(checkpoint)["epoch"]
+        assert json.loads((checkpoint / REPORT_FILE).read_text())["epoch"] == epoch, checkpoint.name
+        assert by_name[checkpoint.name]["epoch"] == epoch, (checkpoint.name, epoch, by_name[checkpoint.name]["epoch"])
 
 
 # --- A damaged kept checkpoint ------------------------------------------------------------------
