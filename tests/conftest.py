@@ -47,6 +47,20 @@ def tiny_data(tiny_data_cfg, paintsweep_cache) -> PreparedData:
     return prepare_data(tiny_data_cfg, paintsweep_cache, progress=lambda message: None)
 
 
+@pytest.fixture(autouse=True)
+def _ray_auth_mode_as_found():
+    """An in-process ray.init() of a local cluster (a test running a driver in this process) turns on
+    Ray's token authentication for the whole process (os.environ RAY_AUTH_MODE=token). Drivers started
+    after it would inherit that and ask the session's Ray, which runs without it, for a token: their
+    trials' actors die at once ("Missing authorization header"). Each test leaves it as it found it."""
+    before = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if before is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
+
+
 # --- One Ray for the session's searches ----------------------------------------------------------
 
 
