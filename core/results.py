@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.checkpoints import checkpoint_problem
 from core.config import ExperimentConfig
+from core.confirm import leaderboard_annotations
 from core.metric_registry import METRICS, direction, ratio_is_meaningful
 
 
@@ -176,8 +177,6 @@ def save_leaderboard(board, exp_dir: Path, cfg: ExperimentConfig) -> tuple[Path,
     objectives), the comparison with the baseline and the noise levels, then the table, then what
     confirm.py found (core.confirm.leaderboard_annotations, read from its tables on disk, so a
     rewrite never drops them). Each file is replaced whole: a reader sees the old one or the new."""
-    from core.confirm import leaderboard_annotations
-
     metric = cfg.search.metric
     board = board.drop(columns=["within_noise"], errors="ignore")
     header, footer, within_noise = leaderboard_annotations(exp_dir, cfg, board)
