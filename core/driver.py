@@ -129,9 +129,11 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
     connect(address)
     created = not local_dir.exists()
     held = ExitStack()
+    locked = False   # the staging clean-up below is only this driver's to do once it holds the lock
     try:
         local_dir.mkdir(parents=True, exist_ok=True)
         held.enter_context(driver_lock(local_dir, what))
+        locked = True
         check_resources(cfg)
         ready = prepare_experiment(cfg, progress=progress)
         # Ray's own TensorBoard logger would duplicate our scalars under ray/tune/*: keep only JSON/CSV
@@ -153,9 +155,13 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
             yield TuneRun(cfg, storage, ready)
         finally:
             remove_damaged_checkpoints(storage, exp_path, progress)
-            remove_staging_leftovers(trial_ids(storage, exp_path, cfg.family))
     finally:
         ray.shutdown()   # stop the trial workers (or leave the cluster) before the interpreter exits
+        # After the shutdown: a trial process that Ray stopped while it was inside a report (its
+        # thread blocked there, then ended without running its own clean-up) may still be exiting
+        # until then, and so may those of a driver killed before this one.
+        if locked:
+            remove_staging_leftovers(trial_ids(storage, exp_path, cfg.family))
         held.close()
         if created and local_dir.is_dir() and {p.name for p in local_dir.iterdir()} <= {DRIVER_LOCK}:
             shutil.rmtree(local_dir, ignore_errors=True)   # refused before anything was written

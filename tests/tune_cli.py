@@ -48,13 +48,18 @@ def driver(*args: str, env: dict | None = None):
 
 def kill_session(proc) -> None:
     """SIGKILL the driver and everything in its session (Ray's GCS, raylet, workers)."""
-    members = [p for p in psutil.process_iter() if session_of(p) == proc.pid]
-    for p in members:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(members, timeout=30)
+    # Until none is left: a process forked (a Ray worker starting) while the others are killed is
+    # not in the first listing.
+    for _ in range(10):
+        members = [p for p in psutil.process_iter() if session_of(p) == proc.pid]
+        if not members:
+            break
+        for p in members:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(members, timeout=30)
     proc.wait(timeout=30)
 
 
