@@ -229,6 +229,8 @@ class SearchConfig:
     grace_period: int = 1                # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2            # ASHA: keep 1/reduction_factor of trials at each rung
     pbt: dict = field(default_factory=dict)  # PBTOptions: perturbation_interval, quantile_fraction, resample_probability
+    racing: bool | dict = False          # more seeds for the configurations that decide the answer, inside the
+                                         #   search (core/racing.py): true, or {seeds: 4, challengers: 1}
     num_samples: int = 8                 # trials
     max_concurrent: int = 2              # trials running at once
     time_budget: str | float | None = None  # wall-clock budget of the whole search: "6h", "90m" or hours; None = none
@@ -270,6 +272,7 @@ class SearchConfig:
             options = _build_section(cls, getattr(self, name) or {}, f"search.{name}", errors)
             if options is not None:
                 errors.extend(options.validate())
+        errors.extend(self._racing_errors())
         try:
             self.time_budget_s
         except ValueError as e:
@@ -285,6 +288,43 @@ class SearchConfig:
     def metrics(self) -> list[str]:
         """What the search optimizes: [metric], or the objectives of a multi-objective search."""
         return list(self.objectives) if self.objectives else [self.metric]
+
+    def _racing_errors(self) -> list[str]:
+        from core.racing import RacingOptions
+
+        if self.racing is False or self.racing is None:
+            return []
+        if not isinstance(self.racing, (bool, dict)):
+            return [f"search.racing must be true, false or a mapping (seeds, challengers), got {self.racing!r}"]
+        errors = []
+        options = _build_section(RacingOptions, self.racing if isinstance(self.racing, dict) else {},
+                                 "search.racing", errors)
+        if options is not None:
+            errors.extend(options.validate())
+        if self.searcher != "optuna" or self.scheduler not in ("asha", "fifo") or self.objectives:
+            errors.append("search.racing needs search.searcher: optuna, scheduler asha or fifo and one search.metric "
+                          "(racing compares configurations on one score); turn racing off or change those")
+        if not self.baseline:
+            errors.append("search.racing compares every configuration with the baseline on shared seeds: it needs "
+                          "search.baseline: true")
+        if "train.seed" in (self.space if isinstance(self.space, dict) else {}):
+            errors.append("search.racing gives configurations further train.seed values itself: do not search "
+                          "train.seed with racing on")
+        return errors
+
+    @property
+    def racing_options(self):
+        """core.racing.RacingOptions, or None when racing is off."""
+        from core.racing import RacingOptions
+
+        if not self.racing:
+            return None
+        return RacingOptions(**(self.racing if isinstance(self.racing, dict) else {}))
+
+    @property
+    def in_trial_order(self) -> bool:
+        """Whether the search decides in trial order (core.racing): Optuna with one metric, rungs or none."""
+        return self.searcher == "optuna" and not self.objectives and self.scheduler in ("asha", "fifo")
 
     @property
     def optuna_options(self) -> OptunaOptions:

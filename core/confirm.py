@@ -194,6 +194,9 @@ def make_holdout_plan(exp_dir: Path, cfg: ExperimentConfig, n_seeds: int = 3) ->
     if n_seeds < 2:
         raise ConfirmError(f"--seeds must be >= 2 (a spread needs two seeds), got {n_seeds}")
     confirm_path = exp_dir / CONFIRM_DIR
+    raced = _raced_incumbent(exp_dir, cfg)
+    if raced is not None and not (confirm_path / TABLE_FILE).is_file():
+        return raced(n_seeds)
     if not (confirm_path / TABLE_FILE).is_file() or not (confirm_path / PLAN_FILE).is_file():
         raise ConfirmError(f"{confirm_path / TABLE_FILE} does not exist: --holdout retrains what a finished "
                            f"confirmation picked; run python experiments/confirm.py {exp_dir} first")
@@ -217,10 +220,42 @@ def make_holdout_plan(exp_dir: Path, cfg: ExperimentConfig, n_seeds: int = 3) ->
                        {BASELINE: "", label: confirmed.sources[label]}, _fresh_seeds(used, n_seeds))
 
 
+def _raced_incumbent(exp_dir: Path, cfg: ExperimentConfig):
+    """A raced search (search.racing) has its pick already, decided on several seeds: the
+    leaderboard's incumbent. Returns a plan maker for it and the baseline on fresh seeds (never the
+    search's own, racing seeds included), or None when the search did not race. A search whose
+    racing found no configuration better than the defaults has nothing to hold out: ConfirmError."""
+    import pandas as pd
+
+    board_path = exp_dir / "leaderboard.csv"
+    if cfg.search.racing_options is None or not board_path.is_file():
+        return None
+    board = pd.read_csv(board_path)
+    if "incumbent" not in board:
+        return None
+    picked = board[board["incumbent"].astype(bool)]
+    if picked.empty:
+        raise ConfirmError(f"The raced search in {exp_dir} found no configuration better than the defaults on the "
+                           f"seeds it shared with them (leaderboard.txt's best: line): there is nothing to hold out")
+    trial = picked.iloc[0]["configuration"]
+    label = "top 1"
+    values = searched_values(_trial_params(exp_dir, trial), cfg)
+    return lambda n_seeds: ConfirmPlan({BASELINE: baseline_values(cfg), label: values}, {BASELINE: "", label: trial},
+                                       _fresh_seeds(_search_seeds(exp_dir, cfg, board), n_seeds))
+
+
+def search_seeds(exp_dir: Path, cfg: ExperimentConfig) -> set:
+    """The train.seed values the search's trials used (racing runs' included)."""
+    import pandas as pd
+
+    return _search_seeds(exp_dir, cfg, pd.read_csv(exp_dir / "leaderboard.csv"))
+
+
 def _search_seeds(exp_dir: Path, cfg: ExperimentConfig, board) -> set:
     """The train.seed values the search's trials used: experiment.yaml's, unless they searched it."""
-    return {cfg.train.seed} | {_trial_params(exp_dir, trial).get("train.seed") for trial in board["trial"]
-                               if (exp_dir / trial / "params.json").is_file()}
+    seeds = {_trial_params(exp_dir, trial).get("train.seed") for trial in board["trial"]
+             if (exp_dir / trial / "params.json").is_file()}
+    return {cfg.train.seed} | (seeds - {None})
 
 
 def _fresh_seeds(used: set, n: int) -> list[int]:

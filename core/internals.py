@@ -32,7 +32,8 @@ import random
 from pathlib import Path
 
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from core.checkpoints import CHECKPOINT_FILE, _local_fs, checkpoint_problem, drop_reports_after, load_state, newest_intact
@@ -104,6 +105,85 @@ class ResumableOptunaSearch(OptunaSearch):
         return ot_trial.number < len(stored) and stored[ot_trial.number].state.is_finished()
 
 
+class InTrialOrderSearch(Searcher):
+    """A Searcher around the Optuna searcher that takes every decision in trial order and races
+    seeds (core.racing has the rules and their reasons; this is how Ray Tune drives them):
+    - trial k is proposed only once trials 0..k-lag have finished (`suggest` answers None, Ray's
+      "ask again later"), so at most `lag` trials run at once: Ray's own ConcurrencyLimiter is not
+      used (`set_max_concurrency`);
+    - Optuna is told how trials 0..k-lag ended, in trial order, just before it proposes trial k, so
+      what it learns does not depend on which trial finished first; the trials still running when
+      the search's last trial has been proposed are told as they finish;
+    - a racing run (core.racing.RaceLedger.next_race) is the configuration of an earlier trial with
+      another train.seed: Optuna never sees it (its study holds one trial per configuration).
+    The ledger is saved with Optuna's state in Ray's searcher checkpoint, so --resume continues it."""
+
+    def __init__(self, optuna: "ResumableOptunaSearch", ledger, total: int, baseline: dict | None, space: dict):
+        super().__init__(metric=optuna.metric, mode=optuna.mode)
+        self.optuna, self.ledger, self.total = optuna, ledger, total
+        self.baseline, self.space = baseline, space
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.optuna.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return True   # the trial-order gate bounds it (ledger.lag)
+
+    def suggest(self, trial_id: str):
+        from core.racing import configuration_key
+
+        k = len(self.ledger.trials)
+        if not self.ledger.ready(k):
+            return None
+        self._tell(self.ledger.to_tell(k))
+        race = self.ledger.next_race(k)
+        if race is not None:
+            config, seed = race
+            config = {**config, "train.seed": seed}
+            self.ledger.add(trial_id, config, seed, races=True)
+            return config
+        config = self.optuna.suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        self.ledger.add(trial_id, config, config.get("train.seed", self.ledger.base_seed), races=False)
+        if k == 0 and self.baseline is not None and is_baseline(config, self.baseline, self.space):
+            self.ledger.baseline_key = configuration_key(config)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.ledger.record_result(trial_id, result)
+        record = self.ledger.get(trial_id)
+        if record is not None and not record.races:
+            self.optuna.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.ledger.record_end(trial_id, result, error)
+        if len(self.ledger.trials) >= self.total:   # nothing left to propose: tell the rest as they end
+            self._tell([t for t in self.ledger.trials if t.done and not t.told])
+
+    def _tell(self, records) -> None:
+        for record in records:
+            if not record.races:
+                self.optuna.on_trial_complete(record.trial_id, result=record.last_result, error=record.errored)
+            record.told = True
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"optuna": self.optuna.__dict__.copy(), "ledger": self.ledger.state(),
+                         "baseline_key": self.ledger.baseline_key}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.optuna.__dict__.update(state["optuna"])
+        self.ledger.load_state(state["ledger"])   # in place: the rungs hold the same ledger
+        self.ledger.baseline_key = state["baseline_key"]
+
+
 # --- Schedulers -------------------------------------------------------------------------------------
 
 
@@ -123,6 +203,26 @@ class BaselineKeepingASHA(ASHAScheduler):
 
     def _is_baseline(self, trial) -> bool:
         return self.baseline is not None and is_baseline(trial.config, self.baseline, self.space)
+
+
+class NoiseAwareRungs(FIFOScheduler):
+    """The rungs of a search in trial order (searcher InTrialOrderSearch): at each rung epoch a
+    trial that explores goes on unless it is worse than the rung's cut-off among earlier trials by
+    more than the seed noise there (core.racing.RaceLedger.rung_decision). It reads the ledger the
+    searcher keeps, so both see one record of the search."""
+
+    def __init__(self, ledger):
+        super().__init__()
+        self.ledger = ledger
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        from core.racing import STOP
+
+        self.ledger.record_result(trial.trial_id, result)
+        epoch = result.get("epoch")
+        if isinstance(epoch, int) and self.ledger.rung_decision(trial.trial_id, epoch) == STOP:
+            return self.STOP
+        return self.CONTINUE
 
 
 class BaselineKeepingPBT(PopulationBasedTraining):
@@ -303,7 +403,10 @@ def grow_search(storage, exp_path: str, num_samples: int, progress=print) -> Non
 def raise_trial_count(tuner, num_samples: int) -> None:
     """Tuner.restore keeps the first run's TuneConfig; the trial count is the one setting a resume
     may raise (Ray 2.60 reads it from here when the run continues)."""
-    tuner._local_tuner._tune_config.num_samples = num_samples
+    tune_config = tuner._local_tuner._tune_config
+    tune_config.num_samples = num_samples
+    if isinstance(tune_config.search_alg, InTrialOrderSearch):   # it tells Optuna the last trials' ends
+        tune_config.search_alg.total = num_samples
 
 
 def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> list[str]:

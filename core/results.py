@@ -78,7 +78,7 @@ def leaderboard(grid, cfg: ExperimentConfig):
 
     metric = cfg.search.metric
     baseline = baseline_point(cfg) if cfg.search.baseline and cfg.search.space else None
-    rows = []
+    rows, records = [], []
     for result in grid:
         if "epoch" not in (result.metrics or {}) and result.error is None:
             continue   # never started or never reported (a time budget or a stop came first): not a result
@@ -86,6 +86,7 @@ def leaderboard(grid, cfg: ExperimentConfig):
         config = applicable(result.config or {}, cfg.search.space)
         row = {"trial": Path(result.path).name}
         row.update({key: config.get(key) for key in cfg.search.space})
+        records.append(_racing_record(row["trial"], config, history, result.error is not None, cfg))
         row["baseline"] = baseline is not None and is_baseline(config, baseline, cfg.search.space)
         status = trial_status(result.metrics, result.error is not None, cfg.train.epochs)
         row["status"] = status.value
@@ -116,6 +117,8 @@ def leaderboard(grid, cfg: ExperimentConfig):
     board = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[
         "trial", *cfg.search.space, "baseline", "status", "status_detail", f"best_{metric}", "epoch", "checkpoint"])
     column = f"best_{metric}"
+    if cfg.search.racing_options is not None and column in board:
+        return with_configurations(board, records, cfg)
     if column in board:
         if cfg.search.objectives:
             board.insert(board.columns.get_loc("status"), "pareto", pareto_front(board, cfg.search.objectives))
@@ -123,6 +126,61 @@ def leaderboard(grid, cfg: ExperimentConfig):
         ascending = [False, direction(metric) == "min"] if cfg.search.objectives else [direction(metric) == "min"]
         board = board.sort_values(order, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     return board
+
+
+def _racing_record(trial: str, config: dict, history, errored: bool, cfg: ExperimentConfig):
+    """A trial as core.racing's ledger holds it, rebuilt from its reports: its configuration (the
+    searched values), its seed, and the search metric at each epoch."""
+    from core.racing import TrialRecord, configuration_key
+
+    values = {k: v for k, v in config.items() if k in cfg.search.space}
+    scores = {}
+    if history is not None and cfg.search.metric in history:
+        for epoch, value in zip(history["epoch"], history[cfg.search.metric]):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                scores[int(epoch)] = float(value)
+    trained = max(scores, default=0)
+    return TrialRecord(trial, configuration_key(values), values, int(config.get("train.seed", cfg.train.seed)),
+                       races=False, scores=scores, done=True, errored=errored,
+                       stopped_at=None if trained >= cfg.train.epochs else trained)
+
+
+def with_configurations(board, records, cfg: ExperimentConfig):
+    """A raced search's leaderboard (search.racing): configurations ranked by their final scores
+    over seeds, paired with the baseline's same seeds (core.racing.RaceLedger.standings), the
+    incumbent first; each configuration's trials under it, best first. Columns added: `seed`,
+    `configuration` (its first trial), `seeds` (how many finished), `vs_baseline` (ratio of the
+    means over paired seeds, or difference for KID-like metrics) with `low`/`high` (its 95%
+    interval), `verdict`, and `incumbent` (the configuration the search stands behind)."""
+    from core.racing import RaceLedger
+
+    by_trial = {r.trial_id: r for r in records}
+    baseline_rows = board[board["baseline"]]
+    baseline_key = by_trial[baseline_rows.iloc[0]["trial"]].key if len(baseline_rows) else None
+    ledger = RaceLedger(metric=cfg.search.metric, epochs=cfg.train.epochs, lag=1, base_seed=cfg.train.seed,
+                        racing=cfg.search.racing_options, rungs=[], reduction_factor=2, baseline_key=baseline_key)
+    ledger.trials = records
+    standings = {s.key: s for s in ledger.standings()}
+    order = {key: i for i, key in enumerate(standings)}
+    leader = ledger.incumbent(records)
+    first_trial = {}
+    for r in records:
+        first_trial.setdefault(r.key, r.trial_id)
+    keys = board["trial"].map(lambda t: by_trial[t].key)
+    board = board.assign(
+        seed=board["trial"].map(lambda t: by_trial[t].seed),
+        configuration=keys.map(first_trial),
+        seeds=keys.map(lambda k: standings[k].seeds if k in standings else 0),
+        vs_baseline=keys.map(lambda k: standings[k].ratio if k in standings else math.nan),
+        low=keys.map(lambda k: standings[k].low if k in standings else math.nan),
+        high=keys.map(lambda k: standings[k].high if k in standings else math.nan),
+        verdict=keys.map(lambda k: standings[k].verdict if k in standings else ""),
+        incumbent=keys == (leader.key if leader else None))
+    rank = keys.map(lambda k: -1 if leader and k == leader.key else order.get(k, len(order)))
+    column = f"best_{cfg.search.metric}"
+    board = board.assign(_rank=rank).sort_values(["_rank", column], ascending=[True, direction(cfg.search.metric) == "min"],
+                                                 na_position="last", kind="stable")
+    return board.drop(columns="_rank").reset_index(drop=True)
 
 
 def pareto_front(board, objectives: list[str]) -> list[bool]:
@@ -146,6 +204,8 @@ def versus_baseline(board, metric: str) -> str:
     column = f"best_{metric}"
     if board.empty or column not in board or board[column].isna().all():
         return "best: no trial reached an evaluation"
+    if "incumbent" in board:
+        return _raced_best(board, metric)
     best = board.iloc[0]
     line = f"best: {metric} {best[column]:.4g} ({best['trial']})"
     if "baseline" not in board or not board["baseline"].any():
@@ -158,6 +218,18 @@ def versus_baseline(board, metric: str) -> str:
     if not ratio_is_meaningful(metric):   # e.g. KID, often negative: a ratio of negatives reverses the comparison
         return line + f", {best[column] - base[column]:+.4g} against the defaults (baseline {metric} {base[column]:.4g})"
     return line + f", {best[column] / base[column]:.2f}x the defaults (baseline {metric} {base[column]:.4g})"
+
+
+def _raced_best(board, metric: str) -> str:
+    """The best line of a raced search: the incumbent, on its paired seeds' final scores."""
+    if not board["incumbent"].any():
+        return (f"best: no configuration beat the defaults on the seeds it shared with them (final {metric}, "
+                f"mean over seeds): the search ships the defaults")
+    row = board[board["incumbent"]].iloc[0]
+    scale = "x the defaults" if ratio_is_meaningful(metric) else f" {metric} against the defaults"
+    interval = (f" [{row['low']:.3g}, {row['high']:.3g}]" if math.isfinite(row["low"]) else " (no interval: one seed)")
+    return (f"best: {row['configuration']}, final {metric} {row['vs_baseline']:.3g}{scale}{interval} over "
+            f"{int(row['seeds'])} seeds paired with the baseline's: {row['verdict']}")
 
 
 def pareto_summary(board, objectives: list[str]) -> str:

@@ -37,8 +37,8 @@ from core.cluster import SharedAssets, Storage
 from core.config import ConfigError, ExperimentConfig, config_to_dict, get_dotted
 from core.data import load_prepared
 from core.driver import tune_driver
-from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, ResumableOptunaSearch, grow_search,
-                            raise_trial_count)
+from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, InTrialOrderSearch, NoiseAwareRungs,
+                            ResumableOptunaSearch, grow_search, raise_trial_count)
 from core.metric_registry import direction
 from core.plan import (architecture_keys, baseline_points, perturbation_interval, search_metric, search_mode,
                        tpe_settings)
@@ -104,6 +104,37 @@ def make_scheduler(cfg: ExperimentConfig):
                                mode=search_mode(cfg),
                                max_t=cfg.train.epochs, grace_period=min(cfg.search.grace_period, cfg.train.epochs),
                                reduction_factor=cfg.search.reduction_factor)
+
+
+def rung_epochs(cfg: ExperimentConfig) -> list[int]:
+    """ASHA's rungs: grace_period x reduction_factor^i, before the last epoch."""
+    rungs, epoch = [], cfg.search.grace_period
+    while epoch < cfg.train.epochs:
+        rungs.append(epoch)
+        epoch *= cfg.search.reduction_factor
+    return rungs
+
+
+def make_search_algorithms(cfg: ExperimentConfig, experiment_dir: Path):
+    """The searcher and the scheduler a search runs. An Optuna search on one metric with rungs
+    (asha) or none (fifo) decides in trial order, and races seeds when search.racing is on
+    (core.racing): its searcher keeps the ledger its rungs read. Random search, PBT and several
+    objectives use Ray's own order (make_searcher, make_scheduler)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from core.racing import RaceLedger
+
+    if not cfg.search.in_trial_order:
+        return make_searcher(cfg, experiment_dir), make_scheduler(cfg)
+    baseline = baseline_points(cfg)
+    ledger = RaceLedger(metric=cfg.search.metric, epochs=cfg.train.epochs, lag=cfg.search.max_concurrent,
+                        base_seed=cfg.train.seed, racing=cfg.search.racing_options,
+                        rungs=rung_epochs(cfg) if cfg.search.scheduler == "asha" else [],
+                        reduction_factor=cfg.search.reduction_factor, baseline_key=None)
+    searcher = InTrialOrderSearch(make_searcher(cfg, experiment_dir), ledger, cfg.search.num_samples,
+                                  baseline[0] if baseline else None, cfg.search.space)
+    scheduler = NoiseAwareRungs(ledger) if cfg.search.scheduler == "asha" else FIFOScheduler()
+    return searcher, scheduler
 
 
 def experiment_dir(storage_path: str | os.PathLike, name: str, cache_path: Path | None = None) -> Path:
@@ -174,10 +205,11 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
                                            resume_errored=True, storage_filesystem=storage.filesystem)
                 raise_trial_count(tuner, cfg.search.num_samples)
             else:
+                searcher, scheduler = make_search_algorithms(cfg, exp_dir)
                 tuner = tune.Tuner(
                     trainable, param_space=tuner_param_space(cfg),
                     run_config=run.run_config(cfg.name, search_mode(cfg), verbose=verbose, stop=stop),
-                    tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, exp_dir), scheduler=make_scheduler(cfg),
+                    tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                 num_samples=cfg.search.num_samples,
                                                 max_concurrent_trials=(cfg.search.max_concurrent
                                                                        if cfg.search.searcher == "optuna" else None),

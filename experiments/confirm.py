@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         run = C.HOLDOUT_DIR if args.holdout else C.CONFIRM_DIR
         plan = C.make_holdout_plan(exp_dir, cfg, args.seeds) if args.holdout else C.make_plan(exp_dir, cfg, args.top, args.seeds)
         metric = cfg.search.metric
-        used = f"the search used {cfg.train.seed}"
-        if args.holdout:
+        used = f"the search used {', '.join(map(str, sorted(C.search_seeds(exp_dir, cfg))))}"
+        if args.holdout and (exp_dir / C.CONFIRM_DIR / C.PLAN_FILE).is_file():
             confirmed = C.ConfirmPlan.load(exp_dir / C.CONFIRM_DIR / C.PLAN_FILE).seeds
             used += f", the confirmation {', '.join(map(str, confirmed))}"
         print(f"Retraining {len(plan.candidates)} configurations x {len(plan.seeds)} seeds "

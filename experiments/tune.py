@@ -104,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     column = f"best_{cfg.search.metric}"
     evaluated = int(board[column].notna().sum()) if column in board else 0   # trials with a score to rank
     if evaluated > 1 and not remote and direction(cfg.search.metric) == "min":   # what confirm.py compares
-        print(f"Each trial trained once: is the winner better than the defaults, or selection noise? "
-              f"python experiments/confirm.py {exp_dir} retrains both with fresh seeds.")
+        if cfg.search.racing_options is not None:
+            print(f"Decided on the seeds raced inside the search; the check on seeds it never saw: "
+                  f"python experiments/confirm.py {exp_dir} --holdout")
+        else:
+            print(f"Each trial trained once: is the winner better than the defaults, or selection noise? "
+                  f"python experiments/confirm.py {exp_dir} retrains both with fresh seeds.")
     print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
     print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
     print(f"Optuna study:    optuna-dashboard sqlite:///{exp_dir / 'optuna.db'}" if cfg.search.searcher == "optuna" else "")
