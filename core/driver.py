@@ -39,7 +39,8 @@ from core.checkpoints import backfill_reports, checkpoint_problem, remove_stagin
 from core.cluster import Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig
 from core.data import prepare_data
-from core.internals import SessionCSVLogger, SessionJsonLogger, check_versions, repair_checkpoint_records
+from core.internals import (SessionCSVLogger, SessionJsonLogger, check_versions, repair_checkpoint_records,
+                            repair_race_ledger)
 from core.metrics import reference_statistics
 from core.plan import check_family_builds
 from core.results import trial_status
@@ -151,6 +152,7 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
             remove_damaged_checkpoints(storage, exp_path, progress)
             backfill_reports(exp_path, storage.filesystem, progress)
             repair_checkpoint_records(exp_path, storage.filesystem, progress)
+            repair_race_ledger(exp_path, storage.filesystem, progress)
         try:
             yield TuneRun(cfg, storage, ready)
         finally:

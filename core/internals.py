@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from dataclasses import asdict
 import os
 import random
 from pathlib import Path
@@ -163,16 +164,17 @@ class InTrialOrderSearch(Searcher):
 
     def _tell(self, records) -> None:
         for record in records:
-            if not record.races:
+            if not record.races and record.trial_id in self.optuna._ot_trials:
                 self.optuna.on_trial_complete(record.trial_id, result=record.last_result, error=record.errored)
-            record.told = True
+            record.told = True   # (one Optuna never proposed: added by repair_race_ledger after a kill)
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
 
         with open(checkpoint_path, "wb") as f:
             pickle.dump({"optuna": self.optuna.__dict__.copy(), "ledger": self.ledger.state(),
-                         "baseline_key": self.ledger.baseline_key}, f)
+                         "baseline_key": self.ledger.baseline_key, "metric": self.ledger.metric,
+                         "base_seed": self.ledger.base_seed}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         import pickle
@@ -510,6 +512,108 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> 
         for line in repaired:
             progress(f"resume: {line}")
     return repaired
+
+
+def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[str]:
+    """Before `Tuner.restore` of a search in trial order (InTrialOrderSearch): make its ledger agree
+    with Ray's list of trials. Ray writes its snapshot as several files (the trial list, the search
+    generator's count, our searcher's state) and a driver killed while they are written leaves them
+    from different moments. Measured: a ledger of 4 trials beside a count of 2 made the resumed
+    search propose 12 trials instead of 10. So the ledger is rebuilt in Ray's trial order: a trial
+    Ray knows and the ledger missed is added (its configuration, seed, and the scores in its
+    result.json; racing if its configuration came earlier), one the ledger holds and Ray lost is
+    dropped (it never started), and the generator's count is set to the trials Ray has. Returns one
+    line per change (none when the files agree)."""
+    import pickle
+
+    import pyarrow.fs
+    import ray.cloudpickle as cloudpickle
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    from core.racing import TrialRecord, configuration_key
+
+    fs = fs or _local_fs()
+    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    found = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
+    newest = {prefix: max((i.path for i in found if Path(i.path).name.startswith(prefix)), default=None)
+              for prefix in ("searcher-state-", "search_gen_state-")}
+    if snapshot is None or newest["searcher-state-"] is None:
+        return []
+    with fs.open_input_stream(newest["searcher-state-"]) as f:
+        saved = pickle.loads(f.readall())
+    if not isinstance(saved, dict) or "ledger" not in saved:
+        return []   # not a search in trial order
+    with fs.open_input_stream(snapshot) as f:
+        state = _loads_with_cloudpickle(f.readall())
+    trials = [_loads_with_cloudpickle(trial_json) for trial_json, _ in state["trial_data"]]
+    known = {trial["trial_id"]: trial for trial in trials}
+    ledger = {t["trial_id"]: t for t in saved["ledger"]["trials"]}
+    # The ledger's order is the proposal order (Ray's list is in another): kept, with any trial it
+    # missed after it.
+    order = [t["trial_id"] for t in saved["ledger"]["trials"] if t["trial_id"] in known]
+    order += [t["trial_id"] for t in trials if t["trial_id"] not in ledger]
+    base_seed = saved["base_seed"]
+    rebuilt, seen, changes = [], set(), []
+    for trial in (known[t] for t in order):
+        record = ledger.get(trial["trial_id"])
+        if record is None:
+            config = dict(trial["config"])
+            key = configuration_key(config)
+            trial_dir = f"{experiment_path}/{trial['storage'].trial_dir_name}"
+            scores = {r["epoch"]: r[saved["metric"]] for r in _result_rows(trial_dir, fs)
+                      if isinstance(r.get(saved["metric"]), (int, float))}
+            record = asdict(TrialRecord(trial["trial_id"], key, config, config.get("train.seed", base_seed),
+                                        races=key in seen, scores=scores))
+            changes.append(f"{Path(trial_dir).name} was missing from the search's ledger; added")
+        record["done"] = trial["status"] in ("TERMINATED", "ERROR")
+        record["errored"] = trial["status"] == "ERROR"
+        seen.add(record["key"])
+        rebuilt.append(record)
+    dropped = [t for t in ledger if t not in known]
+    changes += [f"trial {t} was proposed but never recorded by Ray; dropped from the search's ledger" for t in dropped]
+    if changes:
+        saved["ledger"]["trials"] = rebuilt
+        with fs.open_output_stream(newest["searcher-state-"] + ".partial") as f:
+            f.write(pickle.dumps(saved))
+        fs.move(newest["searcher-state-"] + ".partial", newest["searcher-state-"])
+    if newest["search_gen_state-"] is not None:
+        with fs.open_input_stream(newest["search_gen_state-"]) as f:
+            generator = cloudpickle.loads(f.readall())
+        if generator["counter"] != len(trials):
+            changes.append(f"Ray's count of proposed trials was {generator['counter']}, its trial list holds "
+                           f"{len(trials)}; set to {len(trials)}")
+            generator["counter"] = len(trials)
+            with fs.open_output_stream(newest["search_gen_state-"]) as f:
+                f.write(cloudpickle.dumps(generator))
+    for line in changes:
+        progress(f"resume: {line}")
+    return changes
+
+
+def proposal_order(experiment_path: str, fs=None) -> list[str]:
+    """The trial ids of a search in trial order (InTrialOrderSearch's ledger, in Ray's searcher
+    checkpoint), in the order they were proposed; [] for another search."""
+    import pickle
+
+    import pyarrow.fs
+
+    fs = fs or _local_fs()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path, allow_not_found=True))
+    newest = max((i.path for i in found if Path(i.path).name.startswith("searcher-state-")), default=None)
+    if newest is None:
+        return []
+    with fs.open_input_stream(newest) as f:
+        saved = pickle.loads(f.readall())   # the search's own file, written by its driver
+    return [t["trial_id"] for t in saved["ledger"]["trials"]] if isinstance(saved, dict) and "ledger" in saved else []
+
+
+def _result_rows(trial_dir: str, fs) -> list[dict]:
+    try:
+        with fs.open_input_stream(f"{trial_dir}/result.json") as f:
+            return [json.loads(line) for line in f.readall().decode().splitlines() if line.strip()]
+    except (FileNotFoundError, OSError):
+        return []
 
 
 def _reported_metrics(checkpoint: str, fs) -> dict:

@@ -51,9 +51,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from core.confirm import BETTER, compare_to_baseline
 from core.metric_registry import direction, ratio_is_meaningful
-
-BETTER = "better"      # core.confirm.BETTER (core.confirm imports pandas and scipy: read lazily)
 
 RACING_SEED_BASE = 100    # racing seeds: the trials' own train.seed, then 100, 101, ... (confirm.py's are 1000 up)
 NOISE_SDS = 2.0           # a gap counts as real beyond this many standard deviations of the seed noise
@@ -98,8 +97,9 @@ class Standing:
     seeds: int                # seeds with a final score
     paired: int               # of those, seeds the baseline also finished
     gap: float                # mean log ratio to the baseline over paired seeds (lower is better); NaN without
-    ratio: float              # the paired Comparison's estimate (ratio, or difference for KID-like metrics)
-    low: float
+    scale: str                # the paired comparison's (core.confirm.compare_to_baseline): "ratio" of the
+    estimate: float           #   means, or "difference" where a ratio is not meaningful or its interval
+    low: float                #   is unbounded (few seeds); low-high: its 95% interval, NaN with one seed
     high: float
     verdict: str              # core.confirm's BETTER | SAME | WORSE | TOO_FEW
 
@@ -200,8 +200,6 @@ class RaceLedger:
     def standings(self, trials: list[TrialRecord] | None = None) -> list[Standing]:
         """Every configuration with a final score, compared with the baseline on the seeds both
         finished (paired), best first: the leaderboard's and the racing's one view."""
-        from core.confirm import compare_to_baseline
-
         trials = self.trials if trials is None else trials
         finals = self.finals(trials)
         base = finals.get(self.baseline_key, {})
@@ -218,7 +216,7 @@ class RaceLedger:
             comparison = compare_to_baseline(values, baseline, ratio=ratio_is_meaningful(self.metric)
                                              and direction(self.metric) == "min")
             out.append(Standing(key, first[key], len(by_seed), len(seeds),
-                                sum(gaps) / len(gaps) if gaps else math.nan,
+                                sum(gaps) / len(gaps) if gaps else math.nan, comparison.scale,
                                 comparison.estimate, comparison.low, comparison.high, comparison.verdict))
         out.sort(key=lambda s: (math.isnan(s.gap), s.gap, s.first_trial))
         return out
@@ -268,14 +266,20 @@ class RaceLedger:
         if len(base_seeds) < 2:   # the baseline's second seed first: seed noise known at every epoch
             return configs[self.baseline_key], racing_seed(1, self.base_seed)
         leader = self.incumbent(known)
-        if leader is None or leader.verdict == BETTER or len(assigned[leader.key]) >= self.racing.seeds:
+        if leader is None:
             return None
-        racers = [leader.key] + self._challengers(known, leader)
+        # Who races, and up to how many seeds: the incumbent until it is decided, and challengers
+        # within noise of it up to its seeds (so that one can replace it on as many).
+        racers = [] if leader.verdict == BETTER else [(leader.key, self.racing.seeds)]
+        racers += [(key, len(assigned[leader.key])) for key in self._challengers(known, leader)]
         for i in range(self.racing.seeds):
             seed = racing_seed(i, self.base_seed)
-            for key in [self.baseline_key, *racers]:
-                if seed not in assigned[key]:
-                    return configs[key], seed
+            needing = [key for key, limit in racers if i < limit and seed not in assigned[key]]
+            if not needing:
+                continue
+            if seed not in base_seeds:   # the baseline first: every comparison is paired
+                return configs[self.baseline_key], seed
+            return configs[needing[0]], seed
         return None
 
     def _challengers(self, known: list[TrialRecord], leader: Standing) -> list[str]:

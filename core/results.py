@@ -118,6 +118,10 @@ def leaderboard(grid, cfg: ExperimentConfig):
         "trial", *cfg.search.space, "baseline", "status", "status_detail", f"best_{metric}", "epoch", "checkpoint"])
     column = f"best_{metric}"
     if cfg.search.racing_options is not None and column in board:
+        from core.internals import proposal_order
+
+        order = {trial_id: i for i, trial_id in enumerate(proposal_order(grid.experiment_path, grid.filesystem))}
+        records.sort(key=lambda r: order.get(r.trial_id.rsplit("_", 1)[-1], len(order)))   # as the search saw them
         return with_configurations(board, records, cfg)
     if column in board:
         if cfg.search.objectives:
@@ -150,8 +154,8 @@ def with_configurations(board, records, cfg: ExperimentConfig):
     over seeds, paired with the baseline's same seeds (core.racing.RaceLedger.standings), the
     incumbent first; each configuration's trials under it, best first. Columns added: `seed`,
     `configuration` (its first trial), `seeds` (how many finished), `vs_baseline` (ratio of the
-    means over paired seeds, or difference for KID-like metrics) with `low`/`high` (its 95%
-    interval), `verdict`, and `incumbent` (the configuration the search stands behind)."""
+    means over paired seeds, or their difference: `scale`) with `low`/`high` (its 95% interval),
+    `verdict`, and `incumbent` (the configuration the search stands behind)."""
     from core.racing import RaceLedger
 
     by_trial = {r.trial_id: r for r in records}
@@ -171,7 +175,8 @@ def with_configurations(board, records, cfg: ExperimentConfig):
         seed=board["trial"].map(lambda t: by_trial[t].seed),
         configuration=keys.map(first_trial),
         seeds=keys.map(lambda k: standings[k].seeds if k in standings else 0),
-        vs_baseline=keys.map(lambda k: standings[k].ratio if k in standings else math.nan),
+        vs_baseline=keys.map(lambda k: standings[k].estimate if k in standings else math.nan),
+        scale=keys.map(lambda k: standings[k].scale if k in standings else ""),
         low=keys.map(lambda k: standings[k].low if k in standings else math.nan),
         high=keys.map(lambda k: standings[k].high if k in standings else math.nan),
         verdict=keys.map(lambda k: standings[k].verdict if k in standings else ""),
@@ -226,10 +231,11 @@ def _raced_best(board, metric: str) -> str:
         return (f"best: no configuration beat the defaults on the seeds it shared with them (final {metric}, "
                 f"mean over seeds): the search ships the defaults")
     row = board[board["incumbent"]].iloc[0]
-    scale = "x the defaults" if ratio_is_meaningful(metric) else f" {metric} against the defaults"
-    interval = (f" [{row['low']:.3g}, {row['high']:.3g}]" if math.isfinite(row["low"]) else " (no interval: one seed)")
-    return (f"best: {row['configuration']}, final {metric} {row['vs_baseline']:.3g}{scale}{interval} over "
-            f"{int(row['seeds'])} seeds paired with the baseline's: {row['verdict']}")
+    estimate = (f"{row['vs_baseline']:.3g}x the defaults" if row["scale"] == "ratio"
+                else f"{row['vs_baseline']:+.3g} against the defaults (a difference)")
+    interval = f" [{row['low']:.3g}, {row['high']:.3g}]" if math.isfinite(row["low"]) else " (no interval: one seed)"
+    return (f"best: {row['configuration']}, final {metric} {estimate}{interval} over {int(row['seeds'])} seeds "
+            f"paired with the baseline's (mean over seeds): {row['verdict']}")
 
 
 def pareto_summary(board, objectives: list[str]) -> str:

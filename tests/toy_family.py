@@ -13,6 +13,7 @@ noise in its latent grid. It learns little, and need not: it exists to prove the
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -34,6 +35,8 @@ class Config:
     channels: int = 4                    # c, channels of the latent grid
     lr: float = 1.0e-3                   # Adam learning rate (encoder and decoder share one optimizer)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    slow_above_lr: float = 1.0           # trials with a higher lr sleep 0.4 s per step: another arrival
+                                         #   order for the same search (tests/test_racing_runs.py)
 
     def validate(self) -> list[str]:
         errors = [] if self.channels >= 1 else [f"model.channels must be >= 1, got {self.channels}"]
@@ -61,6 +64,8 @@ class ToyAutoencoder(Family):
         return self.data_loader(dataset, batch_size=self.cfg.train.batch_size, shuffle=True, generator=generator)
 
     def train_step(self, batch) -> dict[str, float]:
+        if self.cfg.model.lr > self.cfg.model.slow_above_lr:
+            time.sleep(0.4)
         x = batch[0].to(self.device)                         # (B, 3, H, W) in [-1, 1]
         with self.autocast():
             loss = F.mse_loss(self.decoder(self.encoder(x)).float(), x)

@@ -1,0 +1,159 @@
+"""Does the quickstart's answer survive a rerun? `make quickstart` (the raced search, then the
+held-out check) once per searcher seed, and the distribution of what it ships.
+
+    python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs              # search.seed 0-4 (~1 h on 2 cores)
+    python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs --seeds 0 --repeat     # the same command twice
+    PAINTSWEEP_THREADS=2 python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs-2t --seeds 0
+    python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs --seeds 0 --label x -- search.racing=false
+
+For every seed: `tune.py --space search_spaces/quickstart.yaml search.seed=N` then `confirm.py
+--holdout --seeds 3` (the shipped configuration, the search's incumbent, and the defaults retrained
+on seeds neither the search nor a confirmation used). Per run it prints what the search shipped, the
+search's own `best:` ratio (decided on its raced seeds), the held-out ratio with its 95% interval
+and verdict, whether the two differ by less than the held-out interval's half-width (the search does
+not flatter itself), and the wall time of each command. Then, over the runs: in how many the shipped
+configuration retrained better than the defaults on the held-out seeds, and the median and range of
+its held-out ratio. The targets (issue 22): better in at least 4 of 5 runs, every held-out ratio at
+most 0.85, `make quickstart` at most 12 minutes on 2 idle cores; the script prints whether they hold
+and never fails on them. `--repeat` runs seed N twice and says whether both printed the same
+leaderboard and verdict. A finished run in --storage is reused (delete it to run it again).
+The table is also written to benchmarks/results/quickstart_seeds[-label].md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "quickstart.yaml"
+HOLDOUT_SEEDS = 3
+TARGET_RATIO, TARGET_BETTER, TARGET_MINUTES = 0.85, 4, 12.0
+
+
+def run(command: list[str], log: Path) -> float:
+    """Run a command (its output to `log`), fail loudly if it fails; returns its wall time in s."""
+    start = time.monotonic()
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+    return time.monotonic() - start
+
+
+def quickstart(storage: Path, name: str, seed: int, overrides: list[str]) -> dict:
+    """One `make quickstart` for searcher seed `seed` under `name` (reused when finished)."""
+    exp = storage / name
+    times = {"search_s": math.nan, "holdout_s": math.nan}
+    if not (exp / "leaderboard.csv").is_file():
+        print(f"[{name}] search (search.seed={seed}) ...", flush=True)
+        times["search_s"] = run([sys.executable, "experiments/tune.py", "--space", str(SPACE), "--storage", str(storage),
+                                 "--name", name, f"search.seed={seed}", *overrides], storage / f"{name}.search.log")
+    held_csv = exp / "confirm-holdout" / "confirm.csv"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    shipped = "incumbent" in board and board["incumbent"].astype(bool).any()
+    if shipped and not held_csv.is_file():
+        print(f"[{name}] held-out check ...", flush=True)
+        times["holdout_s"] = run([sys.executable, "experiments/confirm.py", str(exp), "--holdout", "--seeds",
+                                  str(HOLDOUT_SEEDS)], storage / f"{name}.holdout.log")
+    best = next(line for line in (exp / "leaderboard.txt").read_text().splitlines() if line.startswith("best:"))
+    row = {"run": name, "search.seed": seed, **times, "best_line": best}
+    if shipped:
+        top = board[board["incumbent"].astype(bool)].iloc[0]
+        searched = [c for c in board.columns if "." in c and c != "search.seed"]
+        row.update(shipped=", ".join(f"{c}={_short(top[c])}" for c in searched), search_ratio=top["vs_baseline"],
+                   search_scale=top["scale"], search_seeds=int(top["seeds"]))
+        held = pd.read_csv(held_csv).set_index("candidate").loc["top 1"]
+        row.update(held_ratio=held["estimate"], held_low=held["low"], held_high=held["high"],
+                   held_scale=held["compared"], held_verdict=held["verdict"], held_p=held["p_value"])
+    else:
+        row.update(shipped="the defaults (no configuration beat them on shared seeds)")
+    return row
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def comparable(exp: Path) -> pd.DataFrame:
+    """A leaderboard without what differs between two runs of one command by design: trial names
+    (random ids) and checkpoint paths."""
+    board = pd.read_csv(exp / "leaderboard.csv")
+    drop = [c for c in ("trial", "checkpoint", "configuration") if c in board]
+    return board.drop(columns=drop).round(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--storage", required=True, help="where the runs live (kept: a rerun reuses them)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="search.seed values")
+    parser.add_argument("--repeat", action="store_true", help="run each seed twice and compare the two")
+    parser.add_argument("--label", default="", help="suffix of the run names and of the results file")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every search (after --)")
+    args = parser.parse_args(argv)
+    storage = Path(args.storage).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    suffix = f"-{args.label}" if args.label else ""
+    threads = os.environ.get("PAINTSWEEP_THREADS", "1")
+
+    rows = []
+    for seed in args.seeds:
+        rows.append(quickstart(storage, f"qs-seed{seed}{suffix}", seed, args.overrides))
+        if args.repeat:
+            again = quickstart(storage, f"qs-seed{seed}{suffix}-again", seed, args.overrides)
+            same = comparable(storage / rows[-1]["run"]).equals(comparable(storage / again["run"]))
+            same_verdict = again.get("held_verdict") == rows[-1].get("held_verdict") and \
+                again.get("held_ratio") == rows[-1].get("held_ratio")
+            print(f"seed {seed} twice: leaderboard {'identical' if same else 'DIFFERENT'}, held-out verdict "
+                  f"{'identical' if same_verdict else 'DIFFERENT'}")
+            rows.append(again)
+
+    table = pd.DataFrame(rows)
+    lines = [f"# The quickstart over searcher seeds{suffix} (trials at {threads} thread(s), "
+             f"{time.strftime('%Y-%m-%d')}, overrides: {' '.join(args.overrides) or 'none'})", "",
+             "| run | shipped | search's own ratio (seeds) | held-out ratio [95% CI], verdict | "
+             "search within held-out half-width | search + held-out wall |", "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        if isinstance(r.get("held_ratio"), float) and math.isfinite(r["held_ratio"]):
+            half = (r["held_high"] - r["held_low"]) / 2
+            honest = abs(r["search_ratio"] - r["held_ratio"]) < half if r["search_scale"] == r["held_scale"] else None
+            held = f"{r['held_ratio']:.3f} [{r['held_low']:.3f}, {r['held_high']:.3f}] ({r['held_scale']}), {r['held_verdict']}"
+            search = f"{r['search_ratio']:.3f} ({r['search_scale']}, {r['search_seeds']} seeds)"
+        else:
+            honest, held, search = None, "-", "-"
+        wall = (r["search_s"] + (0 if math.isnan(r["holdout_s"]) else r["holdout_s"])) / 60
+        lines.append(f"| {r['run']} | {r['shipped']} | {search} | {held} | "
+                     f"{'-' if honest is None else 'yes' if honest else 'no'} | "
+                     f"{'(reused)' if math.isnan(wall) else f'{wall:.1f} min'} |")
+    held = [r for _, r in table.iterrows() if isinstance(r.get("held_ratio"), float) and math.isfinite(r["held_ratio"])
+            and r["held_scale"] == "ratio"]
+    ratios = [r["held_ratio"] for r in held]
+    better = sum(r["held_verdict"].startswith("better") for r in held)
+    lines += ["", f"Runs: {len(table)}; shipped a configuration: {len(held)}; retrained better than the defaults on "
+                  f"held-out seeds: {better} of {len(table)} (target >= {TARGET_BETTER} of 5)."]
+    if ratios:
+        lines.append(f"Held-out ratio: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f} "
+                     f"(target: every run <= {TARGET_RATIO}: {'holds' if max(ratios) <= TARGET_RATIO else 'missed'}).")
+    walls = [(r["search_s"] + r["holdout_s"]) / 60 for _, r in table.iterrows()
+             if math.isfinite(r["search_s"]) and math.isfinite(r["holdout_s"])]
+    if walls:
+        lines.append(f"make quickstart's two commands: median {statistics.median(walls):.1f} min, max {max(walls):.1f} "
+                     f"(target <= {TARGET_MINUTES:.0f} min on 2 idle cores; a figure taken beside other work is not one)")
+    text = "\n".join(lines)
+    print("\n" + text)
+    out = ROOT / "benchmarks" / "results" / f"quickstart_seeds{suffix}.md"
+    out.write_text(text + "\n")
+    print(f"\nSaved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

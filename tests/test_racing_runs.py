@@ -1,0 +1,101 @@
+"""Racing and trial order in real Ray Tune searches (the toy family, on the session's Ray).
+
+The same raced search twice, once with the trials of its higher learning rates slowed down so that
+trials finish in another order: decisions are taken in trial order (core/racing.py), so both runs train the same
+configurations on the same seeds, stop the same trials, score them the same and ship the same one.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray.cloudpickle as cloudpickle
+
+from test_new_family import TOY_SPACE, toy_environment
+from tune_cli import driver, kill_session, study_of, tune, wait_for
+
+TRIALS, EPOCHS = 10, 3
+SLOW_ABOVE = 2e-3   # the toy space's lr is loguniform in [1e-4, 1e-2]: the best toy configurations lie above
+
+
+def raced_search_args(storage: Path, address: str, name: str, *extra: str) -> list[str]:
+    return ["--space", str(TOY_SPACE), "--storage", str(storage), "--address", address, "--name", name,
+            "--num-samples", str(TRIALS), "search.racing={seeds: 3}", f"train.epochs={EPOCHS}",
+            "search.grace_period=1", *extra]
+
+
+def raced_search(storage: Path, address: str, name: str, *extra: str) -> Path:
+    done = tune(*raced_search_args(storage, address, name, *extra), env=toy_environment(), timeout=300)
+    assert done.returncode == 0, f"the raced search failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return storage / name
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, shared_ray) -> Path:
+    return raced_search(tmp_path_factory.mktemp("raced"), shared_ray, "plain")
+
+
+def what_it_decided(exp: Path) -> dict:
+    board = pd.read_csv(exp / "leaderboard.csv")
+    runs = sorted((row["model.lr"], int(row["seed"]), row["status"], int(row["epochs_trained"]), row["best_fid"])
+                  for _, row in board.iterrows())
+    study = [(t.number, t.params, t.value) for t in study_of(exp).trials]
+    best = next(line for line in (exp / "leaderboard.txt").read_text().splitlines() if line.startswith("best:"))
+    best = best.replace(board.loc[board["incumbent"], "configuration"].iloc[0] if board["incumbent"].any() else "", "")
+    return {"runs": runs, "study": study, "best": best}
+
+
+@pytest.mark.slow
+def test_another_arrival_order_changes_no_decision(plain, tmp_path, shared_ray):
+    slowed = raced_search(tmp_path, shared_ray, "slowed", f"model.slow_above_lr={SLOW_ABOVE}")
+
+    board = pd.read_csv(plain / "leaderboard.csv")
+    assert len(board) == TRIALS and (board["seed"] != 0).sum() >= 2, board.to_string()   # it raced seeds
+    baseline_seeds = set(board.loc[board["baseline"], "seed"])
+    assert {0, 100} <= baseline_seeds                                   # the baseline's second seed at once
+    # The delay acted: the slowed trials took far longer, and some finished after later ones.
+    ends = {}
+    for trial in slowed.glob("toy_*"):
+        last = json.loads((trial / "result.json").read_text().splitlines()[-1])
+        ends[last["trial_id"]] = (last["config"]["model.lr"] > SLOW_ABOVE, last["time_total_s"])
+    slow = [t for slow, t in ends.values() if slow]
+    fast = [t for slow, t in ends.values() if not slow]
+    assert slow and fast and min(slow) > 2.0 > max(fast), ends
+
+    assert what_it_decided(slowed) == what_it_decided(plain)
+
+
+@pytest.mark.slow
+def test_a_raced_search_killed_and_resumed_decides_as_an_uninterrupted_one(plain, tmp_path, shared_ray):
+    """SIGKILL the driver once 3 trials have finished (racing under way: the ledger is in Ray's
+    searcher checkpoint), then --resume: the same trials, seeds, stops, scores and pick."""
+    args = raced_search_args(tmp_path, shared_ray, "killed")
+    exp = tmp_path / "killed"
+
+    def finished() -> int:
+        return sum(1 for t in exp.glob("toy_*") if any(c.name == f"checkpoint_{EPOCHS - 1:06d}" for c in t.iterdir()))
+
+    with driver(*args, env=toy_environment()) as proc:
+        wait_for(lambda: finished() >= 3, "3 finished trials", proc=proc)
+        kill_session(proc)
+    # Ray writes its snapshot as several files; a kill between them leaves them from different
+    # moments (seen: Ray's count of proposed trials 2 beside 4 trials). Made so here, every time:
+    # the count set back and the ledger's newest trial dropped. The resume must repair both.
+    generator_file = max(exp.glob("search_gen_state-*"))
+    generator = cloudpickle.loads(generator_file.read_bytes())
+    generator["counter"] = 1
+    generator_file.write_bytes(cloudpickle.dumps(generator))
+    searcher_file = max(exp.glob("searcher-state-*"))
+    searcher = pickle.loads(searcher_file.read_bytes())
+    lost = searcher["ledger"]["trials"].pop()["trial_id"]
+    searcher_file.write_bytes(pickle.dumps(searcher))
+
+    resumed = tune(*args, "--resume", env=toy_environment(), timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resume: toy_{lost} was missing from the search's ledger; added" in resumed.stdout
+    assert "resume: Ray's count of proposed trials was 1" in resumed.stdout
+    assert what_it_decided(exp) == what_it_decided(plain)
