@@ -23,6 +23,7 @@ The table is also written to benchmarks/results/quickstart_seeds[-label].md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -65,7 +66,7 @@ def quickstart(storage: Path, name: str, seed: int, overrides: list[str]) -> dic
         times["holdout_s"] = run([sys.executable, "experiments/confirm.py", str(exp), "--holdout", "--seeds",
                                   str(HOLDOUT_SEEDS)], storage / f"{name}.holdout.log")
     best = next(line for line in (exp / "leaderboard.txt").read_text().splitlines() if line.startswith("best:"))
-    row = {"run": name, "search.seed": seed, **times, "best_line": best}
+    row = {"run": name, "search.seed": seed, **times, "best_line": best, **rung_replay(exp), **order_cost(exp, 2)}
     if shipped:
         top = board[board["incumbent"].astype(bool)].iloc[0]
         searched = [c for c in board.columns if "." in c and c != "search.seed"]
@@ -77,6 +78,75 @@ def quickstart(storage: Path, name: str, seed: int, overrides: list[str]) -> dic
     else:
         row.update(shipped="the defaults (no configuration beat them on shared seeds)")
     return row
+
+
+def rung_replay(exp: Path) -> dict:
+    """The search's rung decisions replayed on its recorded curves (its exploring trials' first
+    seeds, in proposal order), with the noise allowance it used and without it (plain ASHA in
+    trial order): how many trials each stops, and whether the shipped configuration would have been
+    stopped. (A replay: had ASHA stopped a trial, later decisions could have differed.)"""
+    sys.path.insert(0, str(ROOT))
+    from core.config import build_config
+    from core.internals import proposal_order
+    from core.racing import RaceLedger, STOP, configuration_key
+    from core.search import rung_epochs
+    import yaml
+
+    cfg = build_config(yaml.safe_load((exp / "experiment.yaml").read_text()))
+    board = pd.read_csv(exp / "leaderboard.csv")
+    order = {t: i for i, t in enumerate(proposal_order(str(exp)))}
+    board = board.assign(_order=board["trial"].map(lambda t: order.get(t.rsplit("_", 1)[-1], len(order))))
+    counts = {}
+    shipped_key = None
+    for noise in (True, False):
+        ledger = RaceLedger(metric=cfg.search.metric, epochs=cfg.train.epochs, lag=cfg.search.max_concurrent,
+                            base_seed=cfg.train.seed, racing=cfg.search.racing_options, rungs=rung_epochs(cfg),
+                            reduction_factor=cfg.search.reduction_factor, baseline_key=None)
+        if not noise:
+            ledger.epoch_noise = lambda trials, epoch: 0.0
+        stopped, seen = [], set()
+        for _, row in board.sort_values("_order").iterrows():
+            values = {k: row[k] for k in cfg.search.space if k in row and not pd.isna(row[k])}
+            key = configuration_key(values)
+            record = ledger.add(row["trial"], values, int(row["seed"]), races=key in seen)
+            if row["baseline"] and ledger.baseline_key is None:
+                ledger.baseline_key = key
+            seen.add(key)
+            for report in (json.loads(line) for line in (exp / row["trial"] / "result.json").read_text().splitlines()):
+                ledger.record_result(row["trial"], report)
+                if ledger.rung_decision(row["trial"], report["epoch"]) == STOP:
+                    stopped.append(key)
+                    break
+            record.done = True
+            if bool(row.get("incumbent")):
+                shipped_key = key
+        counts["noise" if noise else "asha"] = stopped
+    return {"stopped_noise_aware": len(counts["noise"]), "stopped_plain_asha": len(counts["asha"]),
+            "asha_stops_shipped": shipped_key is not None and shipped_key in counts["asha"]}
+
+
+def order_cost(exp: Path, slots: int) -> dict:
+    """What deciding in trial order cost the search: the share of its worker time (slots x wall,
+    from the first trial's start to the last one's end) spent idle while trials were still to be
+    proposed (a free slot waiting for trial k-lag), from the trials' own report times (1 s)."""
+    spans = []
+    for trial in exp.glob("*_*/result.json"):
+        rows = [json.loads(line) for line in trial.read_text().splitlines() if line.strip()]
+        if rows:
+            spans.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]))
+    if not spans:
+        return {"gate_idle": math.nan}
+    spans.sort()
+    start, end = spans[0][0], max(e for _, e in spans)
+    last_start = spans[-1][0]   # after it, nothing waits: idle slots then are the search's tail
+    idle = 0.0
+    events = sorted({s for s, _ in spans} | {e for _, e in spans} | {last_start})
+    for a, b in zip(events, events[1:]):
+        if a >= last_start:
+            break
+        running = sum(1 for s, e in spans if s <= a and e >= b)
+        idle += max(0, slots - running) * (b - a)
+    return {"gate_idle": idle / (slots * (end - start))}
 
 
 def _short(value) -> str:
@@ -120,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# The quickstart over searcher seeds{suffix} (trials at {threads} thread(s), "
              f"{time.strftime('%Y-%m-%d')}, overrides: {' '.join(args.overrides) or 'none'})", "",
              "| run | shipped | search's own ratio (seeds) | held-out ratio [95% CI], verdict | "
-             "search within held-out half-width | search + held-out wall |", "|---|---|---|---|---|---|"]
+             "search within held-out half-width | rung stops: noise-aware / plain ASHA (replayed); "
+             "ASHA would stop the shipped one | worker time idle at the trial-order gate | search + held-out wall |",
+             "|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         if isinstance(r.get("held_ratio"), float) and math.isfinite(r["held_ratio"]):
             half = (r["held_high"] - r["held_low"]) / 2
@@ -132,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = (r["search_s"] + (0 if math.isnan(r["holdout_s"]) else r["holdout_s"])) / 60
         lines.append(f"| {r['run']} | {r['shipped']} | {search} | {held} | "
                      f"{'-' if honest is None else 'yes' if honest else 'no'} | "
+                     f"{r['stopped_noise_aware']} / {r['stopped_plain_asha']}; {'yes' if r['asha_stops_shipped'] else 'no'} | "
+                     f"{r['gate_idle']:.0%} | "
                      f"{'(reused)' if math.isnan(wall) else f'{wall:.1f} min'} |")
     held = [r for _, r in table.iterrows() if isinstance(r.get("held_ratio"), float) and math.isfinite(r["held_ratio"])
             and r["held_scale"] == "ratio"]
