@@ -1,7 +1,7 @@
 """Does the quickstart's answer survive a rerun? `make quickstart` (the raced search, then the
 held-out check) once per searcher seed, and the distribution of what it ships.
 
-    python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs              # search.seed 0-4 (~1 h on 2 cores)
+    python benchmarks/bench_quickstart_seeds.py                                      # search.seed 0-4 (~1 h on 2 cores)
     python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs --seeds 0 --repeat     # the same command twice
     PAINTSWEEP_THREADS=2 python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs-2t --seeds 0
     python benchmarks/bench_quickstart_seeds.py --storage runs/bench-qs --seeds 0 --label x -- search.racing=false
@@ -163,7 +163,8 @@ def comparable(exp: Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", required=True, help="where the runs live (kept: a rerun reuses them)")
+    parser.add_argument("--storage", default="runs/bench-quickstart-seeds",
+                        help="where the runs live (kept: a rerun reuses them; default runs/bench-quickstart-seeds)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="search.seed values")
     parser.add_argument("--repeat", action="store_true", help="run each seed twice and compare the two")
     parser.add_argument("--label", default="", help="suffix of the run names and of the results file")
