@@ -67,7 +67,12 @@ def resolve_checkpoint(path: str | os.PathLike, progress=print) -> Path:
 
     cfg = build_config(yaml.safe_load((path / EXPERIMENT_FILE).read_text()), source=str(path / EXPERIMENT_FILE))
     grid = ResultGrid(ExperimentAnalysis(str(path.resolve())))
-    ranked = ranked_checkpoints(grid, cfg.search.metric)
+    results = list(grid)
+    incumbent = _incumbent_trials(path)
+    if incumbent:   # a raced search ships the configuration it decided on several seeds
+        results = [r for r in results if Path(r.path).name in incumbent]
+        progress(f"the search's incumbent configuration: the best checkpoint of its {len(incumbent)} seeds")
+    ranked = ranked_checkpoints(results, cfg.search.metric)
     for checkpoint, value, fs in ranked:
         problem = checkpoint_problem(checkpoint, fs)
         if problem is None:
@@ -75,6 +80,19 @@ def resolve_checkpoint(path: str | os.PathLike, progress=print) -> Path:
         progress(f"skipping {checkpoint} ({cfg.search.metric} {value:.4g}): {problem}")
     raise ExportError(f"No trial of {path} kept an intact checkpoint "
                       + ("(none reached an evaluation); train longer" if not ranked else "; see the lines above"))
+
+
+def _incumbent_trials(exp_dir: Path) -> set[str]:
+    """The trials of a raced search's incumbent (leaderboard.csv's `incumbent`), or none."""
+    import pandas as pd
+
+    board_path = exp_dir / "leaderboard.csv"
+    if not board_path.is_file():
+        return set()
+    board = pd.read_csv(board_path)
+    if "incumbent" not in board:
+        return set()
+    return set(board.loc[board["incumbent"].astype(bool), "trial"])
 
 
 def check_image_size(image_size: int, upscale: bool = False) -> None:
