@@ -542,7 +542,7 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
         return []
     with fs.open_input_stream(newest["searcher-state-"]) as f:
         saved = pickle.loads(f.readall())
-    if not isinstance(saved, dict) or "ledger" not in saved:
+    if not isinstance(saved, dict) or "metric" not in saved:
         return []   # not a search in trial order
     with fs.open_input_stream(snapshot) as f:
         state = _loads_with_cloudpickle(f.readall())
