@@ -45,8 +45,9 @@ def tiny_overrides(tiny_data, tiny_data_cfg) -> list[str]:
             "data.num_workers=0", "train.device=cpu", "train.batch_size=2", "train.epochs=1", "train.eval_every=1",
             "train.iters_per_epoch=1", "metrics.extractor=random", "metrics.num_samples=4",
             "metrics.kid_subset_size=2", "metrics.batch_size=4", "search.gpus_per_trial=0", "logging.image_grid_size=2",
-            # batch 2 may lie outside a searched train.batch_size; the space's own values are built anyway.
-            "search.baseline=false"]
+            # batch 2 may lie outside a searched train.batch_size; the space's own values are built anyway
+            # (racing, which compares with the baseline, is the search's: off here).
+            "search.baseline=false", "search.racing=false"]
 
 
 @pytest.mark.parametrize("space", CASES)

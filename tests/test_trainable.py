@@ -34,7 +34,8 @@ def tiny_experiment(space: str, tiny_data, **extra) -> dict:
                  "train.epochs=2", "train.eval_every=1", "train.iters_per_epoch=2", "train.batch_size=2",
                  "metrics.extractor=random", "metrics.num_samples=6", "metrics.kid_subset_size=4",
                  "metrics.batch_size=4", "logging.image_grid_size=2",
-                 "search.baseline=false"]   # the trainable, not the search: values outside the searched ranges
+                 # the trainable, not the search: values outside the searched ranges, no racing
+                 "search.baseline=false", "search.racing=false"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return config_to_dict(load_experiment(BUILTIN_SPACES[space], overrides))
 
