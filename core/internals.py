@@ -5,6 +5,11 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
   checkpoint into the trial's own directory and explores inside the searched ranges
   (`BaselineKeepingASHA`, `BaselineKeepingPBT`: they override Ray's private methods);
 - the Optuna searcher over a study that can be ahead of Ray's snapshot (`ResumableOptunaSearch`);
+- the search in trial order (core/racing.py's rules): the searcher that gates, tells Optuna in
+  trial order and races seeds (`InTrialOrderSearch`), the rungs that read its ledger
+  (`NoiseAwareRungs`), and the ledger's repair against Ray's snapshot before a resume
+  (`repair_race_ledger`, which also reads Ray's count of proposed trials) and its order for the
+  leaderboard (`proposal_order`);
 - the result loggers, which must not replace this session's files with older copies from storage
   (`SessionJsonLogger`, `SessionCSVLogger`);
 - Ray's snapshot of an interrupted run: records of deleted checkpoints repaired before a resume

@@ -7,11 +7,12 @@ search's own trials on more seeds for the configurations that decide the answer,
 a trial only for a gap larger than the seed noise at that epoch. Everything here is plain Python
 on the ledger below; core.internals plugs it into Ray Tune (`InTrialOrderSearch`, `NoiseAwareRungs`).
 
-    ledger = RaceLedger(metric="fid", epochs=6, lag=2, base_seed=0, racing=RacingOptions(seeds=4), rungs=[2, 4])
+    ledger = RaceLedger(metric="fid", epochs=6, lag=2, base_seed=0, racing=RacingOptions(seeds=4),
+                        rungs=[2, 4], reduction_factor=2, baseline_key=None)   # (the searcher sets the key)
     ledger.ready(k)              # may trial k be proposed? (trials 0..k-lag have finished)
     ledger.next_race(k)          # (configuration, seed) of the next racing run, or None: explore
-    ledger.rung_decision(k, epoch, score)   # "continue" | "stop": trial k at a rung
-    ledger.standings()           # every configuration: seeds, paired ratio to the baseline, interval
+    ledger.rung_decision(trial_id, epoch)   # "continue" | "stop": a trial at a rung (its score recorded)
+    ledger.standings()           # every configuration: seeds, paired comparison with the baseline
 
 The ledger. Every trial in the order it was proposed (its index k), the configuration it trains
 (the searched values; `key`), its seed, whether it races (a further seed of a configuration tried
@@ -23,8 +24,8 @@ search.max_concurrent, so at most `lag` trials run at once), and whatever is dec
 reads those trials only: what Optuna has been told before it proposes trial k, whether trial k
 races, and the rung cut-offs and noise it is stopped against. Trials that finish in another order
 (another CPU, another load) therefore change nothing: decisions are a function of the trials'
-own results. The price is idle workers while trial k waits for trial k-lag
-(benchmarks/bench_search_efficiency.py --order-cost measures it).
+own results. The price is idle workers while trial k waits for trial k-lag (3-7% of the worker
+time in the quickstart: benchmarks/bench_quickstart_seeds.py prints it per run).
 
 Racing (search.racing). The baseline trains a second seed at once (trial 1: the seed noise at
 every epoch is known from the start). Once a configuration beats the baseline on the seeds they

@@ -149,3 +149,15 @@ def test_no_private_name_of_ray_optuna_wandb_or_torch_is_used_outside_core_inter
             if any(name in code for name in private):
                 found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_the_snapshot_files_the_race_ledger_repair_reads_are_still_named_and_shaped_so():
+    """repair_race_ledger and proposal_order find Ray's searcher checkpoint and the search
+    generator's state by these names, and set the generator's `counter`."""
+    from ray.tune.search import Searcher
+    from ray.tune.search.search_generator import SearchGenerator
+
+    assert Searcher.CKPT_FILE_TMPL == "searcher-state-{}.pkl"
+    assert SearchGenerator.CKPT_FILE_TMPL == "search_gen_state-{}.json"
+    generator = SearchGenerator(internals.InTrialOrderSearch.__new__(internals.InTrialOrderSearch))
+    assert {"counter", "total_samples", "finished"} <= set(generator.get_state())
