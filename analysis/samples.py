@@ -4,6 +4,7 @@
 
 The trainable writes `samples/<name>` image grids at every evaluation; reading them back costs no
 model and no data. To draw new images from a kept checkpoint instead, use analysis.checkpoints.
+`enlarged(grid, width, height)` scales a grid of small images up for display, pixel by pixel.
 """
 
 from __future__ import annotations
@@ -42,3 +43,15 @@ def top_trial_grids(trials, k: int = 3) -> dict[str, dict[str, np.ndarray]]:
     for row in trials.dropna(subset=["epoch"]).head(k).itertuples():
         out[row.trial] = trial_sample_grids(row.trial_dir, int(row.epoch))
     return out
+
+
+MAX_UPSCALE = 4   # a 32 px sample shown 128 px wide: its detail visible, a grid of 8 still one page wide
+
+
+def enlarged(image: np.ndarray, max_width: int, max_height: int, max_factor: int = MAX_UPSCALE) -> tuple[np.ndarray, int]:
+    """(image scaled up, factor): each pixel repeated into a factor x factor block, for the largest
+    whole factor up to `max_factor` that keeps it within max_width x max_height (1 if none does). A
+    whole factor and no smoothing show the pixels the model made, nothing interpolated between them."""
+    height, width = image.shape[:2]
+    factor = max(1, min(max_factor, max_width // width, max_height // height))
+    return image.repeat(factor, axis=0).repeat(factor, axis=1), factor

@@ -3,10 +3,12 @@
     python experiments/report.py runs/quickstart                  # -> runs/quickstart/report.html
     python experiments/report.py runs/cyclegan --out cyclegan.html --top 5
 
-The leaderboard, the search metric per evaluation and what ASHA stopped, Optuna's views of the
-study (importances, parallel coordinates, ...; the Pareto front for several objectives),
-confirmation results when confirm.py has run (confirm/confirm.csv, confirm-holdout/confirm.csv),
-and the top trials' samples. Figures are embedded in the file (analysis/report.py).
+It opens with the answer: what was searched, the best configuration against the defaults, and
+confirm.py's Confirmation / Best confirmed / Held out lines (or the command that runs each). Then
+the details: the leaderboard, confirmation results when confirm.py has run (confirm/confirm.csv,
+confirm-holdout/confirm.csv), the search metric per evaluation and what ASHA stopped, Optuna's views
+of the study (importances, parallel coordinates, ...; the Pareto front for several objectives), and
+the top trials' samples, scaled up pixel by pixel. Figures are embedded in the file (analysis/report.py).
 """
 
 from __future__ import annotations
