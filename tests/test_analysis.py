@@ -151,8 +151,14 @@ def test_notebooks_run_top_to_bottom(smoke_experiments):
     for notebook, figures in ((overview, 9), (compare, 4)):
         images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) == figures
-    text = "".join(o.get("text", "") for cell in overview.cells for o in cell.get("outputs", []))
+    outputs = [o for cell in overview.cells for o in cell.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs)
     assert "cyclegan_builtin-smoke: cyclegan, 2 trials" in text
+    # The answer is the first thing it shows (analysis.answer, as report.html opens): no confirmation
+    # yet. (Imports may warn first, on stderr: tqdm's about ipywidgets.)
+    shown = [o for o in outputs if o.get("name") != "stderr"]
+    assert shown[0]["text"].startswith("Searched: 2 trials of cyclegan over model.")
+    assert "\nConfirmation: not run yet" in shown[0]["text"]
 
 
 def test_notebooks_are_committed_without_outputs():
