@@ -34,8 +34,10 @@ COPY_THREADS = 8          # files copied at once (pyarrow.fs.copy_files uses a t
 # --- The Ray cluster ----------------------------------------------------------------------------
 
 
-def connect(address: str | None) -> None:
-    """Start a local Ray (address None) or join a running cluster ("auto" or "HOST:PORT")."""
+def connect(address: str | None, log_to_driver: bool = True) -> None:
+    """Start a local Ray (address None) or join a running cluster ("auto" or "HOST:PORT").
+    `log_to_driver`: the trials' own output (each epoch's line, Ray's checkpoint messages) is
+    printed by this driver too; without it, it stays in the trials' logs (core.driver's console)."""
     import ray
 
     if ray.is_initialized():
@@ -44,13 +46,13 @@ def connect(address: str | None) -> None:
         from core.internals import quiet_token_authentication_notice
 
         quiet_token_authentication_notice()
-        _start_local_ray()
+        _start_local_ray(log_to_driver)
         return
     if address != "auto":
         # Ray itself retries an address that does not answer for minutes before failing.
         _check_reachable(address)
     try:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        ray.init(address=address, logging_level="WARNING", log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError) as e:
         raise ClusterError(f"Cannot connect to the Ray cluster at --address {address}: {e}. "
                            f"Start one with `ray start --head` (and `ray start --address=HEAD:6379` on "
@@ -58,7 +60,7 @@ def connect(address: str | None) -> None:
                            f"on this machine only.") from None
 
 
-def _start_local_ray() -> None:
+def _start_local_ray(log_to_driver: bool) -> None:
     """ray.init of a private cluster, tried STARTUP_TRIES times: Ray gives its raylet a fixed 30 s
     to register (core.internals.is_startup_timeout), which a loaded machine, or one still busy with the
     processes of a driver killed a moment ago, can miss; the next try usually works."""
@@ -69,7 +71,7 @@ def _start_local_ray() -> None:
     for attempt in range(1, STARTUP_TRIES + 1):
         try:
             # "local", not None: ray.init() alone would join a cluster left running by `ray start`.
-            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=log_to_driver)
             return
         except Exception as e:   # Ray raises a bare Exception for this
             if not is_startup_timeout(e):

@@ -290,7 +290,7 @@ def confirm_trainable(config: dict, *, candidates: dict[str, dict], **bound) -> 
 
 
 def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, run: str = CONFIRM_DIR,
-                resume: bool = False, address: str | None = None, verbose: int = 1, progress=print):
+                resume: bool = False, address: str | None = None, verbose: bool = False, progress=print):
     """Retrain every candidate with every seed (or continue that run) as the Ray Tune experiment
     `exp_dir/<run>` (CONFIRM_DIR, or HOLDOUT_DIR); returns its ResultGrid.
 
@@ -310,17 +310,17 @@ def run_confirm(exp_dir: Path, cfg: ExperimentConfig, plan: ConfirmPlan, *, run:
     elif confirm_path.exists() and any(confirm_path.iterdir()):
         raise ConfirmError(f"{confirm_path} already exists: continue it with --resume, or delete it to start over")
     with tune_driver(cfg, Storage.parse(exp_dir), str(confirm_path), confirm_path, resume=resume, address=address,
-                     what=f"The confirmation of {exp_dir.name}", progress=progress) as driver:
+                     what=f"The confirmation of {exp_dir.name}", progress=progress, verbose=verbose) as driver:
         if not resume:
             plan.save(confirm_path / PLAN_FILE)
         trainable = driver.trainable(confirm_trainable, candidates=plan.candidates,
                                      experiment=config_to_dict(cfg), shared=None)
-        if resume:   # (a restored run keeps its own RunConfig)
-            tuner = tune.Tuner.restore(str(confirm_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+        if resume:   # (a restored run keeps its own RunConfig, but this driver's console)
+            tuner = driver.restored(tune.Tuner.restore(str(confirm_path), trainable=trainable,
+                                                       resume_unfinished=True, resume_errored=True))
         else:
             tuner = tune.Tuner(
-                trainable, run_config=driver.run_config(run, mode="min", verbose=verbose),
+                trainable, run_config=driver.run_config(run, mode="min"),
                 param_space={"candidate": tune.grid_search(list(plan.candidates)),
                              "train.seed": tune.grid_search(plan.seeds)},
                 tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1,

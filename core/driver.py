@@ -16,6 +16,8 @@ In order, a run:
 4. on a resume, repairs what an interrupted driver left: damaged checkpoints removed, Ray's records
    of deleted checkpoints repaired, reports it had not saved restored from the checkpoints;
 5. yields, and the caller builds its Tuner and fits it;
+   the console meanwhile is this module's (`TrialEvents`): one line per event of a trial, a live
+   status line on a terminal, and none of Ray's or Optuna's own output unless `verbose`;
 6. always: damaged checkpoints and staging leftovers removed, and Ray shut down (or left, when the
    run joined a cluster) before the interpreter exits. A directory the run created and left
    empty (a failed preparation) is removed: a refused run leaves nothing behind.
@@ -27,6 +29,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -39,8 +42,9 @@ from core.checkpoints import backfill_reports, checkpoint_problem, remove_stagin
 from core.cluster import Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig
 from core.data import prepare_data
-from core.internals import (SessionCSVLogger, SessionJsonLogger, check_versions, repair_checkpoint_records,
-                            repair_race_ledger)
+from core.internals import (SessionCSVLogger, SessionJsonLogger, check_versions, remove_unrecorded_trial_dirs,
+                            renew_console, repair_checkpoint_records, repair_race_ledger)
+from core.metric_registry import direction
 from core.metrics import reference_statistics
 from core.plan import check_family_builds
 from core.results import trial_status
@@ -73,11 +77,13 @@ def prepare_experiment(cfg: ExperimentConfig, progress=print) -> PreparedExperim
 
 @dataclass
 class TuneRun:
-    """What `tune_driver` yields: the prepared experiment, and the pieces every run builds alike."""
+    """What `tune_driver` yields: the prepared experiment, and the pieces every run builds alike.
+    `verbose`: Ray's and Optuna's own console output too (tune.py and confirm.py --verbose)."""
 
     cfg: ExperimentConfig
     storage: Storage
     ready: PreparedExperiment
+    verbose: bool = False
 
     def trainable(self, function, **bound):
         """`function` (a Ray Tune function trainable) with the prepared data, the reference
@@ -89,18 +95,20 @@ class TuneRun:
         return tune.with_resources(trainable, {"cpu": self.cfg.search.cpus_per_trial,
                                                "gpu": self.cfg.search.gpus_per_trial})
 
-    def run_config(self, name: str, mode: str, verbose: int = 1, stop=None):
-        """Ray Tune's RunConfig of a run named `name` under the storage: our loggers and trial-end
-        lines, the kept checkpoints ranked by the search metric (`mode`: "min"/"max"), retries."""
+    def run_config(self, name: str, mode: str, stop=None):
+        """Ray Tune's RunConfig of a run named `name` under the storage: our loggers and console,
+        the kept checkpoints ranked by the search metric (`mode`: "min"/"max"), retries."""
         from ray import tune
 
         cfg = self.cfg
         return tune.RunConfig(
             name=name, storage_path=self.storage.path, storage_filesystem=self.storage.filesystem,
-            callbacks=[SessionJsonLogger(), SessionCSVLogger(), TrialEndLine(cfg.search.metric, cfg.train.epochs)],
-            verbose=verbose, stop=stop,
+            callbacks=[SessionJsonLogger(), SessionCSVLogger(), self.console()],
+            verbose=self.ray_verbosity, stop=stop,
             # Trials write TensorBoard events in their working directory; Ray copies them to storage.
-            sync_config=tune.SyncConfig(sync_artifacts=True),
+            # Their own output too (<trial>/stdout, <trial>/stderr: each epoch's line, warnings), which
+            # the console shows only with --verbose.
+            sync_config=tune.SyncConfig(sync_artifacts=True), log_to_file=True,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.search.keep_checkpoints,
                                                     checkpoint_score_attribute=cfg.search.metric,
                                                     checkpoint_score_order=mode),
@@ -108,6 +116,24 @@ class TuneRun:
             # or collapsed trial is no failure: it returns normally and is not retried.
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         )
+
+    @property
+    def ray_verbosity(self) -> int:
+        """Ray Tune's `verbose`: 1 (its status table every 30 s, a box per trial start and end) with
+        --verbose; else 0, and the console is `TrialEvents`'."""
+        return 1 if self.verbose else 0
+
+    def console(self) -> "TrialEvents":
+        """This driver's console callback. The live line only on a terminal: redrawn with a carriage
+        return, it would fill a log file with every redraw."""
+        return TrialEvents(self.cfg.search.metric, self.cfg.train.epochs,
+                           live=not self.verbose and sys.stdout.isatty())
+
+    def restored(self, tuner):
+        """A `Tuner.restore`d tuner, printing as this driver was asked to (--verbose or not), not as
+        the run it continues was: Ray keeps that run's console in its RunConfig."""
+        renew_console(tuner, self.ray_verbosity, self.console())
+        return tuner
 
     def trial_names(self) -> dict:
         """Tuner settings naming each trial `<family>_<trial id>` (its directory too), instead of
@@ -118,20 +144,22 @@ class TuneRun:
 
 @contextmanager
 def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_dir: Path, *, what: str,
-                resume: bool, address: str | None, progress=print):
+                resume: bool, address: str | None, progress=print, verbose: bool = False):
     """Steps 1-4 and 6 of the module docstring around the caller's Tuner (step 5). `exp_path`: the
     Ray experiment on the storage; `local_dir`: where this driver's own files and lock live (the
     experiment directory, or its local mirror for a remote storage); `what` names the run in the
-    refusal of a second driver."""
+    refusal of a second driver; `verbose`: Ray's and Optuna's own console output too."""
     import ray
 
     check_versions()
     storage.check_writable()
-    connect(address)
+    connect(address, log_to_driver=verbose)
     created = not local_dir.exists()
     held = ExitStack()
     locked = False   # the staging clean-up below is only this driver's to do once it holds the lock
     try:
+        if not verbose:
+            held.enter_context(quiet_console())
         local_dir.mkdir(parents=True, exist_ok=True)
         held.enter_context(driver_lock(local_dir, what))
         locked = True
@@ -140,7 +168,7 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         # Ray's own TensorBoard logger would duplicate our scalars under ray/tune/*: keep only JSON/CSV
         # (which ResultGrid and the analysis helpers read); the trials write TensorBoard themselves.
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")   # (quiet_console's "0" stands while it is held)
         release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
         # A trial that had not reported before an interruption has no result files yet: Ray warns
         # about each on every resume, though nothing is wrong.
@@ -153,8 +181,11 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
             backfill_reports(exp_path, storage.filesystem, progress)
             repair_checkpoint_records(exp_path, storage.filesystem, progress)
             repair_race_ledger(exp_path, storage.filesystem, progress)
+            remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
         try:
-            yield TuneRun(cfg, storage, ready)
+            yield TuneRun(cfg, storage, ready, verbose)
+            if resume:   # again: a trial of the interrupted driver still stopping (on a cluster) may have written since
+                remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
         finally:
             remove_damaged_checkpoints(storage, exp_path, progress)
     finally:
@@ -167,6 +198,32 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         held.close()
         if created and local_dir.is_dir() and {p.name for p in local_dir.iterdir()} <= {DRIVER_LOCK}:
             shutil.rmtree(local_dir, ignore_errors=True)   # refused before anything was written
+
+
+@contextmanager
+def quiet_console():
+    """While held: none of Ray Tune's or Optuna's own console output, so that `TrialEvents` is the
+    run's console. Ray's output engine prints its configuration box and a table per failed trial
+    whatever the verbosity; its legacy engine (RAY_AIR_NEW_OUTPUT=0) at verbosity 0 prints
+    nothing. A failed trial's traceback (TUNE_PRINT_ALL_TRIAL_ERRORS) stays in its error file, which
+    TrialEvents names with the failure's one line. Optuna's "A new study created" goes too. All is
+    put back after: a process may run drivers one after another (the tests do), some --verbose."""
+    import optuna
+
+    names = ("RAY_AIR_NEW_OUTPUT", "TUNE_PRINT_ALL_TRIAL_ERRORS")
+    before = {name: os.environ.get(name) for name in names}
+    optuna_before = optuna.logging.get_verbosity()
+    os.environ.update({"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(optuna_before)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager
@@ -202,28 +259,141 @@ def driver_lock(directory: Path, what: str):
 # --- Ray Tune callbacks ----------------------------------------------------------------------------
 
 
-class TrialEndLine(Callback):
-    """A Ray Tune callback: one console line per finished trial, its status and best score.
-    (Ray's table shows each running trial's epoch, running best and last score: the first
-    numbers of its reports, see core.trainable.)"""
+class TrialEvents(Callback):
+    """A Ray Tune callback: the run's console. One line per event of a trial: it ended (its status,
+    best score and epochs), it failed (the error's one line and its error file; retried or not), a
+    PBT exploit (whose weights it continues). With `live` (a terminal, without --verbose), a status
+    line redrawn in place between them: the time, trials done, each running trial's epoch, the best
+    score so far. Nothing per epoch otherwise: a log file gets the events only."""
 
-    def __init__(self, metric: str, epochs: int):
-        self.metric, self.epochs = metric, epochs
+    LIVE_EVERY_S = 1.0   # the live line's clock moves between reports
+
+    def __init__(self, metric: str, epochs: int, live: bool = False):
+        self.metric, self.epochs, self.live = metric, epochs, live
+        self.total = None
+        self.started = time.monotonic()
+        self.drawn_at = -math.inf
+        self.drawn = self.changed = False
+
+    def setup(self, total_num_samples=None, **info) -> None:
+        self.total, self.started = total_num_samples, time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("exploited_from"):
+            self._say(f"Trial {trial} exploit at epoch {result.get('exploited_at_epoch')}: continues "
+                      f"{result['exploited_from']}'s weights, with {result.get('exploit_changes') or 'the same values'}")
+        self.changed = True   # drawn at the step's end: Ray updates the trial's last result after this call
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self.live and (self.changed or time.monotonic() - self.drawn_at >= self.LIVE_EVERY_S):
+            self._draw(self.status_line(trials))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._say(trial, errored=False)
+        self._say(self.end_line(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._say(trial, errored=True)
+        self._say(self.failure_line(trial, retried=False))
 
-    def _say(self, trial, errored: bool) -> None:
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._say(self.failure_line(trial, retried=True))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._clear()
+
+    # The lines.
+
+    def end_line(self, trial) -> str:
         last = trial.last_result or {}
-        status = trial_status(last, errored, self.epochs)
+        status = trial_status(last, False, self.epochs)
         best = last.get(f"best_{self.metric}")
         finite = best is not None and math.isfinite(best)
         score = f", best {self.metric} {best:.4g} at epoch {last.get('best_epoch')}" if finite else ""
-        print(f"Trial {trial} {status}{score} after {last.get('epoch', 0)}/{self.epochs} epochs"
-              + (f" ({last['status_detail']})" if last.get("status_detail") else ""), flush=True)
+        return (f"Trial {trial} {status}{score} after {last.get('epoch', 0)}/{self.epochs} epochs"
+                + (f" ({last['status_detail']})" if last.get("status_detail") else "") + _which_run(trial))
+
+    def failure_line(self, trial, retried: bool) -> str:
+        """The failure's one line and where its whole error is; a retry says where it resumes."""
+        last = trial.last_result or {}
+        reason, where = "no error recorded", ""
+        if trial.error_file and os.path.isfile(trial.error_file):   # the driver's copy, written before this call
+            with open(trial.error_file, errors="replace") as f:
+                reason = failure_reason(f.read())
+            # (Where it stays: the trial's directory in the storage, synced from the driver's copy.)
+            where = f" (error file {os.path.join(trial.path, os.path.basename(trial.error_file))})"
+        line = f"Trial {trial} failed after {last.get('epoch', 0)}/{self.epochs} epochs: {reason}{where}"
+        if retried:
+            checkpoint = trial.checkpoint
+            start = f"resumed from {Path(checkpoint.path).name}" if checkpoint else "started again from scratch"
+            of = f" of {trial.max_failures}" if trial.max_failures >= 0 else ""
+            line += f"; retry {trial.num_failures}{of}, {start}"
+        return line + _which_run(trial)
+
+    def status_line(self, trials) -> str:
+        """'2:13 | 3/12 trials done | wgan_gp_1 epoch 2/6 | 1 pending | best fid 0.35 (wgan_gp_0)'."""
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        total = self.total if self.total and self.total < sys.maxsize else len(trials)
+        parts = [_clock(time.monotonic() - self.started), f"{done}/{total} trials done"]
+        parts += [f"{t} epoch {(t.last_result or {}).get('epoch', 0)}/{self.epochs}"
+                  for t in trials if t.status == "RUNNING"]
+        pending = sum(t.status == "PENDING" for t in trials)   # starting, or waiting for a free slot
+        parts += [f"{pending} pending"] if pending else []
+        column, sign = f"best_{self.metric}", 1 if direction(self.metric) == "min" else -1
+        scored = [(t.last_result[column], str(t)) for t in trials
+                  if isinstance((t.last_result or {}).get(column), (int, float)) and math.isfinite(t.last_result[column])]
+        if scored:
+            value, name = min(scored, key=lambda item: sign * item[0])
+            parts.append(f"best {self.metric} {value:.4g} ({name})")
+        return " | ".join(parts)
+
+    # The terminal.
+
+    def _say(self, line: str) -> None:
+        self._clear()
+        print(line, flush=True)
+        self.changed = True   # the live line comes back at the step's end
+
+    def _draw(self, text: str) -> None:
+        width = shutil.get_terminal_size().columns - 1   # one row: a wrapped line would not redraw in place
+        sys.stdout.write("\r\033[K" + text[:width])
+        sys.stdout.flush()
+        self.drawn, self.changed, self.drawn_at = True, False, time.monotonic()
+
+    def _clear(self) -> None:
+        if self.drawn:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+            self.drawn = False
+
+
+TrialEndLine = TrialEvents   # its name until 2026-12: runs started before keep it in Ray's saved state
+
+
+def failure_reason(text: str) -> str:
+    """The one line of a Ray error file (<trial>/error.txt) that says why the latest failure
+    happened: a Python exception's own line ("ValueError: ..."), which ends the traceback Ray
+    records; or, for a lost worker, Ray's sentence and the cause it gives last."""
+    latest = text.rsplit("Failure # ", 1)[-1].splitlines()[1:]   # the latest failure, below its header
+    lines = [line.strip() for line in latest if line.strip() and not line.startswith("\t")]
+    if not lines:
+        return "no error recorded"
+    if lines[0].startswith("ray::") or len(lines) == 1:   # ray::ImplicitFunc.train() (pid=...), the traceback
+        return lines[-1]
+    return f"{lines[0]} {lines[-1]}"
+
+
+def _which_run(trial) -> str:
+    """' (top 1, seed 1000)': a confirmation's candidate and seed, or a racing run's seed (a trial
+    that trains the experiment's own seed has none in its configuration)."""
+    config = trial.config or {}
+    parts = [str(config["candidate"])] if "candidate" in config else []
+    parts += [f"seed {config['train.seed']}"] if "train.seed" in config else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 # --- The experiment's files ------------------------------------------------------------------------

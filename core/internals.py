@@ -13,8 +13,8 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
 - the result loggers, which must not replace this session's files with older copies from storage
   (`SessionJsonLogger`, `SessionCSVLogger`);
 - Ray's snapshot of an interrupted run: records of deleted checkpoints repaired before a resume
-  (`repair_checkpoint_records`), and the trial count of a finished search raised (`grow_search`,
-  `raise_trial_count`);
+  (`repair_checkpoint_records`), the trial count of a finished search raised (`grow_search`,
+  `raise_trial_count`), and the console of the resumed run its own driver's (`renew_console`);
 - Ray's start-up timeout, told from other failures of ray.init by its text (`is_startup_timeout`);
 - Ray's notice that a private cluster uses token authentication, hidden
   (`quiet_token_authentication_notice`);
@@ -414,6 +414,16 @@ def raise_trial_count(tuner, num_samples: int) -> None:
     tune_config.num_samples = num_samples
     if isinstance(tune_config.search_alg, InTrialOrderSearch):   # it tells Optuna the last trials' ends
         tune_config.search_alg.total = num_samples
+
+
+def renew_console(tuner, verbose: int, console) -> None:
+    """Tuner.restore keeps the first run's RunConfig, its console with it: Ray's `verbose` and the
+    driver's console callback (core.driver.TrialEvents, pickled with the live line on or off). A
+    resume prints as its own driver was asked to: both are replaced (Ray 2.60 reads them from here
+    when the run continues)."""
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.verbose = verbose
+    run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, type(console))] + [console]
 
 
 def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> list[str]:

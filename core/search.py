@@ -166,12 +166,13 @@ def publish_experiment_files(cfg: ExperimentConfig, storage_path: str | os.PathL
 
 
 def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", *, resume: bool = False,
-               address: str | None = None, verbose: int = 1, progress=print, stop=None):
+               address: str | None = None, verbose: bool = False, progress=print, stop=None):
     """Run (or resume) the search; returns Ray Tune's ResultGrid.
 
     `storage_path` is a local path, a shared file-system path or a URI (s3://, gs://); `address`
     joins a running Ray cluster ("auto" or HOST:PORT), None starts Ray on this machine. `stop`: a
     Ray Tune Stopper for the whole run (the search benchmark cuts searches at a budget of epochs).
+    `verbose`: Ray's and Optuna's own console output too, beside core.driver's console.
     What every run does around Ray Tune (lock, preparation, resume repair, clean-up) is
     core.driver's; this adds the search's own files, searcher and scheduler."""
     from ray import tune
@@ -186,7 +187,7 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
         raise ConfigError(f"Experiment directory {storage.given.rstrip('/')}/{cfg.name} already exists. Continue "
                           f"it with --resume, or choose another --name.")
     with tune_driver(cfg, storage, exp_path, exp_dir, what=f"Experiment {cfg.name}", resume=resume,
-                     address=address, progress=progress) as run:
+                     address=address, progress=progress, verbose=verbose) as run:
         for name in (OPTUNA_FILE, TimeBudget.FILE):   # a resume from another machine: the driver's own files
             if storage.remote and resume and not (exp_dir / name).is_file() and storage.exists(storage.join(cfg.name, name)):
                 storage.download(storage.join(cfg.name, name), exp_dir / name)
@@ -201,14 +202,14 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             if resume:
                 if grow_to:
                     grow_search(storage, exp_path, grow_to, progress)
-                tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                           resume_errored=True, storage_filesystem=storage.filesystem)
+                tuner = run.restored(tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                                        resume_errored=True, storage_filesystem=storage.filesystem))
                 raise_trial_count(tuner, cfg.search.num_samples)
             else:
                 searcher, scheduler = make_search_algorithms(cfg, exp_dir)
                 tuner = tune.Tuner(
                     trainable, param_space=tuner_param_space(cfg),
-                    run_config=run.run_config(cfg.name, search_mode(cfg), verbose=verbose, stop=stop),
+                    run_config=run.run_config(cfg.name, search_mode(cfg), stop=stop),
                     tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                 num_samples=cfg.search.num_samples,
                                                 max_concurrent_trials=(cfg.search.max_concurrent

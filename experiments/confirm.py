@@ -22,6 +22,10 @@ That pick is the lowest of several means on the same seeds, so its estimate is b
 winner's curse again, among --top candidates). --holdout retrains it and the defaults on the
 next fresh seeds (neither the search's nor the confirmation's), in runs/<experiment>/confirm-holdout/,
 and writes confirm-holdout/confirm.csv and a "Held out:" line: what the pick is worth, the verdict to ship.
+
+The console: one line per retraining as it ends (on a terminal a live status line between them),
+the table, and the leaderboard's lines last (Confirmation / Best confirmed, or Held out). --verbose
+adds Ray Tune's own output, as tune.py's does.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="join a running Ray cluster ('auto' or HOST:PORT); default: a local Ray")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the evaluation-noise draws run")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray Tune's own console output too (status tables, each retraining's epoch lines)")
     args = parser.parse_args(argv)
     # Refused here, not after the retraining they would follow.
     if args.noise < 0 or args.noise == 1:
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, values in plan.candidates.items():
             source = f" (trial {plan.sources[label]})" if plan.sources[label] else " (the experiment's own values)"
             print(f"  {label}{source}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-        grid = C.run_confirm(exp_dir, cfg, plan, run=run, resume=args.resume, address=args.address)
+        grid = C.run_confirm(exp_dir, cfg, plan, run=run, resume=args.resume, address=args.address,
+                             verbose=args.verbose)
         results = C.seed_results(grid, cfg)
         # (--holdout: the confirmation measured the evaluation noise already)
         noise = evaluation_noise(results, exp_dir, args.noise, args.device) if args.noise and not args.holdout else None
@@ -112,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     _, lines, _ = C.leaderboard_annotations(exp_dir, cfg, searched)
     if args.holdout:   # its own line; the confirmation's are unchanged
         lines = [line for line in lines if line.startswith(C.HOLDOUT_LINE)]
-    print(f"\n{text}\n\n" + "\n".join(lines) + f"\n\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; "
-          f"updated {board}")
+    # The answer last: the leaderboard's lines (the verdict), after where the tables are.
+    print(f"\n{text}\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; updated {board}\n\n"
+          + "\n".join(lines))
     if grid.num_errors:
         again = "--holdout" if args.holdout else f"--top {args.top}"
         print(f"\n{grid.num_errors} retraining(s) crashed. Continue with:\n  python experiments/confirm.py "
-              f"{args.path} {again} --seeds {args.seeds} --resume")
+              f"{args.path} {again} --seeds {args.seeds}{' --verbose' if args.verbose else ''} --resume")
         return 1
     return 0
 

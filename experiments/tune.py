@@ -8,6 +8,9 @@
     python experiments/tune.py --space search_spaces/cyclegan.yaml --address auto --storage s3://bucket/runs
 
 Results go to <storage>/<name>/ (default runs/<space name>/): `tensorboard --logdir runs/`.
+The console shows one line per trial event (finished, stopped at a rung, failed, retried), on a
+terminal a live status line between them, then the leaderboard, and the answer last. --verbose adds
+Ray Tune's and Optuna's own output: status tables, every trial's configuration and epoch lines.
 --address joins a running Ray cluster (`ray start --head` on one machine, `ray start
 --address=HEAD:6379` on the others); on more than one machine --storage must be a path every node
 shares or a cloud URI (s3://, gs://), so results and checkpoints survive the loss of any node.
@@ -49,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and exit")
     parser.add_argument("--smoke-test", action="store_true", help="tiny everything, offline, to check the setup")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray Tune's and Optuna's own console output too (status tables, each trial's "
+                             "configuration, its epoch lines and checkpoint messages)")
     args = parser.parse_intermixed_args(argv)   # overrides may come before, between or after the flags
 
     overrides = list(args.overrides)
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Search {cfg.name!r} ({cfg.family}, {cfg.search.num_samples} trials): {describe_search(cfg)}", flush=True)
     try:
         exp_dir = experiment_dir(args.storage, cfg.name, cfg.cache_path)   # a local mirror for a URI
-        grid = run_search(cfg, args.storage, resume=args.resume, address=args.address)
+        grid = run_search(cfg, args.storage, resume=args.resume, address=args.address, verbose=args.verbose)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -96,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     remote = "://" in args.storage
     print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}):")
     print(format_leaderboard(board, exp_dir))
+    print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
+    print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
+    if cfg.search.searcher == "optuna":
+        print(f"Optuna study:    optuna-dashboard sqlite:///{exp_dir / 'optuna.db'}")
+    # The answer last: what the search found, then what to run next.
     if cfg.search.objectives:
         print(f"\n{pareto_summary(board, cfg.search.objectives)}")
     print(f"\n{versus_baseline(board, cfg.search.metric)}")
@@ -110,12 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"Each trial trained once: is the winner better than the defaults, or selection noise? "
                   f"python experiments/confirm.py {exp_dir} retrains both with fresh seeds.")
-    print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
-    print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
-    print(f"Optuna study:    optuna-dashboard sqlite:///{exp_dir / 'optuna.db'}" if cfg.search.searcher == "optuna" else "")
     continue_with = (f"python experiments/tune.py --space {args.space} {' '.join(args.overrides)} --storage {args.storage}"
                      f"{' --name ' + args.name if args.name else ''}{' --address ' + args.address if args.address else ''}"
-                     f"{' --smoke-test' if args.smoke_test else ''} --resume")
+                     f"{' --smoke-test' if args.smoke_test else ''}{' --verbose' if args.verbose else ''} --resume")
     if getattr(grid, "stopped_by_time_budget", False):
         if not evaluated:
             print(f"\nThe time budget ({cfg.search.time_budget}) ran out before any trial reported an evaluation: "

@@ -121,6 +121,21 @@ def test_the_tuner_setting_a_grown_resume_raises_is_where_raise_trial_count_puts
     assert tuner._local_tuner._tune_config.num_samples == 5
 
 
+def test_a_restored_tuner_prints_as_its_own_driver_is_asked_to():
+    """renew_console replaces what Tuner.restore kept of the first run's console: Ray's verbosity
+    and the console callback, with the new driver's (the other callbacks stay)."""
+    from ray import tune
+
+    from core.driver import TrialEvents
+
+    kept = tune.Callback()
+    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(verbose=1, callbacks=[kept, TrialEvents("fid", 2)]))
+    console = TrialEvents("fid", 2, live=True)
+    internals.renew_console(tuner, 0, console)
+    run_config = tuner._local_tuner.get_run_config()
+    assert run_config.verbose == 0 and run_config.callbacks == [kept, console]
+
+
 def test_the_ray_text_and_module_names_it_recognises_are_rays():
     import ray._private.node
 

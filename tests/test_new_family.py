@@ -1,11 +1,13 @@
 """A new family needs one module and its search space, and no test list: the toy family of
 tests/toy_family.py (registered by tests/conftest.py, as a plugin is) goes through the contract
 and trainable tests from the registry; here it runs a real search with tune.py, which finds it
-through $PAINTSWEEP_FAMILIES, and its best checkpoint is exported. (About 20 s: one search on the session's Ray.)"""
+through $PAINTSWEEP_FAMILIES (with --verbose, whose console it checks), and its best checkpoint is exported.
+(About 20 s: one search on the session's Ray.)"""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -45,13 +47,28 @@ def test_a_family_module_that_does_not_import_is_a_config_error(tmp_path, monkey
 
 
 @pytest.fixture(scope="module")
-def toy_search(tmp_path_factory, shared_ray) -> Path:
-    """The toy space's search, on the session's Ray (whose workers find the toy family the same way)."""
+def toy_run(tmp_path_factory, shared_ray):
+    """(experiment dir, tune.py's process) of the toy space's search, on the session's Ray (whose
+    workers find the toy family the same way). With --verbose: the one search whose console has
+    Ray's and Optuna's own output (the others' must not)."""
     storage = tmp_path_factory.mktemp("toy-runs")
-    done = tune("--space", str(TOY_SPACE), "--storage", str(storage), "--address", shared_ray,
+    done = tune("--space", str(TOY_SPACE), "--storage", str(storage), "--address", shared_ray, "--verbose",
                 env=toy_environment(), timeout=300)
     assert done.returncode == 0, f"the toy search failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return storage / "toy-builtin"
+    return storage / "toy-builtin", done
+
+
+@pytest.fixture(scope="module")
+def toy_search(toy_run) -> Path:
+    return toy_run[0]
+
+
+def test_verbose_brings_back_ray_tunes_and_optunas_own_output(toy_run):
+    _, done = toy_run
+    for said in ("Configuration for experiment", "started with configuration", "Trial status"):
+        assert said in done.stdout, said
+    assert "A new study created" in done.stderr
+    assert len(re.findall(r"^Trial toy_\w+ (completed|stopped early), best fid", done.stdout, re.M)) == 2   # ours too
 
 
 def test_a_real_search_runs_the_toy_family(toy_search):
