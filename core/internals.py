@@ -537,7 +537,8 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
     search propose 12 trials instead of 10. So the ledger is rebuilt in Ray's trial order: a trial
     Ray knows and the ledger missed is added (its configuration, seed, and the scores in its
     result.json; racing if its configuration came earlier), one the ledger holds and Ray lost is
-    dropped (it never started), and the generator's count is set to the trials Ray has. Returns one
+    dropped (it never started), a finished trial's scores are those of its result.json (it may have
+    ended after the ledger was saved), and the generator's count is set to the trials Ray has. Returns one
     line per change (none when the files agree)."""
     import pickle
 
@@ -572,17 +573,24 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
     rebuilt, seen, changes = [], set(), []
     for trial in (known[t] for t in order):
         record = ledger.get(trial["trial_id"])
+        trial_dir = f"{experiment_path}/{trial['storage'].trial_dir_name}"
+        rows = _result_rows(trial_dir, fs)
+        scores = {r["epoch"]: r[saved["metric"]] for r in rows
+                  if isinstance(r.get("epoch"), int) and isinstance(r.get(saved["metric"]), (int, float))}
         if record is None:
             config = dict(trial["config"])
             key = configuration_key(config)
-            trial_dir = f"{experiment_path}/{trial['storage'].trial_dir_name}"
-            scores = {r["epoch"]: r[saved["metric"]] for r in _result_rows(trial_dir, fs)
-                      if isinstance(r.get(saved["metric"]), (int, float))}
             record = asdict(TrialRecord(trial["trial_id"], key, config, config.get("train.seed", base_seed),
-                                        races=key in seen, scores=scores))
+                                        races=key in seen, scores=scores, last_result=rows[-1] if rows else None))
             changes.append(f"{Path(trial_dir).name} was missing from the search's ledger; added")
         record["done"] = trial["status"] in ("TERMINATED", "ERROR")
         record["errored"] = trial["status"] == "ERROR"
+        if record["done"] and rows and {int(e): v for e, v in record["scores"].items()} != scores:
+            # A trial that ended after the searcher's state was saved: the ledger holds its reports
+            # up to then. What it reported is in its result file (Ray saves a trial's end after it).
+            record["scores"], record["last_result"] = scores, rows[-1]
+            changes.append(f"{Path(trial_dir).name}'s scores in the search's ledger were behind its "
+                           f"result file; updated")
         seen.add(record["key"])
         rebuilt.append(record)
     dropped = [t for t in ledger if t not in known]
@@ -606,6 +614,36 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
     return changes
 
 
+def remove_unrecorded_trial_dirs(experiment_path: str, family: str, fs=None, progress=print) -> list[str]:
+    """Before `Tuner.restore`: remove the directories of trials that Ray's newest snapshot does not
+    hold. A driver killed after a new trial started but before Ray's next snapshot leaves one
+    (measured: an empty one, one with its params only, one with an epoch reported and two
+    checkpoints). Ray restores only the trials of its snapshot, so nothing resumes these: the
+    resumed search proposes its trials anew. Left, they would stand beside the search's trials as
+    trials the leaderboard does not know, with checkpoints that count against no `keep_checkpoints`.
+    Only directories named as the search names its trials (`<family>_<id>`). Returns their names."""
+    import pyarrow.fs
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    fs = fs or _local_fs()
+    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    if snapshot is None:
+        return []
+    with fs.open_input_stream(snapshot) as f:
+        state = _loads_with_cloudpickle(f.readall())
+    recorded = {_loads_with_cloudpickle(trial_json)["storage"].trial_dir_name for trial_json, _ in state["trial_data"]}
+    removed = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(experiment_path)):
+        name = Path(info.path).name
+        if info.type == pyarrow.fs.FileType.Directory and name.startswith(f"{family}_") and name not in recorded:
+            fs.delete_dir(info.path)
+            removed.append(name)
+            progress(f"resume: removed {name}/, a trial the interrupted driver started but never recorded "
+                     f"(the resumed search does not continue it)")
+    return removed
+
+
 def proposal_order(experiment_path: str, fs=None) -> list[str]:
     """The trial ids of a search in trial order (InTrialOrderSearch's ledger, in Ray's searcher
     checkpoint), in the order they were proposed; [] for another search."""
@@ -626,9 +664,16 @@ def proposal_order(experiment_path: str, fs=None) -> list[str]:
 def _result_rows(trial_dir: str, fs) -> list[dict]:
     try:
         with fs.open_input_stream(f"{trial_dir}/result.json") as f:
-            return [json.loads(line) for line in f.readall().decode().splitlines() if line.strip()]
+            lines = f.readall().decode().splitlines()
     except (FileNotFoundError, OSError):
         return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:   # the last line of a driver killed mid-write
+            continue
+    return rows
 
 
 def _reported_metrics(checkpoint: str, fs) -> dict:
