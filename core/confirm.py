@@ -116,6 +116,9 @@ NOISE_LINE = "Noise:"                   # the line of leaderboard.txt naming the
 
 BETTER, SAME, WORSE, TOO_FEW = "better than the defaults", "not distinguishable", "worse", "too few seeds"
 FAILS_MORE = "fails more often than the defaults"   # would be "better", but more of its seeds failed
+# What the leaderboard's lines read from a confirm.csv (with the metric's final_/best_ columns).
+TABLE_COLUMNS = ("candidate", "trial", "seeds", "n_seeds", "failed", "estimate", "low", "high", "p_value", "verdict",
+                 "within_noise", "seed_noise_sd", "eval_noise_sd")
 RATIO, DIFFERENCE = "ratio", "difference"           # how a candidate's mean is set against the baseline's
 BELOW_EVAL_NOISE, BELOW_SEED_NOISE = "below evaluation noise", "below seed noise"
 
@@ -599,7 +602,8 @@ def confirmation_line(table, metric: str, csv_path: Path) -> str:
     top = tops.iloc[0]
     if top["verdict"] == TOO_FEW:
         return f"{LEADERBOARD_LINE} the winner ({top['trial']}) is not confirmed: {_too_few(top, base, csv_path)}"
-    noise = f", {top['within_noise']}" if top["within_noise"] else ""
+    mark = top["within_noise"]   # (read back from confirm.csv: NaN where confirm.py wrote no mark)
+    noise = f", {mark}" if isinstance(mark, str) and mark else ""
     return (f"{LEADERBOARD_LINE} the winner ({top['trial']}) retrained on seeds {top['seeds']}: "
             f"{_against_defaults(top, base, metric)}: {OUTCOMES[top['verdict']]}{noise} ({csv_path})")
 
@@ -687,9 +691,11 @@ def leaderboard_annotations(exp_dir: Path, cfg: ExperimentConfig, board) -> tupl
         path = exp_dir / run / TABLE_FILE
         if path.is_file():
             try:
-                tables[run] = pd.read_csv(path, keep_default_na=False, na_values=[""])
+                table = pd.read_csv(path, keep_default_na=False, na_values=[""])
             except (ValueError, OSError):   # a damaged table: the leaderboard goes on without its lines
                 continue
+            if set(TABLE_COLUMNS) <= set(table.columns):   # (else not confirm.py's table, or an older one's)
+                tables[run] = table
     header, footer, within_noise = [], [], None
     confirmed = tables.get(CONFIRM_DIR)
     if confirmed is not None and len(confirmed):

@@ -400,6 +400,17 @@ def test_the_leaderboards_one_writer_adds_the_confirmations_lines_and_keeps_them
     confirmation = next(l for l in (tmp_path / "leaderboard.txt").read_text().splitlines() if l.startswith("Confirmation:"))
     assert "the winner (cyclegan_a)" in confirmation and "the leaderboard's winner is now z" in confirmation
 
+    # A winner without a noise mark: confirm.py writes an empty cell, read back as NaN, never shown.
+    table.assign(seed_noise_sd=0.5, eval_noise_sd=0.1, within_noise="").to_csv(
+        tmp_path / C.CONFIRM_DIR / C.TABLE_FILE, index=False)
+    # A held-out table that is not confirm.py's (columns missing): the leaderboard goes on without its line.
+    pd.DataFrame({"candidate": ["baseline", "top 1"]}).to_csv(tmp_path / C.HOLDOUT_DIR / C.TABLE_FILE, index=False)
+    save_leaderboard(board, tmp_path, cfg)
+    lines = (tmp_path / "leaderboard.txt").read_text().splitlines()
+    confirmation = next(l for l in lines if l.startswith("Confirmation:"))
+    assert confirmation.endswith(f"{C.OUTCOMES[table['verdict'].iloc[1]]} (confirm/confirm.csv)"), confirmation
+    assert not any(l.startswith("Held out:") for l in lines)
+
 
 # --- The plan --------------------------------------------------------------------------------------
 
