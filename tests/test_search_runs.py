@@ -172,7 +172,8 @@ def test_a_time_budget_spent_before_any_evaluation_says_so_and_fails(tmp_path, s
 def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_untouched(budgeted, capsys):
     """Extends the shared search in place (the time-budget test reads only what the fixture kept).
     Not a copy of it: its Optuna searcher, restored from Ray's snapshot, names the study file where
-    the search ran."""
+    the search ran. (About 20 s: the refusals run in this process, then one driver trains the
+    fifth trial.)"""
     exp, args, _ = budgeted
     before = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
     assert len(before) == 4
