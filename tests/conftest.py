@@ -106,11 +106,12 @@ SMOKE_SPACES = ("cyclegan_builtin", "wgan_gp_builtin")   # a CycleGAN and a WGAN
 
 
 class SmokeExperiments(dict):
-    """{space stem: experiment dir}, plus what tune.py printed for each (`outputs`)."""
+    """{space stem: experiment dir}, plus what tune.py printed for each (`outputs`: stdout, `errors`: stderr)."""
 
     def __init__(self):
         super().__init__()
         self.outputs: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +138,7 @@ def smoke_experiments(tmp_path_factory, shared_ray) -> SmokeExperiments:
         assert done.returncode == 0, f"smoke search {stem} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         out[stem] = storage / f"{stem}-smoke"
         out.outputs[stem] = done.stdout
+        out.errors[stem] = done.stderr
     return out
 
 

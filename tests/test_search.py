@@ -72,6 +72,9 @@ def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(smoke_
                     "View detailed results", "Checkpoint successfully created", "pid=", "deduplicates logs",
                     "A new study created", "Token authentication", "\r"):
         assert chatter not in stdout, (chatter, stdout)
+    stderr = smoke_experiments.errors["cyclegan_builtin"]
+    for chatter in ("A new study created", "Traceback", "Trial status"):   # (Optuna logs to stderr)
+        assert chatter not in stderr, (chatter, stderr)
     ended = re.findall(r"^Trial (cyclegan_\w+) (completed|stopped early), best fid [\d.]+ at epoch \d", stdout, re.M)
     assert len(ended) == 2, stdout[-3000:]
     assert lines[-2].startswith("best: fid ") and lines[-1].startswith("Each trial trained once"), stdout
