@@ -276,6 +276,21 @@ def _replace(path: Path, write) -> None:
     os.replace(partial, path)
 
 
+# The console's leaderboard (tune.py): what decides, in this order; leaderboard.txt has every column.
+CONSOLE_COLUMNS = ("trial", "baseline", "status", "seed", "seeds", "vs_baseline", "low", "high", "verdict", "incumbent")
+
+
+def console_leaderboard(board, cfg: ExperimentConfig, exp_dir: Path | None = None) -> str:
+    """The leaderboard as the console shows it: each trial's searched values, status, seed and the
+    search's own scores (the metric and any other objective), with a raced search's standing of its
+    configuration against the defaults; about half as wide as leaderboard.txt's every column (Ray's
+    step counts, all metrics, checkpoint paths), so that it reads in a terminal."""
+    scores = [f"best_{cfg.search.metric}", *(cfg.search.objectives or [])[1:], "pareto"]
+    wanted = ["trial", *cfg.search.space, *CONSOLE_COLUMNS[1:4], *scores, *CONSOLE_COLUMNS[4:]]
+    columns = [c for c in dict.fromkeys(wanted) if c in board]
+    return format_leaderboard(board[columns], exp_dir)
+
+
 def format_leaderboard(board, exp_dir: Path | None = None) -> str:
     """A fixed-width table; checkpoint paths relative to the experiment directory."""
     def cell(value):

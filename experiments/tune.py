@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    from core.results import format_leaderboard, leaderboard, pareto_summary, save_leaderboard, versus_baseline
+    from core.results import console_leaderboard, leaderboard, pareto_summary, save_leaderboard, versus_baseline
     from core.plan import describe_search
     from core.search import experiment_dir, publish_experiment_files, run_search
 
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     csv_path, txt_path = save_leaderboard(board, exp_dir, cfg)
     publish_experiment_files(cfg, args.storage)
     remote = "://" in args.storage
-    print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}):")
-    print(format_leaderboard(board, exp_dir))
+    print(f"\nLeaderboard ({cfg.family}, by best {cfg.search.metric}; every column in leaderboard.txt):")
+    print(console_leaderboard(board, cfg, exp_dir))
     print(f"\nSaved {csv_path} and {txt_path}" + (f" (uploaded to {args.storage})" if remote else ""))
     print(f"Compare trials:  tensorboard --logdir {args.storage.rstrip('/') + '/' + cfg.name if remote else exp_dir}")
     if cfg.search.searcher == "optuna":

@@ -248,4 +248,4 @@ def test_confirmation_results_and_unknown_columns_are_shown(smoke_experiments, t
     assert confirm_header == ["trial", "seeds", "fid_mean", "fid_std"]
     assert confirm_rows == [["defaults", "3", "0.97", "0.11"], ["winner", "3", "1.1", "0.11"]]
     # Not a table confirm.py wrote: the answer says so instead of failing the report.
-    assert "Confirmation: confirm/confirm.csv or confirm-holdout/confirm.csv cannot be read" in page.answer
+    assert "Confirmation: unreadable (confirm/confirm.csv); rerun python experiments/confirm.py" in page.answer

@@ -72,6 +72,10 @@ def test_smoke_search_keeps_checkpoints_study_tensorboard_and_leaderboard(smoke_
                     "View detailed results", "Checkpoint successfully created", "pid=", "deduplicates logs",
                     "A new study created", "Token authentication", "\r"):
         assert chatter not in stdout, (chatter, stdout)
+    # Its leaderboard: what decides, narrower than leaderboard.txt's every column.
+    header = stdout.split("every column in leaderboard.txt):\n", 1)[1].splitlines()[0].split()
+    assert header[0] == "trial" and {"model.lr_g", "model.lambda_cycle", "status", "best_fid"} <= set(header), header
+    assert not {"checkpoint", "mifid", "kid", "step"} & set(header), header
     stderr = smoke_experiments.errors["cyclegan_builtin"]
     for chatter in ("A new study created", "Traceback", "Trial status"):   # (Optuna logs to stderr)
         assert chatter not in stderr, (chatter, stderr)
