@@ -111,12 +111,17 @@ def confirmed(exp) -> list[tuple[str, str]]:
         elif C.BEST_LINE in said and _has_pick(path, metric):
             lines.append((C.HOLDOUT_LINE, f"not run yet: {command} --holdout retrains the best confirmed "
                                           f"configuration and the defaults on new seeds: the verdict to ship."))
+    else:   # what confirm.py --holdout ended with
+        import pandas as pd
+
+        held = pd.read_csv(path / C.HOLDOUT_DIR / C.TABLE_FILE, keep_default_na=False, na_values=[""])
+        lines.append(_labelled(C.ship_line(held, path), (C.SHIP_LINE,)))
     return lines
 
 
-def _labelled(line: str) -> tuple[str, str]:
+def _labelled(line: str, labels=CONFIRM_LABELS) -> tuple[str, str]:
     """confirm.py's line split into its label and its text."""
-    label = next((label for label in CONFIRM_LABELS if line.startswith(label)), "")
+    label = next((label for label in labels if line.startswith(label)), "")
     return label, line[len(label):].strip()
 
 

@@ -112,6 +112,7 @@ CONFIDENCE = 0.95
 LEADERBOARD_LINE = "Confirmation:"      # the line of leaderboard.txt that confirm.py writes (and replaces)
 BEST_LINE = "Best confirmed:"           # ... the one naming the candidate to use
 HOLDOUT_LINE = "Held out:"              # ... and the one confirm.py --holdout writes
+SHIP_LINE = "Ship:"                      # what confirm.py --holdout ends with: the configuration to use
 NOISE_LINE = "Noise:"                   # the line of leaderboard.txt naming the noise levels (confirm.py)
 
 BETTER, SAME, WORSE, TOO_FEW = "better than the defaults", "not distinguishable", "worse", "too few seeds"
@@ -674,6 +675,28 @@ def holdout_line(table, metric: str, csv_path: Path) -> str:
         return f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) is not measured: {_too_few(pick, base, csv_path)}"
     return (f"{HOLDOUT_LINE} {pick['candidate']} ({pick['trial']}) retrained on new seeds {pick['seeds']}: "
             f"{_against_defaults(pick, base, metric)}: {pick['verdict']} ({csv_path})")
+
+
+def ship_line(table, exp_dir: Path) -> str:
+    """What to ship after the held-out check (confirm.py --holdout's last line): the pick where it
+    is better than the defaults on seeds the search never saw, else the defaults: a gain that
+    cannot be told from seed noise is not shown. Names the export command for it."""
+    import pandas as pd
+
+    pick = table[table["candidate"] != BASELINE].iloc[0]
+    if pick["verdict"] != BETTER:
+        more = (f"; more seeds can decide it: delete {exp_dir / HOLDOUT_DIR} and rerun confirm.py --holdout "
+                f"with more --seeds than {pick['n_seeds']}" if pick["verdict"] in (SAME, TOO_FEW) else "")
+        return (f"{SHIP_LINE} the defaults. {pick['candidate']} ({pick['trial']}) on new seeds: "
+                f"{OUTCOMES.get(pick['verdict'], pick['verdict'])}{more}")
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    if "incumbent" in board:   # a raced search: export.py ships its incumbent's best checkpoint
+        target = exp_dir
+    else:                      # the search trial that trained the pick, at its best checkpoint
+        rows = board[board["trial"] == pick["trial"]]
+        target = rows["checkpoint"].iloc[0] if len(rows) and isinstance(rows["checkpoint"].iloc[0], str) else exp_dir
+    return (f"{SHIP_LINE} {pick['candidate']} ({pick['trial']}), better than the defaults on new seeds: "
+            f"python experiments/export.py {target}")
 
 
 def leaderboard_annotations(exp_dir: Path, cfg: ExperimentConfig, board) -> tuple[list[str], list[str], list[str] | None]:

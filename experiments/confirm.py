@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     searched = pd.read_csv(exp_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
     _, board = save_leaderboard(searched, exp_dir, cfg)
     _, lines, _ = C.leaderboard_annotations(exp_dir, cfg, searched)
-    if args.holdout:   # its own line; the confirmation's are unchanged
-        lines = [line for line in lines if line.startswith(C.HOLDOUT_LINE)]
+    if args.holdout:   # its own line, and what to ship; the confirmation's are unchanged
+        lines = [line for line in lines if line.startswith(C.HOLDOUT_LINE)] + [C.ship_line(table, exp_dir)]
     # The answer last: the leaderboard's lines (the verdict), after where the tables are.
     print(f"\n{text}\nSaved {confirm_dir / C.TABLE_FILE}, {confirm_dir / C.TEXT_FILE}; updated {board}\n\n"
           + "\n".join(lines))

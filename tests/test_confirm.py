@@ -327,6 +327,27 @@ def test_the_held_out_line_compares_the_pick_with_the_defaults_on_the_new_seeds(
         "1 on the same seeds; h.csv)")
 
 
+def test_what_to_ship_is_the_pick_only_where_it_is_better_on_the_held_out_seeds(tmp_path):
+    _, table = _three_candidates()
+    held = table[table["candidate"].isin(["baseline", "top 2"])].reset_index(drop=True)
+    pd.DataFrame({"trial": ["cyclegan_a", "cyclegan_b"], "checkpoint": ["c/a/checkpoint_1", "c/b/checkpoint_2"]}).to_csv(
+        tmp_path / "leaderboard.csv", index=False)
+    better = held.assign(verdict=[C.BASELINE, C.BETTER])
+    assert C.ship_line(better, tmp_path) == ("Ship: top 2 (cyclegan_b), better than the defaults on new seeds: "
+                                             "python experiments/export.py c/b/checkpoint_2")   # its own trial's
+    same = held.assign(verdict=[C.BASELINE, C.SAME])
+    assert C.ship_line(same, tmp_path) == (
+        f"Ship: the defaults. top 2 (cyclegan_b) on new seeds: not confirmed: not distinguishable from the defaults; "
+        f"more seeds can decide it: delete {tmp_path / C.HOLDOUT_DIR} and rerun confirm.py --holdout with more "
+        f"--seeds than 2")
+    worse = held.assign(verdict=[C.BASELINE, C.WORSE])
+    assert C.ship_line(worse, tmp_path) == "Ship: the defaults. top 2 (cyclegan_b) on new seeds: not confirmed: worse than the defaults"
+    # A raced search: export.py ships the incumbent (the best of its seeds' checkpoints) from the experiment.
+    pd.DataFrame({"trial": ["cyclegan_b"], "checkpoint": ["c/b/checkpoint_2"], "incumbent": [True]}).to_csv(
+        tmp_path / "leaderboard.csv", index=False)
+    assert C.ship_line(better, tmp_path).endswith(f"python experiments/export.py {tmp_path}")
+
+
 def test_the_holdout_plan_takes_the_best_confirmed_and_seeds_neither_run_used(tmp_path):
     cfg = load_experiment(ROOT / "search_spaces" / "cyclegan_builtin.yaml", ["train.seed=1002"])
     _fake_search(tmp_path, {"cyclegan_a": ({"model.lr_g": 1e-3}, 1.0)})
@@ -552,6 +573,7 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert len(held_seeds) == 2 and not held_seeds & (seeds | {search_seed})
     board = (exp_dir / "leaderboard.txt").read_text().splitlines()
     assert [l.split(" (")[0] for l in board if l.startswith("Held out:")] == ["Held out: top 1"]
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("Ship: ")   # confirm.py's last line
     assert sum(l.startswith(("Confirmation:", "Best confirmed:")) for l in board) == 2, "the confirmation's lines stay"
 
     # The report shows both tables, as confirm.py wrote them.

@@ -152,9 +152,12 @@ def test_report_opens_in_headless_chromium(smoke_experiments, tmp_path):
     answer = page.answer.splitlines()
     assert answer[0].startswith("Searched: 2 trials of cyclegan over " + ", ".join(exp.searched))
     assert answer[1].startswith("Best: " + ", ".join(f"{k}=" for k in exp.searched[:1]))
-    assert answer[2:] == confirm_lines   # word for word what leaderboard.txt ends with
+    assert answer[2:5] == confirm_lines   # word for word what leaderboard.txt ends with
     assert "confirmed: better than the defaults" in answer[2] and answer[4].endswith(
         f"better than the defaults ({C.HOLDOUT_DIR}/{C.TABLE_FILE})")
+    # ... then what to ship, as confirm.py --holdout ends: the pick, better on new seeds, and its export.
+    assert answer[5].startswith(f"{C.SHIP_LINE} top ") and "better than the defaults on new seeds: " \
+        "python experiments/export.py " in answer[5] and len(answer) == 6, answer
 
     # The leaderboard: one row per trial, best first, with the searched values and the scores.
     header, *rows = page.tables[0]
