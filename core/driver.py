@@ -42,8 +42,9 @@ from core.checkpoints import backfill_reports, checkpoint_problem, remove_stagin
 from core.cluster import Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig
 from core.data import prepare_data
-from core.internals import (SessionCSVLogger, SessionJsonLogger, check_versions, remove_unrecorded_trial_dirs,
-                            renew_console, repair_checkpoint_records, repair_race_ledger)
+from core.internals import (SessionCSVLogger, SessionJsonLogger, check_versions, remove_old_snapshots,
+                            remove_unrecorded_trial_dirs, renew_console, repair_checkpoint_records,
+                            repair_race_ledger)
 from core.metric_registry import direction
 from core.metrics import reference_statistics
 from core.plan import check_family_builds
@@ -186,6 +187,7 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
             yield TuneRun(cfg, storage, ready, verbose)
             if resume:   # again: a trial of the interrupted driver still stopping (on a cluster) may have written since
                 remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
+            remove_old_snapshots(exp_path, storage.filesystem)   # a resume restores from the newest only
         finally:
             remove_damaged_checkpoints(storage, exp_path, progress)
     finally:

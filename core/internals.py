@@ -621,7 +621,10 @@ def remove_unrecorded_trial_dirs(experiment_path: str, family: str, fs=None, pro
     checkpoints). Ray restores only the trials of its snapshot, so nothing resumes these: the
     resumed search proposes its trials anew. Left, they would stand beside the search's trials as
     trials the leaderboard does not know, with checkpoints that count against no `keep_checkpoints`.
-    Only directories named as the search names its trials (`<family>_<id>`). Returns their names."""
+    Only directories named as the search names its trials (`<family>_<Ray's trial id>`: 8 hex
+    digits, or 5 and a grid index): nothing a user put there. Returns their names."""
+    import re
+
     import pyarrow.fs
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.utils.serialization import _loads_with_cloudpickle
@@ -636,11 +639,36 @@ def remove_unrecorded_trial_dirs(experiment_path: str, family: str, fs=None, pro
     removed = []
     for info in fs.get_file_info(pyarrow.fs.FileSelector(experiment_path)):
         name = Path(info.path).name
-        if info.type == pyarrow.fs.FileType.Directory and name.startswith(f"{family}_") and name not in recorded:
+        trial_like = re.fullmatch(rf"{re.escape(family)}_([0-9a-f]{{8}}|[0-9a-f]{{5}}_\d{{5}})", name)
+        if info.type == pyarrow.fs.FileType.Directory and trial_like and name not in recorded:
             fs.delete_dir(info.path)
             removed.append(name)
             progress(f"resume: removed {name}/, a trial the interrupted driver started but never recorded "
                      f"(the resumed search does not continue it)")
+    return removed
+
+
+# Ray's snapshot of an experiment, one file of each per driver session (Ray 2.60's names): the trial
+# list, the search generator's count, the searcher's state (a random search's variant generator).
+SNAPSHOT_PREFIXES = ("experiment_state-", "search_gen_state-", "searcher-state-", "basic-variant-state-")
+
+
+def remove_old_snapshots(experiment_path: str, fs=None) -> int:
+    """After a run that ended normally: keep only the newest snapshot file of each kind. Ray writes
+    one set per driver session and restores only from the newest (its name holds the session's
+    start time), so each resume would leave another set behind (60 files after 20 resumes).
+    Returns how many were removed."""
+    import pyarrow.fs
+
+    fs = fs or _local_fs()
+    found = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(experiment_path, allow_not_found=True))
+             if i.type == pyarrow.fs.FileType.File]
+    removed = 0
+    for prefix in SNAPSHOT_PREFIXES:
+        older = sorted(path for path in found if Path(path).name.startswith(prefix))[:-1]
+        for path in older:
+            fs.delete_file(path)
+        removed += len(older)
     return removed
 
 

@@ -219,9 +219,34 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
             with budget:
                 grid = tuner.fit()
             grid.stopped_by_time_budget = budget.expired
+            if cfg.search.searcher == "optuna" and not budget.expired and _every_trial_ended(grid, cfg):
+                close_abandoned_study_trials(exp_dir / OPTUNA_FILE, cfg.name, progress)
             return grid
         finally:
             publish_experiment_files(cfg, storage_path)   # the study so far, even if the search failed
+
+
+def _every_trial_ended(grid, cfg: ExperimentConfig) -> bool:
+    return len(grid) >= cfg.search.num_samples and grid.num_terminated + grid.num_errors == len(grid)
+
+
+def close_abandoned_study_trials(study_file: Path, study_name: str, progress=print) -> int:
+    """Once every trial of a search has ended: Optuna trials still RUNNING belong to none of them.
+    A driver killed after it asked Optuna for a trial, but before Ray's snapshot recorded that
+    trial, leaves one (the resumed search asks again). Left RUNNING it stays in optuna-dashboard
+    forever, and a later --resume --num-samples would count it as pending (the constant liar). It
+    is told FAIL. Returns how many."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{study_file}")
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+    if stale:
+        progress(f"Optuna trial(s) {', '.join(f'#{t.number}' for t in stale)} had been asked for by an interrupted "
+                 f"driver and were never trained: marked failed in the study")
+    return len(stale)
 
 
 def _non_empty(storage: Storage, path: str) -> bool:

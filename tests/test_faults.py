@@ -19,7 +19,7 @@ import pandas as pd
 import psutil
 import pytest
 import torch
-from tune_cli import SMOKE, driver, environment, kill_session, load_script, reports, tune, wait_for
+from tune_cli import SMOKE, driver, environment, kill_session, load_script, reports, study_of, tune, wait_for
 
 ENV = environment()
 tune_main = load_script("tune").main
@@ -208,6 +208,12 @@ def _stop_the_driver_repeatedly_then_resume(tmp_path, env):
     for _, row in board.iterrows():
         assert (Path(row["checkpoint"]) / "state.pt").is_file()
     redone = sum(len(reports(t)) - len({r["epoch"] for r in reports(t)}) for t in exp.glob("cyclegan_*"))
+    # The records are those of one run: one snapshot of Ray's (the newest: what a resume restores),
+    # and an Optuna study with no trial left RUNNING (one asked for by a killed driver is failed).
+    for prefix in ("experiment_state-", "search_gen_state-", "searcher-state-"):
+        assert len(list(exp.glob(f"{prefix}*"))) == 1, sorted(p.name for p in exp.glob(f"{prefix}*"))
+    states = [t.state.name for t in study_of(exp).trials]
+    assert states.count("COMPLETE") == trials and set(states) <= {"COMPLETE", "FAIL"}, states
     print(f"\nfaults injected: {'; '.join(stops)}; work lost: 0 finished trials of {len(finished_seen)}, "
           f"0 corrupt checkpoints of {kept}; epochs redone after restore: {redone}")
 

@@ -168,11 +168,19 @@ def test_no_private_name_of_ray_optuna_wandb_or_torch_is_used_outside_core_inter
 
 def test_the_snapshot_files_the_race_ledger_repair_reads_are_still_named_and_shaped_so():
     """repair_race_ledger and proposal_order find Ray's searcher checkpoint and the search
-    generator's state by these names, and set the generator's `counter`."""
+    generator's state by these names, and set the generator's `counter`; remove_old_snapshots
+    knows Ray's snapshot files by them."""
     from ray.tune.search import Searcher
     from ray.tune.search.search_generator import SearchGenerator
 
     assert Searcher.CKPT_FILE_TMPL == "searcher-state-{}.pkl"
     assert SearchGenerator.CKPT_FILE_TMPL == "search_gen_state-{}.json"
+    # ... and remove_old_snapshots keeps the newest of each of Ray's snapshot files by these prefixes.
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    templates = [TuneController.CKPT_FILE_TMPL, SearchGenerator.CKPT_FILE_TMPL, Searcher.CKPT_FILE_TMPL,
+                 BasicVariantGenerator.CKPT_FILE_TMPL]
+    assert [t.split("{}")[0] for t in templates] == list(internals.SNAPSHOT_PREFIXES)
     generator = SearchGenerator(internals.InTrialOrderSearch.__new__(internals.InTrialOrderSearch))
     assert {"counter", "total_samples", "finished"} <= set(generator.get_state())
