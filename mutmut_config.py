@@ -26,7 +26,7 @@ MUTATED: dict[str, tuple[tuple[str, ...] | None, str]] = {
                            "tests/test_losses.py tests/test_reported_scores.py -k 'vae'"),
     "core/metrics.py": (("memorization_distance", "mifid_from_fid", "frechet_distance", "evaluate"),
                         "tests/test_metrics.py tests/test_reported_scores.py -k 'evaluate or trials_reported'"),
-    "core/plan.py": (("search_metric", "tpe_settings", "baseline_points"), "tests/test_searcher.py"),
+    "core/plan.py": (("search_metric", "sampler_settings", "baseline_points"), "tests/test_searcher.py"),
     "core/config.py": (("pbt_interval", "_check_settings_act"), "tests/test_searcher.py tests/test_config.py"),
     "core/search.py": (("make_searcher", "make_scheduler"), "tests/test_searcher.py"),
     "core/trainable.py": (("run_trial", "_diverged", "_worst_for_the_searcher"),

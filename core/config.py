@@ -30,6 +30,7 @@ import yaml
 from core.errors import ConfigError
 from core.metric_registry import METRICS
 from core.models import get_family
+from core.sampler_registry import DEFAULT as DEFAULT_SAMPLER, SAMPLERS, Sampler, that_can
 from core.space import baseline_point
 
 
@@ -184,15 +185,21 @@ SCHEDULERS = ("asha", "fifo", "pbt")
 
 @dataclass
 class OptunaOptions:
-    """`search.optuna:`, how Optuna's TPE sampler runs (searcher: optuna)."""
-    n_startup_trials: int | None = None  # trials proposed at random before TPE models; None = min(10, max(3, num_samples // 4))
-    multivariate: bool = True            # model the hyperparameters jointly, not one by one
-    constant_liar: bool | None = None    # keep concurrent proposals apart; None = on when max_concurrent > 1
+    """`search.optuna:`, how Optuna's sampler runs (searcher: optuna); each sampler takes only some of
+    these (core.sampler_registry, Sampler.options)."""
+    n_startup_trials: int | None = None  # tpe, gp, cmaes: trials proposed at random before the model; None = tpe, gp:
+                                         #   min(10, max(3, num_samples // 4)); cmaes: 1 (Optuna's: it starts from the centre)
+    multivariate: bool = True            # tpe: model the hyperparameters jointly, not one by one
+    constant_liar: bool | None = None    # tpe: keep concurrent proposals apart; None = on when max_concurrent > 1
+    population_size: int = 50            # nsga2: trials per generation (the first generation is random)
 
     def validate(self) -> list[str]:
+        errors = []
         if self.n_startup_trials is not None and self.n_startup_trials < 0:
-            return [f"search.optuna.n_startup_trials must be >= 0 or null, got {self.n_startup_trials}"]
-        return []
+            errors.append(f"search.optuna.n_startup_trials must be >= 0 or null, got {self.n_startup_trials}")
+        if self.population_size < 2:   # NSGA-II's crossover takes two parents
+            errors.append(f"search.optuna.population_size must be >= 2, got {self.population_size}")
+        return errors
 
 
 @dataclass
@@ -221,10 +228,13 @@ class SearchConfig:
                                          #   a list ([fid, recall]) searches several at once (objectives)
     objectives: list[str] | None = None  # set from a list `metric`: Optuna's multi-objective search, the
                                          #   Pareto front first in the leaderboard; ASHA and checkpoints use the first
-    searcher: str = "optuna"             # optuna (TPE, seeded, study on disk) | random
+    searcher: str = "optuna"             # optuna (search.sampler, seeded, study on disk) | random (Ray's)
+    sampler: str | None = None           # searcher optuna: tpe | gp | cmaes | nsga2 | qmc | random; None = tpe
+                                         #   (core/sampler_registry.py says what each can search)
     seed: int = 0                        # searcher seed
     baseline: bool = True                # the first trial trains the space's own values of the searched keys
-    optuna: dict = field(default_factory=dict)  # OptunaOptions: n_startup_trials, multivariate, constant_liar
+    optuna: dict = field(default_factory=dict)  # OptunaOptions: n_startup_trials, multivariate, constant_liar,
+                                         #   population_size (each for the samplers that take it)
     scheduler: str = "asha"              # asha (stops bad trials early) | fifo (runs every trial to the end) | pbt
     grace_period: int = 1                # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2            # ASHA: keep 1/reduction_factor of trials at each rung
@@ -273,6 +283,7 @@ class SearchConfig:
             if options is not None:
                 errors.extend(options.validate())
         errors.extend(self._racing_errors())
+        errors.extend(self._sampler_errors())
         try:
             self.time_budget_s
         except ValueError as e:
@@ -311,6 +322,40 @@ class SearchConfig:
             errors.append("search.racing gives configurations further train.seed values itself: do not search "
                           "train.seed with racing on")
         return errors
+
+    def _sampler_errors(self) -> list[str]:
+        """A sampler that cannot search this space, or is not installed. Optuna would not fail: it
+        would draw what its sampler cannot model at random and say so in a log line."""
+        if self.sampler is None:
+            return []
+        if self.sampler not in SAMPLERS:
+            return [f"search.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"]
+        sampler, errors = SAMPLERS[self.sampler], []
+        name = f"search.sampler {sampler.name}"
+        if self.objectives and not sampler.multi_objective:
+            errors.append(f"{name} optimizes one metric, and search.metric is a list {self.objectives!r}: use one "
+                          f"metric, or sampler {' or '.join(that_can(multi_objective=True, learns=True))} for several")
+        space = self.space if isinstance(self.space, dict) else {}
+        specs = {key: spec for key, spec in space.items() if isinstance(spec, dict)}
+        choices = [key for key, spec in specs.items() if "choice" in spec]
+        if choices and not sampler.categorical:
+            errors.append(f"{name} models ranges only: it would draw the choice key(s) {', '.join(choices)} at random. "
+                          f"Use sampler {' or '.join(that_can(categorical=True, learns=True))}, "
+                          f"or search those keys as ranges")
+        conditional = [key for key, spec in specs.items() if spec.get("when")]
+        if conditional and not sampler.conditional:
+            errors.append(f"{name} models only keys that every trial has: it would draw {', '.join(conditional)} "
+                          f"(when:) at random. Use sampler {' or '.join(that_can(conditional=True))}, or drop "
+                          f"the when: conditions (the keys are then searched in every trial)")
+        missing = sampler.missing_packages()
+        if missing:
+            errors.append(f"{name} needs {', '.join(missing)}, not installed here: pip install {' '.join(missing)}")
+        return errors
+
+    @property
+    def sampler_spec(self) -> Sampler:
+        """The Optuna sampler's entry in core.sampler_registry (tpe unless search.sampler says otherwise)."""
+        return SAMPLERS[self.sampler or DEFAULT_SAMPLER]
 
     @property
     def racing_options(self):
@@ -613,6 +658,17 @@ def _check_settings_act(search: SearchConfig, train: TrainConfig) -> list[str]:
     if search.optuna and search.searcher != "optuna":
         errors.append(f"search.optuna is set but search.searcher is {search.searcher}: remove search.optuna, or set "
                       f"search.searcher: optuna")
+    if search.sampler is not None and search.searcher != "optuna":
+        errors.append(f"search.sampler is set but search.searcher is {search.searcher}: Optuna's samplers act only "
+                      f"with searcher: optuna (sampler: random is Optuna's, searcher: random is Ray's). Remove "
+                      f"search.sampler, or set search.searcher: optuna")
+    elif search.searcher == "optuna":
+        sampler = search.sampler_spec
+        for key in search.optuna or {}:
+            if key not in sampler.options:
+                takes = [s for s in SAMPLERS if key in SAMPLERS[s].options]
+                errors.append(f"search.optuna.{key} acts only with sampler {' or '.join(takes)}, and this search "
+                              f"uses {sampler.name}: remove search.optuna.{key}")
     if search.scheduler == "pbt" and pbt_interval(search, train) >= train.epochs:
         errors.append(f"PBT would never act: its first round comes after {pbt_interval(search, train)} epochs "
                       f"(search.pbt.perturbation_interval, a multiple of train.eval_every {train.eval_every}) and "

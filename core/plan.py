@@ -1,6 +1,6 @@
 """What a search will do, said and checked before it runs: its metric and direction, Optuna's
-settings, the baseline trial, PBT's interval and fixed keys, the one-line description, and
---dry-run's checks (the data prepared and the family built on it).
+sampler and its settings, the baseline trial, PBT's interval and fixed keys, the one-line
+description, and --dry-run's checks (the data prepared and the family built on it).
 
 No Ray here: `tune.py --dry-run` imports this module, not core.search, so checking a space does
 not pay for importing Ray Tune (about half of a dry run; benchmarks/bench_dry_run.py). core.search
@@ -31,19 +31,50 @@ def search_mode(cfg: ExperimentConfig) -> str:
     return direction(cfg.search.metric)
 
 
-def tpe_settings(cfg: ExperimentConfig) -> dict:
-    """Optuna TPESampler's settings for this search (search.optuna, with budget-scaled defaults)."""
-    options = cfg.search.optuna_options
-    # A quarter of the trials, at least 3 and at most Optuna's own default of 10: a long search cut
-    # early by ASHA or a budget spends most of its trials on the model, not on random draws (the
-    # search benchmark, RESULTS.md: 15 random start-ups of the ~35 trials that fit its budget).
-    startup = (options.n_startup_trials if options.n_startup_trials is not None
-               else min(10, max(3, cfg.search.num_samples // 4)))
-    liar = options.constant_liar if options.constant_liar is not None else cfg.search.max_concurrent > 1
-    # `group`: multivariate TPE over a space whose keys come and go (when: clauses) models each
-    # set of keys that occur together.
-    return {"n_startup_trials": startup, "multivariate": options.multivariate, "constant_liar": liar,
-            "group": options.multivariate and is_conditional(cfg.search.space)}
+def sampler_settings(cfg: ExperimentConfig) -> dict:
+    """The keyword arguments of the Optuna sampler that search.sampler names (core.sampler_registry),
+    but its seed: search.optuna with budget-scaled defaults, each option for the samplers that take it
+    (the config refuses the others)."""
+    options, sampler = cfg.search.optuna_options, cfg.search.sampler_spec.name
+    settings = {}
+    if "n_startup_trials" in cfg.search.sampler_spec.options:
+        if options.n_startup_trials is not None:
+            settings["n_startup_trials"] = options.n_startup_trials
+        elif sampler == "cmaes":
+            # Optuna's default of 1: CMA-ES starts from the centre of the ranges and learns nothing
+            # from random start-up trials.
+            settings["n_startup_trials"] = 1
+        else:
+            # A quarter of the trials, at least 3 and at most Optuna's own default of 10: a long search
+            # cut early by ASHA or a budget spends most of its trials on the model, not on random draws
+            # (the search benchmark, RESULTS.md: 15 random start-ups of the ~35 trials that fit its budget).
+            settings["n_startup_trials"] = min(10, max(3, cfg.search.num_samples // 4))
+    if sampler == "tpe":
+        liar = options.constant_liar if options.constant_liar is not None else cfg.search.max_concurrent > 1
+        # `group`: multivariate TPE over a space whose keys come and go (when: clauses) models each
+        # set of keys that occur together.
+        settings.update(multivariate=options.multivariate, constant_liar=liar,
+                        group=options.multivariate and is_conditional(cfg.search.space))
+    elif sampler == "nsga2":
+        settings["population_size"] = options.population_size
+    elif sampler == "qmc":
+        # Unscrambled, a Sobol sequence is the same for every seed: scrambling makes search.seed
+        # matter, as for every other sampler (several searcher seeds, e.g. the search benchmark's).
+        settings["scramble"] = True
+    return settings
+
+
+def make_sampler(cfg: ExperimentConfig):
+    """The Optuna sampler of an Optuna search, seeded with search.seed (core.search.make_searcher
+    hands it to Ray's OptunaSearch; racing's InTrialOrderSearch wraps that searcher, sampler and all)."""
+    import warnings
+
+    import optuna
+
+    cls = getattr(optuna.samplers, cfg.search.sampler_spec.optuna_class)
+    with warnings.catch_warnings():   # QMC, and TPE's multivariate, group and constant_liar, are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(seed=cfg.search.seed, **sampler_settings(cfg))
 
 
 def baseline_points(cfg: ExperimentConfig) -> list[dict]:
@@ -54,14 +85,7 @@ def describe_search(cfg: ExperimentConfig) -> str:
     """One line saying what the search will do (the run's header and --dry-run print it)."""
     s = cfg.search
     if s.searcher == "optuna":
-        tpe = tpe_settings(cfg)
-        startup = (f"all {s.num_samples} trials random (start-up {tpe['n_startup_trials']})"
-                   if tpe["n_startup_trials"] >= s.num_samples
-                   else f"{tpe['n_startup_trials']} random start-up trials of {s.num_samples}")
-        searcher = (f"Optuna TPE (seed {s.seed}): {startup}, "
-                    f"multivariate {'on' if tpe['multivariate'] else 'off'}"
-                    f"{' (grouped: conditional keys)' if tpe['group'] else ''}, "
-                    f"constant liar {'on' if tpe['constant_liar'] else 'off'}")
+        searcher = f"Optuna {s.sampler_spec.label} (seed {s.seed})" + _describe_sampler(cfg)
     else:
         searcher = f"random search (seed {s.seed})"
     if s.scheduler == "pbt":
@@ -82,6 +106,27 @@ def describe_search(cfg: ExperimentConfig) -> str:
     return (f"{searcher}; {scheduler}; {goal}; {baseline}; {s.max_concurrent} concurrent trials, "
             f"{s.cpus_per_trial} CPU + {s.gpus_per_trial} GPU each; keep {s.keep_checkpoints} best checkpoints "
             f"by {s.metric}{budget}")
+
+
+def _describe_sampler(cfg: ExperimentConfig) -> str:
+    """": 6 random start-up trials of 24, ...": what the sampler's settings mean for this search."""
+    s, settings = cfg.search, sampler_settings(cfg)
+    parts = []
+    if "n_startup_trials" in settings:
+        startup = settings["n_startup_trials"]
+        parts.append(f"all {s.num_samples} trials random (start-up {startup})" if startup >= s.num_samples
+                     else f"{startup} random start-up trial{'s' if startup != 1 else ''} of {s.num_samples}")
+    if "multivariate" in settings:
+        parts.append(f"multivariate {'on' if settings['multivariate'] else 'off'}"
+                     f"{' (grouped: conditional keys)' if settings['group'] else ''}")
+        parts.append(f"constant liar {'on' if settings['constant_liar'] else 'off'}")
+    if "population_size" in settings:
+        size = settings["population_size"]
+        parts.append(f"population {size}" + (f", all {s.num_samples} trials in its first (random) generation"
+                                             if size >= s.num_samples else ""))
+    if "scramble" in settings:
+        parts.append("scrambled Sobol sequence")
+    return ": " + ", ".join(parts) if parts else ""
 
 
 def perturbation_interval(cfg: ExperimentConfig) -> int:

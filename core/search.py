@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import yaml
@@ -40,8 +39,8 @@ from core.driver import tune_driver
 from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, InTrialOrderSearch, NoiseAwareRungs,
                             ResumableOptunaSearch, grow_search, raise_trial_count)
 from core.metric_registry import direction
-from core.plan import (architecture_keys, baseline_points, perturbation_interval, search_metric, search_mode,
-                       tpe_settings)
+from core.plan import (architecture_keys, baseline_points, make_sampler, perturbation_interval, search_metric,
+                       search_mode)
 from core.space import optuna_space, pbt_mutations, ray_param_space
 from core.trainable import tune_trainable
 
@@ -52,8 +51,8 @@ OPTUNA_FILE = "optuna.db"
 
 
 def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
-    """Ray Tune's searcher: Optuna's TPE (its study stored in <experiment>/optuna.db) or random search;
-    either first trains the baseline (`points_to_evaluate`)."""
+    """Ray Tune's searcher: Optuna with search.sampler's sampler (its study stored in
+    <experiment>/optuna.db), or Ray's random search; either first trains the baseline (`points_to_evaluate`)."""
     from ray.tune.search import BasicVariantGenerator
 
     points = baseline_points(cfg) or None
@@ -65,17 +64,15 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
 
     # An RDBStorage instance (not a URL string): the study outlives the run and optuna-dashboard opens it.
     storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_FILE}")
-    with warnings.catch_warnings():   # multivariate, group and constant_liar are "experimental" in Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, **tpe_settings(cfg))
     if cfg.search.objectives:
-        # Several objectives: Optuna's multi-objective TPE over each one's running best, one study
-        # direction each; the study's best trials are the Pareto front.
+        # Several objectives: the sampler's multi-objective search over each one's running best, one
+        # study direction each; the study's best trials are the Pareto front.
         metric, mode = [f"best_{m}" for m in cfg.search.objectives], [direction(m) for m in cfg.search.objectives]
     else:
         metric, mode = search_metric(cfg), search_mode(cfg)
     return ResumableOptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
-                                 study_name=cfg.name, storage=storage, sampler=sampler, points_to_evaluate=points)
+                                 study_name=cfg.name, storage=storage, sampler=make_sampler(cfg),
+                                 points_to_evaluate=points)
 
 
 def tuner_param_space(cfg: ExperimentConfig) -> dict:

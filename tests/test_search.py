@@ -44,6 +44,16 @@ def test_dry_run_prints_the_real_cyclegan_space(capsys):
     assert "# Baseline" in out and "model.lambda_cycle: 10.0" in out
 
 
+def test_dry_run_names_the_sampler_and_refuses_one_that_cannot_search_the_space(capsys):
+    space = str(ROOT / "search_spaces/cyclegan.yaml")
+    code, out, err = tune(capsys, "--space", space, "--dry-run", "search.sampler=gp")
+    assert code == 0, err
+    assert "Optuna GP (seed 0): 6 random start-up trials of 24; ASHA" in out
+    code, _, err = tune(capsys, "--space", space, "--dry-run", "search.sampler=cmaes")
+    assert code == 2 and "Traceback" not in err
+    assert "search.sampler cmaes models ranges only: it would draw the choice key(s) model.lambda_identity" in err
+
+
 def test_bad_space_gives_one_clear_error_and_exit_code_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("_base_: %s\nmodel: {lamda_cycle: 3.0}\n" % (ROOT / "search_spaces/cyclegan_builtin.yaml"))

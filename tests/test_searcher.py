@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from core.config import ConfigError, load_experiment
-from core.plan import describe_search, perturbation_interval, search_metric, tpe_settings
-from core.search import make_scheduler, make_searcher
+from core.plan import describe_search, perturbation_interval, sampler_settings, search_metric
+from core.search import make_scheduler, make_search_algorithms, make_searcher
 from core.space import applicable, baseline_point, dimensions, is_baseline, optuna_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -22,16 +22,16 @@ def cyclegan(*overrides):
 
 
 def test_tpe_start_up_trials_scale_with_the_budget_and_liar_follows_concurrency():
-    assert tpe_settings(cyclegan("search.num_samples=24", "search.max_concurrent=4")) == {
+    assert sampler_settings(cyclegan("search.num_samples=24", "search.max_concurrent=4")) == {
         "n_startup_trials": 6, "multivariate": True, "constant_liar": True, "group": False}
-    assert tpe_settings(cyclegan("search.num_samples=6", "search.max_concurrent=1"))["n_startup_trials"] == 3
-    assert tpe_settings(cyclegan("search.num_samples=60"))["n_startup_trials"] == 10   # Optuna's default caps it
-    quarter = tpe_settings(cyclegan("search.num_samples=25"))["n_startup_trials"]   # a whole number of trials
+    assert sampler_settings(cyclegan("search.num_samples=6", "search.max_concurrent=1"))["n_startup_trials"] == 3
+    assert sampler_settings(cyclegan("search.num_samples=60"))["n_startup_trials"] == 10   # Optuna's default caps it
+    quarter = sampler_settings(cyclegan("search.num_samples=25"))["n_startup_trials"]   # a whole number of trials
     assert quarter == 6 and isinstance(quarter, int)
-    assert tpe_settings(cyclegan("search.max_concurrent=1"))["constant_liar"] is False
+    assert sampler_settings(cyclegan("search.max_concurrent=1"))["constant_liar"] is False
     explicit = cyclegan("search.optuna={n_startup_trials: 5, multivariate: false, constant_liar: false}",
                           "search.max_concurrent=4")
-    assert tpe_settings(explicit) == {"n_startup_trials": 5, "multivariate": False, "constant_liar": False,
+    assert sampler_settings(explicit) == {"n_startup_trials": 5, "multivariate": False, "constant_liar": False,
                                       "group": False}
 
 
@@ -51,6 +51,19 @@ def test_optuna_searcher_runs_the_baseline_first_with_the_configured_tpe(tmp_pat
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._n_startup_trials == 5 and sampler._multivariate and sampler._constant_liar
     assert not make_searcher(cyclegan("search.baseline=false"), tmp_path)._points_to_evaluate
+
+
+def test_the_chosen_sampler_reaches_rays_searcher_and_the_racing_searcher_around_it(tmp_path):
+    cfg = cyclegan("search.sampler=gp", "search.seed=3", "search.racing=true", "search.num_samples=12")
+    searcher, _ = make_search_algorithms(cfg, tmp_path)
+    assert type(searcher).__name__ == "InTrialOrderSearch"
+    sampler = searcher.optuna._sampler
+    assert isinstance(sampler, optuna.samplers.GPSampler) and sampler._n_startup_trials == 3
+    first = [optuna.create_study(sampler=s).ask().suggest_float("x", 0.0, 1.0)
+             for s in (sampler, optuna.samplers.RandomSampler(seed=3))]
+    assert first[0] == first[1], "seeded with search.seed: its random start-up trials are RandomSampler(seed=3)'s"
+    assert isinstance(make_searcher(cyclegan("search.sampler=nsga2", "search.metric=[kid, precision]"),
+                                    tmp_path)._sampler, optuna.samplers.NSGAIISampler)
 
 
 def test_a_multi_objective_searcher_gets_each_objectives_running_best_and_direction(tmp_path):
