@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -70,6 +71,10 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
         metric, mode = [f"best_{m}" for m in cfg.search.objectives], [direction(m) for m in cfg.search.objectives]
     else:
         metric, mode = search_metric(cfg), search_mode(cfg)
+    # Ray warns when the define-by-run space takes over a second, as if it trained in the driver: the
+    # time is the sampler's (Optuna fits GP's model at the trial's first suggestion), and it is expected.
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument",
+                            category=UserWarning)
     return ResumableOptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
                                  study_name=cfg.name, storage=storage, sampler=make_sampler(cfg),
                                  points_to_evaluate=points)

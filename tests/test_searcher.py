@@ -2,6 +2,7 @@
 PBT, each on the right metric and time attribute), conditional keys and the baseline's checks."""
 
 import shutil
+import warnings
 from pathlib import Path
 
 import optuna
@@ -64,6 +65,9 @@ def test_the_chosen_sampler_reaches_rays_searcher_and_the_racing_searcher_around
     assert first[0] == first[1], "seeded with search.seed: its random start-up trials are RandomSampler(seed=3)'s"
     assert isinstance(make_searcher(cyclegan("search.sampler=nsga2", "search.metric=[kid, precision]"),
                                     tmp_path)._sampler, optuna.samplers.NSGAIISampler)
+    with warnings.catch_warnings(record=True) as caught:   # Ray's, when GP's fit made a suggestion slow
+        warnings.warn("Define-by-run function passed in the `space` argument took 1.55 seconds to run.", UserWarning)
+    assert not caught, "the sampler's own time is no sign of training in the driver"
 
 
 def test_a_multi_objective_searcher_gets_each_objectives_running_best_and_direction(tmp_path):
