@@ -51,7 +51,12 @@ def what_it_decided(exp: Path) -> dict:
     board = pd.read_csv(exp / "leaderboard.csv")
     runs = sorted((row["model.lr"], int(row["seed"]), row["status"], int(row["epochs_trained"]), row["best_fid"])
                   for _, row in board.iterrows())
-    study = [(t.number, t.params, t.value) for t in study_of(exp).trials]
+    # What Optuna proposed and was told, in order. A killed driver may have asked Optuna for a trial
+    # that Ray never recorded: the resumed search asks again (the same values), and the first ask
+    # stays in the study as a failed trial (no trial is left RUNNING), with its own number.
+    trials = study_of(exp).trials
+    assert not [t.number for t in trials if t.state.name == "RUNNING"], [(t.number, t.state.name) for t in trials]
+    study = [(t.params, t.value) for t in trials if t.state.name == "COMPLETE"]
     best = next(line for line in (exp / "leaderboard.txt").read_text().splitlines() if line.startswith("best:"))
     best = best.replace(board.loc[board["incumbent"], "configuration"].iloc[0] if board["incumbent"].any() else "", "")
     return {"runs": runs, "study": study, "best": best}
