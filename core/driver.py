@@ -157,6 +157,7 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
     connect(address, log_to_driver=verbose)
     created = not local_dir.exists()
     held = ExitStack()
+    unrecorded: list[str] = []   # trial directories a resume removed (remove_unrecorded_trial_dirs)
     locked = False   # the staging clean-up below is only this driver's to do once it holds the lock
     try:
         if not verbose:
@@ -182,11 +183,11 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
             backfill_reports(exp_path, storage.filesystem, progress)
             repair_checkpoint_records(exp_path, storage.filesystem, progress)
             repair_race_ledger(exp_path, storage.filesystem, progress)
-            remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
+            unrecorded += remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
         try:
             yield TuneRun(cfg, storage, ready, verbose)
             if resume:   # again: a trial of the interrupted driver still stopping (on a cluster) may have written since
-                remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
+                unrecorded += remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
             remove_old_snapshots(exp_path, storage.filesystem)   # a resume restores from the newest only
         finally:
             remove_damaged_checkpoints(storage, exp_path, progress)
@@ -196,7 +197,9 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         # thread blocked there, then ended without running its own clean-up) may still be exiting
         # until then, and so may those of a driver killed before this one.
         if locked:
-            remove_staging_leftovers(trial_ids(storage, exp_path, cfg.family))
+            # (the trials whose directories a resume removed have staging leftovers of their own)
+            removed_ids = [name[len(cfg.family) + 1:] for name in unrecorded]
+            remove_staging_leftovers(trial_ids(storage, exp_path, cfg.family) + removed_ids)
         held.close()
         if created and local_dir.is_dir() and {p.name for p in local_dir.iterdir()} <= {DRIVER_LOCK}:
             shutil.rmtree(local_dir, ignore_errors=True)   # refused before anything was written
