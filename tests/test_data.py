@@ -525,3 +525,22 @@ def test_kaggle_broken_zip_asks_for_a_new_download(no_kaggle_credentials):
     (tmp / "kaggle/gan-getting-started.zip").write_bytes(b"PK\x03\x04 interrupted download")
     with pytest.raises(DataError, match="force_download=true"):
         prepare_data(DataConfig(source="kaggle", root=str(tmp / "kaggle"), image_size=16), tmp / "cache", progress=quiet)
+
+
+@pytest.mark.parametrize("content, damage", [
+    ("{\"username\": \"painter\", \"key\": ", "is not valid JSON (line 1, column"),
+    ("[\"painter\"]", "is not a JSON object"),
+    ("{\"username\": \"painter\"}", "has no 'key'"),
+    ("{}", "has no 'username' and no 'key'"),
+])
+def test_a_damaged_kaggle_json_is_named_not_reported_missing(no_kaggle_credentials, content, damage):
+    tmp = no_kaggle_credentials
+    (tmp / "kaggle-config").mkdir()
+    (tmp / "kaggle-config/kaggle.json").write_text(content.replace("painter", SECRET))
+    cfg = DataConfig(source="kaggle", root=str(tmp / "kaggle"), image_size=16)
+    with pytest.raises(DataError) as error:
+        prepare_data(cfg, tmp / "cache", progress=quiet)
+    message = str(error.value)
+    assert message.startswith(f"{tmp / 'kaggle-config/kaggle.json'} {damage}")
+    assert "No Kaggle credentials found" not in message and "Create New Token" in message
+    assert SECRET not in message

@@ -121,6 +121,13 @@ def download(source: Source, folder: Path, progress: Callable[[str], None] = pri
     credentials = credential_source()
     if credentials is None:
         config = Path(os.environ.get("KAGGLE_CONFIG_DIR") or "~/.kaggle")
+        damage = _key_file_damage(_config_dir() / "kaggle.json")
+        if damage:
+            raise DataError(
+                f"{_config_dir() / 'kaggle.json'} {damage}, so {what} cannot be downloaded. Create a new API "
+                f"token on kaggle.com -> Settings -> API -> Create New Token and save the downloaded kaggle.json "
+                f"over it (it holds {{\"username\": ..., \"key\": ...}}); or set the environment variables "
+                f"KAGGLE_USERNAME and KAGGLE_KEY. " + manual)
         raise DataError(
             f"No Kaggle credentials found, so {what} cannot be downloaded. Create an API token on "
             f"kaggle.com -> Settings -> API -> Create New Token, save the downloaded kaggle.json as "
@@ -201,6 +208,28 @@ def credential_source() -> str | None:
     if _nonempty(home / "credentials.json"):
         return f"{home / 'credentials.json'} (kaggle auth login)"
     return None
+
+
+def _key_file_damage(key_file: Path) -> str | None:
+    """What is wrong with a kaggle.json that exists but gives no credentials, in words for a
+    message (never its contents); None when it is absent or sound."""
+    try:
+        text = key_file.read_text() if key_file.is_file() else None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    except UnicodeDecodeError:
+        return "is not a text file"
+    if text is None:
+        return None
+    try:
+        values = json.loads(text)
+    except ValueError as e:
+        return f"is not valid JSON (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) \
+            else "is not valid JSON"
+    if not isinstance(values, dict):
+        return "is not a JSON object with \"username\" and \"key\""
+    missing = [name for name in ("username", "key") if not values.get(name)]
+    return f"has no {' and no '.join(repr(m) for m in missing)}" if missing else None
 
 
 def _config_dir() -> Path:
