@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from core.config import ExperimentConfig, pbt_interval
-from core.data import prepare_data
+from core.data import needs_download, prepare_data
 from core.errors import ConfigError
 from core.metric_registry import direction
 from core.models import get_family
@@ -150,14 +150,12 @@ def check_family_builds(cfg: ExperimentConfig, prepared) -> None:
         raise ConfigError(f"The {cfg.family} model cannot be built with this configuration: {e}") from None
 
 
-DOWNLOADING_SOURCES = ("kaggle", "kaggle_dataset")
-
-
 def check_experiment(cfg: ExperimentConfig, progress=print) -> str:
     """--dry-run's checks of what the run would refuse before its first trial: the data (prepared
-    and cached as the run would, except a Kaggle download) and the family built on it. Raises the
-    run's own ConfigError/DataError; returns a line saying what was checked."""
-    if cfg.data.source in DOWNLOADING_SOURCES:
+    and cached as the run would, from a Kaggle zip already on disk too, but never downloaded) and
+    the family built on it. Raises the run's own ConfigError/DataError; returns a line saying what
+    was checked."""
+    if needs_download(cfg.data, cfg.cache_path):
         return (f"data ({cfg.data.source}) not checked: it is downloaded when the run starts "
                 f"(or ahead of it: python experiments/prepare_data.py --space ...)")
     prepared = prepare_data(cfg.data, cfg.cache_path, progress=progress)

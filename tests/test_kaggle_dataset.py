@@ -243,3 +243,24 @@ def test_the_shipped_space_dry_runs_and_prepare_without_credentials_says_what_to
                                      "be downloaded. Create an API token")
     assert prepare.stderr.count("\n") == 1 and "Traceback" not in prepare.stderr
     assert str(tmp_path / "home/cache/kaggle/datasets/steubk/wikiart/wikiart.zip") in prepare.stderr
+
+
+def test_dry_run_checks_a_dataset_zip_already_on_disk(wikiart, tmp_path, monkeypatch, capsys):
+    """A zip where the download would put it is read by --dry-run as by the run (no network), so a
+    wrong data.label_column is refused before the search, not when its first trial starts."""
+    from tune_cli import load_script
+
+    folder, _ = wikiart
+    monkeypatch.setenv("PAINTSWEEP_CACHE", str(tmp_path / "cache"))
+    tune = load_script("tune")
+    tiny = [f"data.root={folder}", "data.image_size=32", "model.base_channels=4", "model.latent_dim=8",
+            "train.batch_size=4", "search.baseline=false"]
+
+    assert tune.main(["--space", str(SPACE), "--dry-run", *tiny, "data.label_column=genres"]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'genres' (data.label_column); its columns: file, artist, genre, style" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+    assert tune.main(["--space", str(SPACE), "--dry-run", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "data and model checked" in out and "not checked" not in out

@@ -9,7 +9,7 @@ in the Kaggle layout (train/monet, train/photo, test/photo), and PyTorch dataset
 
 from core.data.datasets import ImageDataset, UnpairedDataset, eval_transform, train_transform
 from core.errors import DataError
-from core.data.prepare import SPLITS, PreparedData, load_prepared, prepare_data
+from core.data.prepare import SPLITS, PreparedData, load_prepared, needs_download, prepare_data
 
 __all__ = ["DataError", "ImageDataset", "PreparedData", "SPLITS", "UnpairedDataset", "eval_transform",
-           "load_prepared", "prepare_data", "train_transform"]
+           "load_prepared", "needs_download", "prepare_data", "train_transform"]

@@ -65,13 +65,24 @@ def fetch_dataset(dataset: str, folder: Path, force_download: bool = False,
     its path, `<folder>/<name>.zip`. Downloads it unless it is there already (or `force_download`);
     a zip the client left half-written (its `.kaggle-partial` marker beside it) is downloaded again."""
     folder = Path(folder).expanduser()
-    archive = folder / f"{dataset.split('/')[-1]}.zip"
-    partial = archive.with_name(archive.name + ".kaggle-partial")  # written by the client until the download completes
-    if archive.is_file() and not partial.exists() and not force_download:
+    source = Source("dataset", dataset)
+    archive = folder / source.zip_name
+    if is_downloaded(source, folder) and not force_download:
         progress(f"Using the Kaggle dataset zip already in {archive}")
         return archive
-    download(Source("dataset", dataset), folder, progress)
+    download(source, folder, progress)
     return archive
+
+
+def is_downloaded(source: Source, folder: Path) -> bool:
+    """Whether `folder` holds what fetch_competition/fetch_dataset would use without the network:
+    a competition's unzipped folders or its zip; a dataset's complete zip (the client writes a
+    `.kaggle-partial` marker beside it until the download completes)."""
+    folder = Path(folder).expanduser()
+    archive = folder / source.zip_name
+    if source.kind == "competition":
+        return (folder / EXTRACTED_MARKER).is_file() or archive.is_file()
+    return archive.is_file() and not archive.with_name(archive.name + ".kaggle-partial").exists()
 
 
 def extract(archive: Path, folder: Path, progress: Callable[[str], None] = print) -> None:

@@ -75,7 +75,7 @@ from tqdm import tqdm
 
 from core.data import builtin
 from core.errors import DataError
-from core.data.kaggle import fetch_competition, fetch_dataset
+from core.data.kaggle import Source, fetch_competition, fetch_dataset, is_downloaded
 
 SPLITS = ("train/monet", "train/photo", "test/photo")
 MANIFEST = "manifest.json"
@@ -141,7 +141,7 @@ def _prepare(data_cfg, cache_dir: Path, progress: Callable[[str], None],
         plan, class_names, identity = _folder_plan(Path(data_cfg.root).expanduser().resolve())
         parent = cache_dir / "prepared"
     elif data_cfg.source == "kaggle":
-        folder = Path(data_cfg.root).expanduser() if data_cfg.root else cache_dir / "kaggle" / data_cfg.competition
+        folder = download_folder(data_cfg, cache_dir)
         fetch_competition(data_cfg.competition, folder, data_cfg.force_download, progress)
         plan, class_names, identity = _kaggle_plan(folder.resolve(), data_cfg)
         parent = cache_dir / "prepared"
@@ -149,9 +149,8 @@ def _prepare(data_cfg, cache_dir: Path, progress: Callable[[str], None],
         errors = data_cfg.dataset_selection_errors()  # also when the DataConfig was built in code
         if errors:
             raise DataError("; ".join(errors))
-        folder = (Path(data_cfg.root).expanduser() if data_cfg.root
-                  else cache_dir / "kaggle" / "datasets" / data_cfg.dataset)
-        archive = fetch_dataset(data_cfg.dataset, folder, data_cfg.force_download, progress)
+        archive = fetch_dataset(data_cfg.dataset, download_folder(data_cfg, cache_dir), data_cfg.force_download,
+                                progress)
         plan, class_names, identity = _dataset_plan(archive.resolve(), data_cfg, open_files, progress)
         parent = cache_dir / "prepared"
     else:
@@ -172,6 +171,25 @@ def _prepare(data_cfg, cache_dir: Path, progress: Callable[[str], None],
         progress(f"Reusing prepared data in {root}{note}")
         return prepared
     return _materialize(plan, class_names, root, data_cfg.image_size, load_size, data_cfg.source, progress)
+
+
+def download_folder(data_cfg, cache_dir: Path) -> Path:
+    """Where a Kaggle source's download lives: data.root, else the cache's kaggle/ folder."""
+    if data_cfg.root:
+        return Path(data_cfg.root).expanduser()
+    if data_cfg.source == "kaggle":
+        return Path(cache_dir).expanduser() / "kaggle" / data_cfg.competition
+    return Path(cache_dir).expanduser() / "kaggle" / "datasets" / data_cfg.dataset
+
+
+def needs_download(data_cfg, cache_dir: Path) -> bool:
+    """Whether preparing `data_cfg` would download from Kaggle (a download not on disk yet, or
+    data.force_download): --dry-run checks everything else without the network."""
+    if data_cfg.source not in ("kaggle", "kaggle_dataset"):
+        return False
+    source = (Source("competition", data_cfg.competition) if data_cfg.source == "kaggle"
+              else Source("dataset", data_cfg.dataset))
+    return data_cfg.force_download or not is_downloaded(source, download_folder(data_cfg, cache_dir))
 
 
 def load_prepared(root: str | os.PathLike) -> PreparedData:
