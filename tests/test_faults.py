@@ -212,10 +212,43 @@ def _stop_the_driver_repeatedly_then_resume(tmp_path, env):
     # and an Optuna study with no trial left RUNNING (one asked for by a killed driver is failed).
     for prefix in ("experiment_state-", "search_gen_state-", "searcher-state-"):
         assert len(list(exp.glob(f"{prefix}*"))) == 1, sorted(p.name for p in exp.glob(f"{prefix}*"))
-    states = [t.state.name for t in study_of(exp).trials]
+    study = study_of(exp)
+    states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == trials and set(states) <= {"COMPLETE", "FAIL"}, states
+    # The kills did not change the search's course: the configurations are those the sampler
+    # proposes when nothing interrupts it, told the same scores.
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    expected = proposals_without_interruption(args, [t.value for t in complete])
+    assert [t.params for t in complete] == expected
     print(f"\nfaults injected: {'; '.join(stops)}; work lost: 0 finished trials of {len(finished_seen)}, "
           f"0 corrupt checkpoints of {kept}; epochs redone after restore: {redone}")
+
+
+def proposals_without_interruption(args: list[str], scores: list[float]) -> list[dict]:
+    """The configurations the search of `args` proposes in one study nothing interrupts, one trial
+    at a time (search.max_concurrent=1), each told its score in turn: the baseline, the sampler's
+    start-up draws, then TPE's. No Ray and no training: the same sampler and define-by-run space
+    an uninterrupted run asks, in an in-memory study."""
+    import optuna
+
+    from core.config import load_experiment
+    from core.plan import baseline_points, make_sampler
+    from core.space import optuna_space
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    num_samples = args[args.index("--num-samples") + 1]
+    cfg = load_experiment(SMOKE[1], [*load_script("tune").SMOKE_TEST_OVERRIDES, *overrides,
+                                     f"search.num_samples={num_samples}"])
+    assert cfg.search.max_concurrent == 1, "with trials at once, what a trial is told depends on timing"
+    study = optuna.create_study(sampler=make_sampler(cfg))
+    for point in baseline_points(cfg):
+        study.enqueue_trial(point)
+    space = optuna_space(cfg.search.space)
+    for score in scores:
+        trial = study.ask()
+        space(trial)
+        study.tell(trial, score)
+    return [t.params for t in study.trials]
 
 
 # --- A trial process killed, then its worker node lost --------------------------------------------
