@@ -66,6 +66,14 @@ def best_intact_checkpoint(result, metric: str) -> str | None:
     return None
 
 
+def _checkpoint_epoch(result, path: str | None) -> int | None:
+    """The epoch of the kept checkpoint at `path`, as Ray recorded it with the checkpoint."""
+    for checkpoint, metrics in result.best_checkpoints or []:
+        if checkpoint.path == path and "epoch" in metrics:
+            return int(metrics["epoch"])
+    return None
+
+
 def leaderboard(grid, cfg: ExperimentConfig):
     """One row per trial, best first: searched values, status, each trial's best evaluation by the
     search metric (its scores and epoch) and where that is kept. `baseline` marks the trial(s) that
@@ -96,8 +104,18 @@ def leaderboard(grid, cfg: ExperimentConfig):
         scored = (history[history[metric].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
                   if history is not None and metric in history else None)
         evaluated = scored is not None and not scored.empty
+        # A trial stopped at its first evaluation (collapsed) has scores but no checkpoint.
+        row["checkpoint"] = best_intact_checkpoint(result, metric) if evaluated else None
         if evaluated:
             best = scored.loc[scored[metric].idxmin() if direction(metric) == "min" else scored[metric].idxmax()]
+            kept = _checkpoint_epoch(result, row["checkpoint"])
+            if kept is not None and kept != int(best["epoch"]) and (scored["epoch"] == kept).any():
+                # The best evaluation's checkpoint was damaged (and removed): the row describes the
+                # evaluation whose checkpoint it names, the one export.py ships, and says what was lost.
+                lost, best = best, scored[scored["epoch"] == kept].iloc[-1]
+                row["status_detail"] = "; ".join(filter(None, [
+                    row["status_detail"], f"the best evaluation (epoch {int(lost['epoch'])}, {metric} "
+                                          f"{float(lost[metric]):.4g}) has no intact checkpoint"]))
             row[f"best_{metric}"] = float(best[metric])
             for other in cfg.search.metrics[1:]:   # each objective's own best, as the searcher saw it
                 values = scored[other] if other in scored else pd.Series(dtype=float)
@@ -109,8 +127,6 @@ def leaderboard(grid, cfg: ExperimentConfig):
             row["schedule"] = " | ".join(f"epoch {int(e['exploited_at_epoch'])}: copied {e['exploited_from']}"
                                          + (f", {e['exploit_changes']}" if e.get("exploit_changes") else "")
                                          for _, e in exploits.iterrows())
-        # A trial stopped at its first evaluation (collapsed) has scores but no checkpoint.
-        row["checkpoint"] = best_intact_checkpoint(result, metric) if evaluated else None
         rows.append(row)
     # (No row yet, as when a time budget ran out before any report: the columns still, so that every
     # reader of leaderboard.csv finds an empty table, not an empty file.)
