@@ -4,7 +4,8 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
 - the schedulers: ASHA that never stops the baseline, and PBT that copies the right donor
   checkpoint into the trial's own directory and explores inside the searched ranges
   (`BaselineKeepingASHA`, `BaselineKeepingPBT`: they override Ray's private methods);
-- the Optuna searcher over a study that can be ahead of Ray's snapshot (`ResumableOptunaSearch`);
+- the Optuna searcher over a study that can be ahead of Ray's snapshot, saved without its storage
+  so a moved experiment resumes on its own study (`ResumableOptunaSearch`);
 - the search in trial order (core/racing.py's rules): the searcher that gates, tells Optuna in
   trial order and races seeds (`InTrialOrderSearch`), the rungs that read its ledger
   (`NoiseAwareRungs`), and the ledger's repair against Ray's snapshot before a resume
@@ -14,7 +15,8 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
   (`SessionJsonLogger`, `SessionCSVLogger`);
 - Ray's snapshot of an interrupted run: records of deleted checkpoints repaired before a resume
   (`repair_checkpoint_records`), the trial count of a finished search raised (`grow_search`,
-  `raise_trial_count`), and the console of the resumed run its own driver's (`renew_console`);
+  `raise_trial_count`), the storage of a moved experiment's new trials (`rebase_moved_experiment`),
+  and the console of the resumed run its own driver's (`renew_console`);
 - Ray's start-up timeout, told from other failures of ray.init by its text (`is_startup_timeout`);
 - Ray's notice that a private cluster uses token authentication, hidden
   (`quiet_token_authentication_notice`);
@@ -102,6 +104,54 @@ class ResumableOptunaSearch(OptunaSearch):
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    # Ray pickles the searcher whole (in tuner.pkl, and OptunaSearch.save in its searcher state), the
+    # study and its storage with it. Restored from an experiment folder moved or copied since (or a
+    # remote storage's mirror on another machine), that storage is the old folder's optuna.db:
+    # unpickling it opens that file (an error where its folder is gone), and the resumed search's
+    # trials were written there, not to the experiment's own study. So the searcher is pickled
+    # without its study (the sampler keeps its random state; each Ray trial's Optuna trial is kept
+    # by id); `attach_study` gives a restored one this run's storage, and `restore` rebuilds the
+    # study on it.
+
+    def __getstate__(self) -> dict:
+        return self.portable_state()
+
+    def attach_study(self, storage) -> None:
+        """After Tuner.restore, before the run continues: the study storage of the experiment as it is now."""
+        self._storage = storage
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.portable_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.restore_state(pickle.load(f))
+
+    def portable_state(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_ot_study=None, _storage=None,
+                     _ot_trials={trial_id: t if isinstance(t, int) else t._trial_id
+                                 for trial_id, t in getattr(self, "_ot_trials", {}).items()})
+        return state
+
+    def restore_state(self, saved: dict) -> None:
+        """The searcher `saved` (portable_state's, or an older run's whole self) on this run's study."""
+        import optuna
+
+        storage = self._storage   # this run's (attach_study): the optuna.db in the experiment folder as it is now
+        self.__dict__.update(saved)
+        self._storage = storage
+        if storage is None:
+            return   # (an in-memory study: nothing on disk to continue)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler)
+        self._ot_trials = {trial_id: optuna.Trial(self._ot_study, t if isinstance(t, int) else t._trial_id)
+                           for trial_id, t in self._ot_trials.items()}
+
     def _finished_in_study(self, trial_id: str) -> bool:
         ot_trial = self._ot_trials.get(trial_id)   # (Ray's: the Optuna trial it asked for this one)
         if ot_trial is None:
@@ -177,7 +227,7 @@ class InTrialOrderSearch(Searcher):
         import pickle
 
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"optuna": self.optuna.__dict__.copy(), "ledger": self.ledger.state(),
+            pickle.dump({"optuna": self.optuna.portable_state(), "ledger": self.ledger.state(),
                          "baseline_key": self.ledger.baseline_key, "metric": self.ledger.metric,
                          "base_seed": self.ledger.base_seed}, f)
 
@@ -186,7 +236,7 @@ class InTrialOrderSearch(Searcher):
 
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
-        self.optuna.__dict__.update(state["optuna"])
+        self.optuna.restore_state(state["optuna"])
         self.ledger.load_state(state["ledger"])   # in place: the rungs hold the same ledger
         self.ledger.baseline_key = state["baseline_key"]
 
@@ -405,6 +455,48 @@ def grow_search(storage, exp_path: str, num_samples: int, progress=print) -> Non
     state["total_samples"], state["finished"] = num_samples, False
     with fs.open_output_stream(states[-1]) as f:
         f.write(cloudpickle.dumps(state))
+
+
+def rebase_moved_experiment(storage, exp_path: str, progress=print) -> None:
+    """Before `Tuner.restore` of an experiment folder moved or copied since its last run: Ray
+    updates the paths of the trials it restores, but creates new trials from the Experiment saved
+    in its search state (`search_gen_state-*.json`, Ray 2.60's SearchGenerator), whose storage is
+    still the old folder. Their checkpoints and logs went there. That storage is pointed here."""
+    import pyarrow.fs
+    import ray.cloudpickle as cloudpickle
+
+    fs = storage.filesystem or pyarrow.fs.LocalFileSystem()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(exp_path))
+    states = sorted(i.path for i in found if Path(i.path).name.startswith("search_gen_state-"))
+    if not states:
+        return   # (Ray's random search: its state holds no Experiment)
+    with fs.open_input_stream(states[-1]) as f:
+        state = cloudpickle.loads(f.readall())
+    experiment = state.get("experiment")
+    saved = getattr(experiment, "storage", None)
+    here = Path(exp_path).parent.as_posix(), Path(exp_path).name
+    if saved is None or (saved.storage_fs_path, saved.experiment_dir_name) == here:
+        return
+    with fs.open_input_stream(f"{exp_path}/tuner.pkl") as f:
+        if b"RDBStorage" in f.readall():   # pickled by a paintsweep before ResumableOptunaSearch.__getstate__
+            raise ConfigError(f"{exp_path} was moved since it ran ({saved.experiment_fs_path}), and the paintsweep "
+                              f"that started it (before 2026-12-04) saved that folder's study file in Ray's state. "
+                              f"Move it back there to resume it, or start a new search.")
+    progress(f"resume: the experiment was at {saved.experiment_fs_path}; its new trials are written here")
+    saved.storage_fs_path, saved.experiment_dir_name = here
+    saved.storage_filesystem = fs
+    with fs.open_output_stream(states[-1]) as f:
+        f.write(cloudpickle.dumps(state))
+
+
+def attach_study(tuner, storage) -> None:
+    """After Tuner.restore: the Optuna searcher (unpickled without its study storage,
+    ResumableOptunaSearch) continues on `storage`, the study of the experiment where it is now."""
+    searcher = tuner._local_tuner._tune_config.search_alg
+    while searcher is not None and not isinstance(searcher, ResumableOptunaSearch):
+        searcher = getattr(searcher, "optuna", None) or getattr(searcher, "searcher", None)
+    if searcher is not None:
+        searcher.attach_study(storage)
 
 
 def raise_trial_count(tuner, num_samples: int) -> None:

@@ -38,7 +38,7 @@ from core.config import ConfigError, ExperimentConfig, config_to_dict, get_dotte
 from core.data import load_prepared
 from core.driver import tune_driver
 from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, InTrialOrderSearch, NoiseAwareRungs,
-                            ResumableOptunaSearch, grow_search, raise_trial_count)
+                            ResumableOptunaSearch, attach_study, grow_search, raise_trial_count)
 from core.metric_registry import direction
 from core.plan import (architecture_keys, baseline_points, make_sampler, perturbation_interval, search_metric,
                        search_mode)
@@ -61,10 +61,7 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
         # Ray applies max_concurrent_trials to Searchers only: a BasicVariantGenerator takes its own.
         return BasicVariantGenerator(random_state=cfg.search.seed, points_to_evaluate=points,
                                      max_concurrent=cfg.search.max_concurrent)
-    import optuna
-
-    # An RDBStorage instance (not a URL string): the study outlives the run and optuna-dashboard opens it.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_FILE}")
+    storage = study_storage(experiment_dir)
     if cfg.search.objectives:
         # Several objectives: the sampler's multi-objective search over each one's running best, one
         # study direction each; the study's best trials are the Pareto front.
@@ -78,6 +75,14 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
     return ResumableOptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
                                  study_name=cfg.name, storage=storage, sampler=make_sampler(cfg),
                                  points_to_evaluate=points)
+
+
+def study_storage(experiment_dir: Path):
+    """The experiment's Optuna study on disk: an RDBStorage instance (not a URL string), so the study
+    outlives the run and optuna-dashboard opens it."""
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(experiment_dir) / OPTUNA_FILE}")
 
 
 def tuner_param_space(cfg: ExperimentConfig) -> dict:
@@ -207,6 +212,8 @@ def run_search(cfg: ExperimentConfig, storage_path: str | os.PathLike = "runs", 
                 tuner = run.restored(tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                                         resume_errored=True, storage_filesystem=storage.filesystem))
                 raise_trial_count(tuner, cfg.search.num_samples)
+                if cfg.search.searcher == "optuna":
+                    attach_study(tuner, study_storage(exp_dir))
             else:
                 searcher, scheduler = make_search_algorithms(cfg, exp_dir)
                 tuner = tune.Tuner(

@@ -9,6 +9,7 @@ Pareto front and the KID ranking read the same leaderboard), so one run serves t
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -170,11 +171,17 @@ def test_a_time_budget_spent_before_any_evaluation_says_so_and_fails(tmp_path, s
 
 @pytest.mark.slow
 def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_untouched(budgeted, capsys):
-    """Extends the shared search in place (the time-budget test reads only what the fixture kept).
-    Not a copy of it: its Optuna searcher, restored from Ray's snapshot, names the study file where
-    the search ran. (About 20 s: the refusals run in this process, then one driver trains the
-    fifth trial.)"""
-    exp, args, _ = budgeted
+    """Extends the shared search (the time-budget test reads only what the fixture kept) after
+    moving its storage folder: the resumed search writes its new trial, its checkpoints and its study
+    into the experiment where it is now, and nothing where it was (Ray's saved search state and the
+    pickled Optuna searcher both named the old folder: a resumed copy had written its new trial's
+    checkpoints and Optuna trial into the original). (About 20 s: the refusals run in this process,
+    then one driver trains the fifth trial.)"""
+    old_exp, old_args, _ = budgeted
+    storage = old_exp.parent.with_name(old_exp.parent.name + "-moved")
+    shutil.move(old_exp.parent, storage)
+    exp = storage / old_exp.name
+    args = [str(storage) if a == str(old_exp.parent) else a for a in old_args]
     before = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
     assert len(before) == 4
 
@@ -190,10 +197,13 @@ def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_un
     out = tune(*args, "--num-samples", "5", "--resume")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "extending the search from 4 to 5 trials" in out.stdout
+    assert f"resume: the experiment was at {old_exp}; its new trials are written here" in out.stdout
     after = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
     assert len(after) == 5 and all(after[name] == text for name, text in before.items())
-    assert len(pd.read_csv(exp / "leaderboard.csv")) == 5
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 5 and all(str(path).startswith(str(exp)) for path in board["checkpoint"])
     assert len(study_of(exp).trials) == 5
+    assert not old_exp.parent.exists(), "the resumed search wrote where the experiment was"
 
 
 # --- Population-based training ------------------------------------------------------------------
