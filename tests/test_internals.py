@@ -184,3 +184,56 @@ def test_the_snapshot_files_the_race_ledger_repair_reads_are_still_named_and_sha
     assert [t.split("{}")[0] for t in templates] == list(internals.SNAPSHOT_PREFIXES)
     generator = SearchGenerator(internals.InTrialOrderSearch.__new__(internals.InTrialOrderSearch))
     assert {"counter", "total_samples", "finished"} <= set(generator.get_state())
+
+
+def test_a_moved_experiment_s_pieces_are_where_rebase_and_attach_study_put_them(tmp_path):
+    """rebase_moved_experiment edits the Experiment in the SearchGenerator's saved state (new trials
+    are created from its storage) as Ray edits a restored trial's; attach_study finds the searcher in
+    the restored tuner's TuneConfig."""
+    from ray import tune
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    state = SearchGenerator(OptunaSearch(metric="fid", mode="min", space={})).get_state()
+    assert "experiment" in state
+    experiment = Experiment("moved", lambda config: None, storage_path=str(tmp_path / "old"))
+    assert experiment.spec["storage"] is experiment.storage
+    for name in ("storage_fs_path", "experiment_dir_name", "storage_filesystem"):
+        assert f"new_storage.{name} = self._storage.{name}" in inspect.getsource(TuneController._restore_trials)
+    searcher = make_searcher(cyclegan(), tmp_path)
+    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=searcher))
+    internals.attach_study(tuner, "a storage")
+    assert searcher._storage == "a storage"
+
+
+def test_the_optuna_searcher_is_saved_without_its_study_and_restored_onto_the_one_given(tmp_path):
+    """Pickled (tuner.pkl) or saved (Ray's searcher state), the searcher holds no study storage;
+    restored, it continues the study it is attached to, with its Ray trials' Optuna trials."""
+    import pickle
+    import shutil
+
+    import optuna
+
+    from core.search import study_storage
+
+    (tmp_path / "old").mkdir()
+    searcher = make_searcher(cyclegan(), tmp_path / "old")
+    searcher.set_search_properties(None, None, {})
+    assert searcher.suggest("ray-trial-1")   # the baseline, then told its score
+    searcher.on_trial_complete("ray-trial-1", {"best_fid": 3.0, "epoch": 1})
+    pickled = pickle.dumps(searcher)   # as in tuner.pkl
+    assert b"RDBStorage" not in pickled
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    shutil.move(tmp_path / "old", tmp_path / "new")
+
+    restored = pickle.loads(pickled)   # Tuner.restore, then the driver and Ray's restore_from_dir
+    restored.attach_study(study_storage(tmp_path / "new"))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    trials = restored._ot_study.get_trials()
+    assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 3.0)] and trials[0].params
+    assert restored._ot_trials["ray-trial-1"]._trial_id == trials[0]._trial_id
+    assert not (tmp_path / "old").exists()
+    restored.suggest("ray-trial-2")
+    assert len(optuna.load_study(study_name=cyclegan().name, storage=study_storage(tmp_path / "new")).trials) == 2
