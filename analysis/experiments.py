@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from core.config import ExperimentConfig, build_config
-from core.results import leaderboard
+from core.results import leaderboard, quiet_unreported_trials
 from core.search import EXPERIMENT_FILE, OPTUNA_FILE
 
 # Columns of the history table besides the trial's name: the reported metrics, never Ray's bookkeeping.
@@ -78,6 +78,7 @@ def load_experiment_dir(path: str | os.PathLike) -> Experiment:
                               f"Ray Tune's experiment state); pass <storage>/<name>/ as written by "
                               f"experiments/tune.py, e.g. runs/quickstart")
     cfg = build_config(yaml.safe_load((path / EXPERIMENT_FILE).read_text()), source=str(path / EXPERIMENT_FILE))
+    quiet_unreported_trials()
     grid = ResultGrid(ExperimentAnalysis(str(path)))
 
     trials = leaderboard(grid, cfg)

@@ -25,7 +25,6 @@ In order, a run:
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import shutil
@@ -47,6 +46,7 @@ from core.internals import (SessionCSVLogger, SessionJsonLogger, check_versions,
                             repair_checkpoint_records, repair_race_ledger)
 from core.metric_registry import direction
 from core.metrics import reference_statistics
+from core.results import quiet_unreported_trials
 from core.plan import check_family_builds
 from core.results import trial_status
 from core.tracking import release_wandb_in_driver
@@ -172,9 +172,7 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")   # (quiet_console's "0" stands while it is held)
         release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
-        # A trial that had not reported before an interruption has no result files yet: Ray warns
-        # about each on every resume, though nothing is wrong.
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+        quiet_unreported_trials()
         if resume:
             # A driver killed at the wrong moment leaves reports it had not saved (restored from
             # the checkpoints' own report.json), then Ray's snapshot behind the checkpoints on disk:

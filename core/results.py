@@ -12,6 +12,7 @@ record never points at a deleted or damaged file.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import os
 from pathlib import Path
@@ -47,6 +48,12 @@ def trial_status(last: dict | None, errored: bool, epochs: int) -> TrialStatus:
     if "epoch" not in last:
         return TrialStatus.UNFINISHED
     return TrialStatus.COMPLETED if last["epoch"] >= epochs else TrialStatus.STOPPED
+
+
+def quiet_unreported_trials() -> None:
+    """A trial that had not reported when its run stopped has no result files yet: Ray warns about
+    each one whenever the experiment is read (a resume, report.py), though nothing is wrong."""
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 def ranked_checkpoints(results, metric: str) -> list[tuple[str, float, object]]:
