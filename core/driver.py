@@ -7,12 +7,12 @@ confirmation (core.confirm.run_confirm) do around `Tuner.fit`, written once.
         grid = tuner.fit()
 
 In order, a run:
-1. checks the installed Ray (core.internals), that the storage can be written, and joins (or
-   starts) Ray, so that a bad --storage or --address fails at once;
-2. takes the driver lock on `local_dir` (`driver_lock`), before any preparation: a second driver on
-   the same experiment is refused at once, not after the data is prepared;
-3. checks that a trial fits on a node, and prepares the data and the reference statistics
-   (`prepare_experiment`, cached: quick after the first run);
+1. checks the installed Ray (core.internals) and that the storage can be written, so that a bad
+   --storage fails at once;
+2. takes the driver lock on `local_dir` (`driver_lock`), before anything else: a second driver on
+   the same experiment is refused at once, not after Ray started and the data was prepared;
+3. joins (or starts) Ray, checks that a trial fits on a node, and prepares the data and the
+   reference statistics (`prepare_experiment`, cached: quick after the first run);
 4. on a resume, repairs what an interrupted driver left: damaged checkpoints removed, Ray's records
    of deleted checkpoints repaired, reports it had not saved restored from the checkpoints;
 5. yields, and the caller builds its Tuner and fits it;
@@ -154,7 +154,6 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
 
     check_versions()
     storage.check_writable()
-    connect(address, log_to_driver=verbose)
     created = not local_dir.exists()
     held = ExitStack()
     unrecorded: list[str] = []   # trial directories a resume removed (remove_unrecorded_trial_dirs)
@@ -163,8 +162,9 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         if not verbose:
             held.enter_context(quiet_console())
         local_dir.mkdir(parents=True, exist_ok=True)
-        held.enter_context(driver_lock(local_dir, what))
+        held.enter_context(driver_lock(local_dir, what))   # before Ray starts: a second driver is refused at once
         locked = True
+        connect(address, log_to_driver=verbose)
         check_resources(cfg)
         ready = prepare_experiment(cfg, progress=progress)
         # Ray's own TensorBoard logger would duplicate our scalars under ray/tune/*: keep only JSON/CSV

@@ -65,3 +65,24 @@ def test_a_bad_input_is_refused_at_once_with_one_message_and_nothing_changed(cas
     assert expected in err and "Traceback" not in err, err[-2000:]
     assert fingerprint(storage) == before, "a refused command changed the experiment's files"
     assert not (storage.parent / "escaped").exists() and not Path("/tmp/escaped").exists()
+
+
+def test_a_second_driver_is_refused_before_ray_starts_or_anything_is_prepared(finished, capsys, monkeypatch):
+    """A --resume while another driver holds the experiment: refused by the lock, the first thing
+    the driver takes (it once came after Ray's start-up and the data preparation, about 40 s)."""
+    import core.driver
+    from core.driver import driver_lock
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the lock was checked")
+
+    monkeypatch.setattr(core.driver, "connect", no_ray)
+    monkeypatch.setattr(core.driver, "prepare_experiment", no_ray)
+    before = fingerprint(finished.parent)
+    with driver_lock(finished, f"Experiment {finished.name}"):
+        code = SCRIPTS["tune"].main([*SMOKE, "--storage", str(finished.parent), "--resume", "logging.wandb=true"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"Experiment {finished.name} is being run by pid" in err and "Traceback" not in err, err
+    after = fingerprint(finished.parent)
+    assert {k: v for k, v in after.items() if not k.endswith(".driver.lock")} == \
+        {k: v for k, v in before.items() if not k.endswith(".driver.lock")}
