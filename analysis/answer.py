@@ -54,8 +54,12 @@ def searched(exp) -> str:
         ranked = f"ranked by final {METRICS[metric].label}, mean over seeds"
     else:
         what, ranked = f"{len(board)} trials of {exp.cfg.family} over {keys}", f"ranked by best {METRICS[metric].label}"
-    against = ("against the defaults (a baseline trial)" if "baseline" in board and board["baseline"].astype(bool).any()
-               else "with no baseline trial (search.baseline: false)")
+    if "baseline" in board and board["baseline"].astype(bool).any():
+        against = "against the defaults (a baseline trial)"
+    elif exp.cfg.search.baseline and exp.cfg.search.space:
+        against = "against the defaults (a baseline trial, which has not reported yet)"
+    else:
+        against = "with no baseline trial (search.baseline: false)"
     better = "lower" if direction(metric) == "min" else "higher"
     return f"{what}, {against}, {ranked} ({better} is better)."
 
@@ -86,6 +90,11 @@ def confirmed(exp) -> list[tuple[str, str]]:
     if direction(metric) != "min":
         return [(C.LEADERBOARD_LINE, f"not available: confirm.py compares metrics where lower is better, and this "
                                      f"search ranked by {metric}")]
+    column = f"best_{metric}"
+    if column not in exp.trials or exp.trials[column].isna().all():
+        return [(C.LEADERBOARD_LINE, "nothing to confirm yet: no trial reached an evaluation. Continue the search "
+                                     "with the same tune.py command plus --resume (and a larger search.time_budget "
+                                     "if it ran out).")]
     try:
         _, footer, _ = C.leaderboard_annotations(path, exp.cfg, exp.trials)
     except (KeyError, ValueError, TypeError, IndexError) as e:   # a table on disk that confirm.py did not write

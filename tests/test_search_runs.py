@@ -167,6 +167,11 @@ def test_a_time_budget_spent_before_any_evaluation_says_so_and_fails(tmp_path, s
     assert "ran out before any trial reported an evaluation: nothing to rank yet" in out.stdout
     assert "confirm.py" not in out.stdout and "--resume search.time_budget=" in out.stdout
     assert pd.read_csv(tmp_path / SMOKE_EXPERIMENT / "leaderboard.csv").empty
+    # report.py on it: a report that says so (it once failed with KeyError: ['epoch']).
+    assert load_script("report").main([str(tmp_path / SMOKE_EXPERIMENT)]) == 0
+    report = (tmp_path / SMOKE_EXPERIMENT / "report.html").read_text()
+    assert "nothing to confirm yet: no trial reached an evaluation" in report and "confirm.py" not in report
+    assert "a baseline trial, which has not reported yet" in report
 
 
 @pytest.mark.slow
