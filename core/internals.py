@@ -92,10 +92,14 @@ class ResumableOptunaSearch(OptunaSearch):
     killed after a trial finished (told to the study) but before Ray saved that, resumes and runs
     the trial's last steps again. Its reports then reach an Optuna trial that is already finished;
     the study keeps the outcome it has (a rerun reproduces it: training is seeded) instead of the
-    search failing with UpdateFinishedTrialError."""
+    search failing with UpdateFinishedTrialError. Likewise an epoch a resumed trial trains again
+    was reported to the study already: it is not reported twice (Optuna would warn that it ignores
+    the value)."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not self._finished_in_study(trial_id):
+        stored = self._stored(trial_id)
+        if stored is None or not (stored.state.is_finished()
+                                  or result.get("training_iteration") in stored.intermediate_values):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -153,12 +157,17 @@ class ResumableOptunaSearch(OptunaSearch):
                            for trial_id, t in self._ot_trials.items()}
 
     def _finished_in_study(self, trial_id: str) -> bool:
-        ot_trial = self._ot_trials.get(trial_id)   # (Ray's: the Optuna trial it asked for this one)
+        stored = self._stored(trial_id)
+        return stored is not None and stored.state.is_finished()
+
+    def _stored(self, trial_id: str):
+        """The study's own record of the Optuna trial Ray asked for `trial_id`, read now (a trial Ray
+        holds may be stale); None when there is none."""
+        ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
-            return False
-        # The study's own record, read now (a trial Ray holds may be stale).
+            return None
         stored = self._ot_study.get_trials(deepcopy=False)
-        return ot_trial.number < len(stored) and stored[ot_trial.number].state.is_finished()
+        return stored[ot_trial.number] if ot_trial.number < len(stored) else None
 
 
 class InTrialOrderSearch(Searcher):
@@ -473,7 +482,7 @@ def rebase_moved_experiment(storage, exp_path: str, progress=print) -> None:
     with fs.open_input_stream(states[-1]) as f:
         state = cloudpickle.loads(f.readall())
     experiment = state.get("experiment")
-    saved = getattr(experiment, "storage", None)
+    saved = experiment.spec.get("storage") if experiment is not None else None   # what new trials are given
     here = Path(exp_path).parent.as_posix(), Path(exp_path).name
     if saved is None or (saved.storage_fs_path, saved.experiment_dir_name) == here:
         return
