@@ -41,9 +41,9 @@ from core.checkpoints import backfill_reports, checkpoint_problem, remove_stagin
 from core.cluster import Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig
 from core.data import prepare_data
-from core.internals import (SessionCSVLogger, SessionJsonLogger, check_versions, rebase_moved_experiment,
-                            remove_old_snapshots, remove_unrecorded_trial_dirs, renew_console,
-                            repair_checkpoint_records, repair_race_ledger)
+from core.internals import (SessionCSVLogger, SessionJsonLogger, absorb_driver_staging, check_versions,
+                            rebase_moved_experiment, remove_old_snapshots, remove_unrecorded_trial_dirs,
+                            renew_console, repair_checkpoint_records, repair_race_ledger)
 from core.metric_registry import direction
 from core.metrics import reference_statistics
 from core.results import quiet_unreported_trials
@@ -174,10 +174,12 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
         quiet_unreported_trials()
         if resume:
-            # A driver killed at the wrong moment leaves reports it had not saved (restored from
-            # the checkpoints' own report.json), then Ray's snapshot behind the checkpoints on disk:
-            # naming an older or a deleted one, its counter about to write over a kept one.
+            # A driver killed at the wrong moment leaves reports it had not saved (in its local
+            # copy of the records, or in the checkpoints' own report.json), then Ray's snapshot
+            # behind the checkpoints on disk: naming an older or a deleted one, its counter about
+            # to write over a kept one.
             rebase_moved_experiment(storage, exp_path, progress)
+            absorb_driver_staging(exp_path, storage.filesystem, progress)
             remove_damaged_checkpoints(storage, exp_path, progress)
             backfill_reports(exp_path, storage.filesystem, progress)
             repair_checkpoint_records(exp_path, storage.filesystem, progress)

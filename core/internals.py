@@ -13,7 +13,8 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
   leaderboard (`proposal_order`);
 - the result loggers, which must not replace this session's files with older copies from storage
   (`SessionJsonLogger`, `SessionCSVLogger`);
-- Ray's snapshot of an interrupted run: records of deleted checkpoints repaired before a resume
+- Ray's snapshot of an interrupted run: the killed driver's local copy of the records taken in
+  before a resume (`absorb_driver_staging`), records of deleted checkpoints repaired
   (`repair_checkpoint_records`), the trial count of a finished search raised (`grow_search`,
   `raise_trial_count`), the storage of a moved experiment's new trials (`rebase_moved_experiment`),
   and the console of the resumed run its own driver's (`renew_console`);
@@ -715,6 +716,60 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
     return changes
 
 
+def absorb_driver_staging(experiment_path: str, fs=None, progress=print) -> list[str]:
+    """Before `Tuner.restore` (and before core.checkpoints.backfill_reports): take in, then remove,
+    the interrupted driver's local copy of the experiment. Ray's driver writes each trial's
+    result.json and progress.csv in a staging directory and copies that whole directory over the
+    experiment every so often. A resume reuses the staging directory of the run it restores
+    (`<Ray session>/artifacts/<the run's timestamp>/<experiment>/driver_artifacts`), so a resume
+    on the same Ray cluster (`--address`) finds the killed driver's copy there, and its first copy
+    over the experiment replaced the files the repairs had just completed (seen: a trial whose
+    checkpoints held 3 epochs recorded 2, and its best epoch was lost). Per file, the staging copy
+    is taken where it extends the experiment's (the rows the driver wrote after its last copy);
+    then the staging directory goes, and Ray's loggers restore from the experiment as in a new
+    Ray session. Returns the trial files taken in."""
+    import shutil
+
+    import pyarrow.fs
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    fs = fs or _local_fs()
+    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    if snapshot is None:
+        return []
+    with fs.open_input_stream(snapshot) as f:
+        state = _loads_with_cloudpickle(f.readall())
+    if not state["trial_data"]:
+        return []
+    storage = _loads_with_cloudpickle(state["trial_data"][0][0])["storage"]   # (its timestamp is the run's)
+    storage.experiment_dir_name = Path(experiment_path).name                 # (the experiment may have moved)
+    staging = Path(storage.experiment_driver_staging_path)                   # (in this driver's Ray session)
+    if not staging.is_dir():
+        return []
+    taken = []
+    for local in sorted(staging.glob("*/*")):   # <trial>/<file>
+        target = f"{experiment_path}/{local.parent.name}/{local.name}"
+        if not local.is_file() or fs.get_file_info(str(Path(target).parent)).type != pyarrow.fs.FileType.Directory:
+            continue   # not a trial of the experiment (any more: a resume removes unrecorded ones)
+        newer = local.read_bytes()
+        try:
+            with fs.open_input_stream(target) as f:
+                saved = f.readall()
+        except (FileNotFoundError, OSError):
+            saved = b""
+        if len(newer) > len(saved) and newer.startswith(saved):
+            with fs.open_output_stream(f"{target}.partial") as f:
+                f.write(newer)
+            fs.move(f"{target}.partial", target)
+            taken.append(f"{local.parent.name}/{local.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    if taken:
+        progress(f"resume: took {len(taken)} record file(s) the interrupted driver had not yet saved "
+                 f"to the experiment ({', '.join(taken)})")
+    return taken
+
+
 def remove_unrecorded_trial_dirs(experiment_path: str, family: str, fs=None, progress=print) -> list[str]:
     """Before `Tuner.restore`: remove the directories of trials that Ray's newest snapshot does not
     hold. A driver killed after a new trial started but before Ray's next snapshot leaves one
@@ -842,7 +897,8 @@ class _KeepThisSessionsLog:
     (re)starts from a checkpoint. Within one driver session that copy can be older than the local
     file (storage is synced every so often), so a trial that PBT paused and restarted, or that was
     retried, lost the reports made since the last sync. The local file of this session is kept;
-    a new session (a resume) has none and restores from storage as Ray does."""
+    a resume has none (`absorb_driver_staging` removed the interrupted driver's) and restores
+    from storage as Ray does."""
 
     def _restore_from_remote(self, file_name: str, trial) -> None:
         local = Path(trial.local_path, file_name)

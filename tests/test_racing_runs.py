@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray.cloudpickle as cloudpickle
+from ray._common.utils import get_default_ray_temp_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import confirm  # noqa: E402
@@ -101,6 +102,15 @@ def test_another_arrival_order_and_a_killed_driver_change_no_decision(plain, tmp
     searcher_file.write_bytes(pickle.dumps(searcher))
     # ... and a trial started after Ray's last snapshot (seen: an epoch and two checkpoints in it).
     (slowed / "toy_0badc0de" / "checkpoint_000000").mkdir(parents=True)
+    # ... and a finished trial whose last reports the driver had not received, though its
+    # checkpoints hold them: its result file cut to the first epoch in the experiment and in the
+    # driver's own copy, which a resume on the same Ray reuses (seen: it was copied over the
+    # experiment's repaired file, and the trial recorded 2 of its 3 epochs).
+    cut = next(t for t in sorted(slowed.glob("toy_*")) if (t / f"checkpoint_{EPOCHS - 1:06d}" / "report.json").is_file())
+    staged = list(Path(get_default_ray_temp_dir()).glob(f"session_[0-9]*/artifacts/*/slowed/driver_artifacts/{cut.name}/result.json"))
+    assert len(staged) == 1, staged
+    for copy in (cut / "result.json", staged[0]):
+        copy.write_text(copy.read_text().splitlines(keepends=True)[0])
 
     resumed = tune(*args, "--resume", env=toy_environment(), timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -109,13 +119,14 @@ def test_another_arrival_order_and_a_killed_driver_change_no_decision(plain, tmp
     assert "resume: Ray's count of proposed trials was 1" in resumed.stdout
     assert "resume: removed toy_0badc0de/, a trial the interrupted driver started but never recorded" in resumed.stdout
     assert sorted(p.name for p in slowed.glob("toy_*")) == sorted(pd.read_csv(slowed / "leaderboard.csv")["trial"])
+    assert [json.loads(row)["epoch"] for row in (cut / "result.json").read_text().splitlines()] == [1, 2, 3]
 
     board = pd.read_csv(plain / "leaderboard.csv")
     assert len(board) == TRIALS and (board["seed"] != 0).sum() >= 2, board.to_string()   # it raced seeds
     assert {0, 100} <= set(board.loc[board["baseline"], "seed"])      # the baseline's second seed at once
     # The delay acted: the slowed trials took far longer, and some finished after later ones.
     ends = {}
-    for trial in slowed.glob("toy_*"):
+    for trial in set(slowed.glob("toy_*")) - {cut}:   # (cut's last rows come from its checkpoints: no timings)
         last = json.loads((trial / "result.json").read_text().splitlines()[-1])
         ends[last["trial_id"]] = (last["config"]["model.lr"] > SLOW_ABOVE, last["time_total_s"])
     slow = sorted(t for slow, t in ends.values() if slow)
@@ -123,7 +134,8 @@ def test_another_arrival_order_and_a_killed_driver_change_no_decision(plain, tmp
     # (+2.4 s each: 0.4 s x 6 steps; medians, as machine load stretches single trials by seconds)
     assert slow and fast and slow[len(slow) // 2] - fast[len(fast) // 2] > 1.0, ends
 
-    assert what_it_decided(slowed) == what_it_decided(plain)
+    (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)   # (kept for a failure's reader)
+    assert what_it_decided(slowed) == what_it_decided(plain), resumed.stdout[-3000:]
 
 
 @pytest.mark.slow
