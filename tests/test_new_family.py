@@ -63,6 +63,7 @@ def toy_search(toy_run) -> Path:
     return toy_run[0]
 
 
+@pytest.mark.slow   # (the toy search: ~25 s; the fast tier's real search is the smoke fixture's)
 def test_verbose_brings_back_ray_tunes_and_optunas_own_output(toy_run):
     _, done = toy_run
     for said in ("Configuration for experiment", "started with configuration", "Trial status"):
@@ -71,6 +72,7 @@ def test_verbose_brings_back_ray_tunes_and_optunas_own_output(toy_run):
     assert len(re.findall(r"^Trial toy_\w+ (completed|stopped early), best fid", done.stdout, re.M)) == 2   # ours too
 
 
+@pytest.mark.slow
 def test_a_real_search_runs_the_toy_family(toy_search):
     board = pd.read_csv(toy_search / "leaderboard.csv")
     assert len(board) == 2 and set(board["status"]) <= {"completed", "stopped early"}
@@ -79,6 +81,7 @@ def test_a_real_search_runs_the_toy_family(toy_search):
         assert (Path(path) / "state.pt").is_file()
 
 
+@pytest.mark.slow
 def test_the_toy_familys_best_checkpoint_exports(toy_search, tmp_path, capsys):
     out = tmp_path / "images.zip"
     assert export.main([str(toy_search), "--out", str(out), "--upscale", "--count", "3", "--any-count"]) == 0
