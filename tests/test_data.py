@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -367,22 +368,24 @@ def test_kaggle_credential_sources(no_kaggle_credentials, monkeypatch):
 
 
 class _Kaggle(http.server.BaseHTTPRequestHandler):
-    """Answers every request with `status`, like Kaggle does for a competition whose rules (or a
-    dataset whose terms) were not accepted (403), or for a name it does not know (404)."""
+    """Answers each request with the next of `statuses`, like Kaggle does for a competition whose
+    rules (or a dataset whose terms) were not accepted (403), for a name it does not know (404), or
+    with the zip (200)."""
 
-    status = 403
+    statuses: list[int] = []
     archive = b""  # status 200: the zip to serve
     requests: list[tuple[str, str]] = []
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         _Kaggle.requests.append((self.path, self.headers.get("Authorization", "")))
-        if self.status == 200:
+        status = _Kaggle.statuses.pop(0)
+        if status == 200:
             body, kind = self.archive, "application/zip"
         else:
-            body = json.dumps({"code": self.status, "message": "You must accept this competition's rules."}).encode()
+            body = json.dumps({"code": status, "message": "You must accept this competition's rules."}).encode()
             kind = "application/json"
-        self.send_response(self.status)
+        self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -392,11 +395,13 @@ class _Kaggle(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _download_in_subprocess(tmp: Path, proxy_port: int, fetch: str = "competition") -> subprocess.CompletedProcess:
-    """Run fetch_competition (or fetch_dataset) in a fresh interpreter with the real kaggle client
-    and credentials from a temporary KAGGLE_CONFIG_DIR. KAGGLE_API_ENVIRONMENT=LOCALHOST (read by
-    the client when it is imported, hence the subprocess) makes it call http://localhost, and
-    HTTP_PROXY sends that plain-HTTP request to 127.0.0.1:proxy_port: no network, no patching."""
+def _download_in_subprocess(tmp: Path, proxy_port: int, fetches: list[str]) -> subprocess.CompletedProcess:
+    """Run fetch_competition or fetch_dataset (one call per entry of `fetches`, each into its own
+    folder tmp/<i>/download) in one fresh interpreter with the real kaggle client and credentials
+    from a temporary KAGGLE_CONFIG_DIR; each call's output follows a line `=== <i>`.
+    KAGGLE_API_ENVIRONMENT=LOCALHOST (read by the client when it is imported, hence the subprocess)
+    makes it call http://localhost, and HTTP_PROXY sends that plain-HTTP request to
+    127.0.0.1:proxy_port: no network, no patching."""
     config = tmp / "kaggle-config"
     config.mkdir(parents=True)
     (config / "kaggle.json").write_text(json.dumps({"username": "painter", "key": SECRET}))
@@ -406,68 +411,75 @@ def _download_in_subprocess(tmp: Path, proxy_port: int, fetch: str = "competitio
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp / "home"), "PYTHONPATH": str(REPO),
            "KAGGLE_CONFIG_DIR": str(config), "KAGGLE_API_ENVIRONMENT": "LOCALHOST",
            "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
-    call = {"competition": "fetch_competition('gan-getting-started', Path(sys.argv[1]), progress=lambda m: None)",
-            "dataset": "fetch_dataset('steubk/wikiart', Path(sys.argv[1]), progress=lambda m: None)"}[fetch]
-    script = ("import sys; from pathlib import Path\n"
-              "from core.data import DataError\n"
-              "from core.data.kaggle import fetch_competition, fetch_dataset\n"
-              "try:\n"
-              f"    {call}\n"
-              "except DataError as e:\n"
-              "    print('DataError:', e)\n")
-    return subprocess.run([sys.executable, "-c", script, str(tmp / "download")], env=env, cwd=REPO,
+    call = {"competition": "fetch_competition('gan-getting-started', folder, progress=lambda m: None)",
+            "dataset": "fetch_dataset('steubk/wikiart', folder, progress=lambda m: None)"}
+    script = ["import sys; from pathlib import Path",
+              "from core.data import DataError",
+              "from core.data.kaggle import fetch_competition, fetch_dataset"]
+    for i, fetch in enumerate(fetches):
+        script += [f"print('=== {i}')", f"folder = Path(sys.argv[1]) / '{i}' / 'download'",
+                   "try:", f"    {call[fetch]}", "except DataError as e:", "    print('DataError:', e)"]
+    return subprocess.run([sys.executable, "-c", "\n".join(script), str(tmp)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
-def _against_local_kaggle(tmp: Path, status: int, fetch: str) -> subprocess.CompletedProcess:
-    _Kaggle.status = status
-    _Kaggle.requests.clear()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Kaggle)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        result = _download_in_subprocess(tmp, server.server_address[1], fetch)
-    finally:
-        server.shutdown()
-    assert result.returncode == 0, result.stderr
-    assert SECRET not in result.stdout + result.stderr
-    return result
+# What the local Kaggle answers, in order, and what each call asks for: one interpreter for all four.
+KAGGLE_ANSWERS = {"competition 403": (403, "competition"), "dataset 403": (403, "dataset"),
+                  "dataset 404": (404, "dataset"), "dataset 200": (200, "dataset")}
 
 
-def test_kaggle_403_explains_how_to_accept_the_rules(tmp_path):
-    result = _against_local_kaggle(tmp_path, 403, "competition")
-    assert "DataError:" in result.stdout and "HTTP 403" in result.stdout
-    assert "https://www.kaggle.com/competitions/gan-getting-started/rules" in result.stdout
-    assert "accept the rules" in result.stdout
-    # The real client made the download call, authenticated with the key from KAGGLE_CONFIG_DIR.
-    (path, auth), = _Kaggle.requests
-    assert path.endswith("/competitions.CompetitionApiService/DownloadDataFiles")
-    assert base64.b64decode(auth.removeprefix("Basic ")).decode() == f"painter:{SECRET}"
-
-
-def test_kaggle_dataset_403_and_404_say_accept_the_terms_or_check_the_name(tmp_path):
-    result = _against_local_kaggle(tmp_path / "a", 403, "dataset")
-    assert result.stdout.startswith("DataError: Kaggle refused to download the dataset steubk/wikiart (HTTP 403)")
-    assert "accepted the dataset's terms" in result.stdout
-    assert "Open https://www.kaggle.com/datasets/steubk/wikiart" in result.stdout
-    (path, auth), = _Kaggle.requests
-    assert path.endswith("/datasets.DatasetApiService/DownloadDataset")
-    assert base64.b64decode(auth.removeprefix("Basic ")).decode() == f"painter:{SECRET}"
-    assert not (tmp_path / "a/download/wikiart.zip").exists()
-
-    result = _against_local_kaggle(tmp_path / "b", 404, "dataset")
-    assert result.stdout.startswith("DataError: Kaggle has no dataset 'steubk/wikiart' (HTTP 404). Check data.dataset")
-
-
-def test_kaggle_dataset_zip_is_downloaded_by_the_client_then_used_offline(tmp_path):
+@pytest.fixture(scope="module")
+def local_kaggle(tmp_path_factory) -> dict[str, tuple[str, tuple[str, str], Path]]:
+    """{answer: (what the call printed, the (path, Authorization) of its one request, its download
+    folder)} for the calls of KAGGLE_ANSWERS against a local Kaggle."""
+    tmp = tmp_path_factory.mktemp("local-kaggle")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr("Impressionism/a.jpg", _jpeg_bytes())
     _Kaggle.archive = buffer.getvalue()
-    result = _against_local_kaggle(tmp_path, 200, "dataset")
-    assert "DataError" not in result.stdout
-    (path, _), = _Kaggle.requests
+    _Kaggle.statuses = [status for status, _ in KAGGLE_ANSWERS.values()]
+    _Kaggle.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Kaggle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = _download_in_subprocess(tmp, server.server_address[1], [f for _, f in KAGGLE_ANSWERS.values()])
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    outputs = re.split(r"^=== \d+\n", result.stdout, flags=re.M)[1:]
+    assert len(outputs) == len(_Kaggle.requests) == len(KAGGLE_ANSWERS), (result.stdout, _Kaggle.requests)  # one request a call
+    return {answer: (out, request, tmp / str(i) / "download")
+            for i, (answer, out, request) in enumerate(zip(KAGGLE_ANSWERS, outputs, _Kaggle.requests))}
+
+
+def test_kaggle_403_explains_how_to_accept_the_rules(local_kaggle):
+    out, (path, auth), _ = local_kaggle["competition 403"]
+    assert "DataError:" in out and "HTTP 403" in out
+    assert "https://www.kaggle.com/competitions/gan-getting-started/rules" in out
+    assert "accept the rules" in out
+    # The real client made the download call, authenticated with the key from KAGGLE_CONFIG_DIR.
+    assert path.endswith("/competitions.CompetitionApiService/DownloadDataFiles")
+    assert base64.b64decode(auth.removeprefix("Basic ")).decode() == f"painter:{SECRET}"
+
+
+def test_kaggle_dataset_403_and_404_say_accept_the_terms_or_check_the_name(local_kaggle):
+    out, (path, auth), download = local_kaggle["dataset 403"]
+    assert out.startswith("DataError: Kaggle refused to download the dataset steubk/wikiart (HTTP 403)")
+    assert "accepted the dataset's terms" in out
+    assert "Open https://www.kaggle.com/datasets/steubk/wikiart" in out
     assert path.endswith("/datasets.DatasetApiService/DownloadDataset")
-    download = tmp_path / "download"
+    assert base64.b64decode(auth.removeprefix("Basic ")).decode() == f"painter:{SECRET}"
+    assert not (download / "wikiart.zip").exists()
+
+    out, _, _ = local_kaggle["dataset 404"]
+    assert out.startswith("DataError: Kaggle has no dataset 'steubk/wikiart' (HTTP 404). Check data.dataset")
+
+
+def test_kaggle_dataset_zip_is_downloaded_by_the_client_then_used_offline(local_kaggle):
+    out, (path, _), download = local_kaggle["dataset 200"]
+    assert "DataError" not in out
+    assert path.endswith("/datasets.DatasetApiService/DownloadDataset")
     assert sorted(p.name for p in download.iterdir()) == ["wikiart.zip"]  # no .kaggle-partial marker left
     assert (download / "wikiart.zip").read_bytes() == _Kaggle.archive
     messages = []
@@ -481,7 +493,7 @@ def test_kaggle_unreachable_explains_the_manual_route(tmp_path):
     with socket.socket() as probe:  # a port with nobody listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = _download_in_subprocess(tmp_path, port)
+    result = _download_in_subprocess(tmp_path, port, ["competition"])
     assert result.returncode == 0, result.stderr
     assert "DataError: Kaggle could not be reached to download the competition gan-getting-started" in result.stdout
     assert "gan-getting-started.zip" in result.stdout and "data.source=folder" in result.stdout
