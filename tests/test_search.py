@@ -157,9 +157,11 @@ def test_an_empty_space_and_a_missing_base_say_what_is_wrong(tmp_path, capsys):
     assert code == 2 and f"{child} names _base_ {tmp_path / 'missing/base.yaml'}, which does not exist" in err, err
 
 
+@pytest.mark.slow
 def test_a_second_driver_on_one_experiment_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
     """Two drivers on one experiment would restore the same trials and overwrite each other's
-    records; the second is refused with who holds it. The lock dies with its process."""
+    records; the second is refused with who holds it. The lock dies with its process. (Marked slow
+    for its holder process's imports, 7 s: the refusal itself is in test_bad_inputs' fast catalogue.)"""
     from core.config import ConfigError
     from core.driver import driver_lock
 
