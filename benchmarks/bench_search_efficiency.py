@@ -17,6 +17,9 @@ Methods (each search on its own Ray Tune run, searcher seed = trial seed = the b
                stopper counting the epochs reported; trials still running then are cut off).
   PBT          Population Based Training, population = the random-search trial count (so it also
                spends exactly B), the baseline kept as one member, a perturbation every epoch.
+  GP+ASHA, CMAES+ASHA, NSGA2+ASHA, QMC+ASHA, RANDOM+ASHA
+               any other Optuna sampler of core/sampler_registry.py (search.sampler) in TPE's place,
+               run as TPE+ASHA is (--methods names them; the default compares the three above).
 
 Each search's evaluations are replayed in the order they were reported (wall-clock second, then
 trial and epoch), each one costing the epochs its trial trained for it (train.eval_every). From the
@@ -77,6 +80,7 @@ from confirm import evaluation_noise  # noqa: E402  (experiments/confirm.py: the
 from ray.tune import Stopper  # noqa: E402
 
 from core.config import ConfigError, load_experiment  # noqa: E402
+from core.sampler_registry import DEFAULT as DEFAULT_SAMPLER, SAMPLERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = [ROOT / "search_spaces" / "vae_builtin.yaml", ROOT / "search_spaces" / "cyclegan_builtin.yaml"]
@@ -93,6 +97,9 @@ METHODS = {   # name -> overrides; num_samples is set per method (see the module
     "TPE+ASHA": ["search.searcher=optuna", "search.scheduler=asha", "search.baseline=true"],
     "PBT": ["search.searcher=random", "search.scheduler=pbt", "search.baseline=true", "search.pbt.perturbation_interval=1"],
 }
+DEFAULT_METHODS = list(METHODS)
+METHODS |= {f"{name.upper()}+ASHA": [*METHODS["TPE+ASHA"], f"search.sampler={name}"]   # GP+ASHA, ...
+            for name in SAMPLERS if name != DEFAULT_SAMPLER}
 BUDGET_TARGET = 0.5
 CONFIRMED_TARGETS = {"cyclegan": 0.8}   # family -> target of confirmed winner / baseline: set for the CycleGAN search
 MEDIAN_CONFIDENCE = 0.9   # of the interval printed around a median over the searcher seeds
@@ -191,8 +198,8 @@ def run_method(space: Path, overrides: list[str], storage: Path, method: str, tr
                                   f"search.seed={seed}", f"train.seed={seed}"])
     grid, started = earlier_run(storage, name)
     if grid is None:
-        # Random search and PBT spend exactly the budget by construction; TPE+ASHA is stopped at it.
-        stop = EpochBudget(budget, cfg.train.eval_every) if method == "TPE+ASHA" else None
+        # Random search and PBT spend exactly the budget by construction; each +ASHA method is stopped at it.
+        stop = EpochBudget(budget, cfg.train.eval_every) if method.endswith("+ASHA") else None
         grid = run_search(cfg, storage_path=storage, resume=started, address=address, verbose=0,
                           progress=lambda *_: None, stop=stop)
     events, configs = replay(grid, cfg.search.metric, cfg.train.eval_every)
@@ -328,10 +335,10 @@ def bench_space(space: Path, args, overrides: list[str]) -> list[str]:
     metric, epochs = space_cfg.search.metric, space_cfg.train.epochs
     budget = args.trials * epochs
     tpe_trials = max(1, round(args.tpe_factor * args.trials))
-    counts = {"random+FIFO": args.trials, "TPE+ASHA": tpe_trials, "PBT": args.trials}
+    counts = {"random+FIFO": args.trials, "PBT": args.trials} | {m: tpe_trials for m in METHODS if m.endswith("+ASHA")}
     say(f"overrides: {' '.join(overrides)}")
     say(f"## {space.name} ({space_cfg.family}): budget B = {budget} epochs per search ({args.trials} random-search "
-        f"trials x {epochs} epochs); TPE+ASHA {tpe_trials} trials cut at B; PBT population {args.trials}; "
+        f"trials x {epochs} epochs); each +ASHA method {tpe_trials} trials cut at B; PBT population {args.trials}; "
         f"searcher seeds {' '.join(map(str, args.seeds))}; {args.fresh_seeds} fresh seeds per winner")
     say(f"{'seed':>4}  {'method':<11}  {'trials in B':>11}  {'best ' + metric + ' in B':>14}  "
         f"{'budget to random best':>21}  {'ratio':>6}  winner")
@@ -472,9 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spaces", type=Path, nargs="+", default=SPACES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="searcher seeds")
     parser.add_argument("--trials", type=int, default=24, help="random-search trials (sets the budget B)")
-    parser.add_argument("--tpe-factor", type=float, default=2.5, help="TPE+ASHA trials = factor x --trials")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="the methods to compare (random+FIFO always runs: it sets the budget and the target)")
+    parser.add_argument("--tpe-factor", type=float, default=2.5, help="TPE+ASHA's (and each +ASHA method's) trials = factor x --trials")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS, metavar="METHOD",
+                        help=f"the methods to compare, of {', '.join(METHODS)} (default: {' '.join(DEFAULT_METHODS)}; "
+                             "random+FIFO always runs: it sets the budget and the target)")
     parser.add_argument("--fresh-seeds", type=int, default=3,
                         help="retrainings of each winner and the baseline (0: no confirmation, the searches only)")
     parser.add_argument("--confirm-top", type=int, default=3, metavar="K",

@@ -101,3 +101,28 @@ def test_the_better_count_pairs_the_retrainings_by_seed():
     ratios, better = bench.ratios_to_baseline(bests, ["a", "b", "missing"])
     assert ratios == pytest.approx([0.4 / 1.0, 1.4 / 1.0])
     assert better == 1, "a: 0.5 lower on both seeds it shares with the defaults; b: one seed, too few"
+
+
+@pytest.mark.parametrize("space", bench.SPACES, ids=lambda p: p.stem)
+def test_every_optuna_sampler_is_a_method_that_searches_the_benchmark_spaces(space):
+    """--methods takes any sampler of core/sampler_registry.py with ASHA (GP+ASHA, ...), built at the
+    benchmark's size; one that cannot search the space is refused there, as by tune.py."""
+    from core.config import ConfigError, load_experiment
+    from core.sampler_registry import SAMPLERS
+
+    assert {f"{name.upper()}+ASHA" for name in SAMPLERS} <= set(bench.METHODS)
+    assert bench.DEFAULT_METHODS == ["random+FIFO", "TPE+ASHA", "PBT"]
+    built = {}
+    for name in SAMPLERS:
+        try:
+            cfg = load_experiment(space, [*bench.BENCH_SIZE, *bench.METHODS[f"{name.upper()}+ASHA"]])
+        except ConfigError as error:
+            built[name] = str(error)
+            continue
+        assert (cfg.search.sampler or "tpe", cfg.search.scheduler, cfg.search.baseline) == (name, "asha", True)
+        built[name] = "ok"
+    assert built["tpe"] == built["random"] == "ok", built
+    if space.stem == "vae_builtin":   # its β schedule keys exist only `when:` their schedule is drawn
+        assert "search.sampler gp models only keys that every trial has" in built["gp"], built
+    else:
+        assert built["gp"] == "ok", built
