@@ -122,8 +122,11 @@ def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(fou
 
 # --- The wall-clock budget, then more trials ------------------------------------------------------
 
+# 4 trials one at a time, long enough that 20 s cuts them on any machine, though not before the
+# first's report: at 70 iterations an epoch they trained about 40 s in all on one machine and 21 s on
+# a faster one (2026-12-04, which then cut only the last trial's second epoch); 100 leaves room.
 BUDGET_ARGS = [*SMOKE, "--num-samples", "4", "search.max_concurrent=1", "search.scheduler=fifo", "train.epochs=4",
-               "train.iters_per_epoch=70"]   # about 40 s of trials in all: 20 s cut them, not the first's report
+               "train.iters_per_epoch=100"]
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +151,12 @@ def budgeted(tmp_path_factory, shared_ray):
 
 @pytest.mark.slow
 def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(budgeted):
-    """(The shared search takes about 40 s: two drivers, trials long enough that 20 s cuts them.)"""
+    """(The shared search takes about 50 s: two drivers, trials long enough that 20 s cuts them.)"""
     _, _, runs = budgeted
     first = runs["first"]
     assert "time budget used up" in first["out"].stdout and "The time budget (20s) is used up" in first["out"].stdout
-    assert 1 <= len(first["board"]) < 4, first["board"].to_string()
+    cut_short = len(first["board"]) < 4 or (first["board"]["status"] != "completed").any()   # (FIFO: only the budget stops)
+    assert len(first["board"]) >= 1 and cut_short, first["board"].to_string()
     assert 20 <= first["used"] < 40 and first["took"] < 120, (first["used"], first["took"])
     board = runs["second"]["board"]
     assert len(board) == 4 and (board["status"] == "completed").all(), board.to_string()
