@@ -208,6 +208,21 @@ def test_a_moved_experiment_s_pieces_are_where_rebase_and_attach_study_put_them(
     assert searcher._storage == "a storage"
 
 
+def test_a_resume_reuses_the_staging_directory_that_absorb_driver_staging_empties():
+    """absorb_driver_staging finds the killed driver's local copy of the records where a resumed run
+    will write and copy from: the staging directory of the run's own timestamp, under this Ray
+    session (StorageContext's property), which Ray copies over the experiment as a whole."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.tune.execution.tune_controller import TuneController
+
+    assert "self._storage._timestamp = trials[0].storage._timestamp" in inspect.getsource(TuneController._restore_trials)
+    assert isinstance(StorageContext.experiment_driver_staging_path, property)
+    assert "self._timestamp, self.experiment_dir_name" in inspect.getsource(StorageContext._get_session_path)
+    assert "driver_staging_path, self._storage.experiment_fs_path" in inspect.getsource(
+        _ExperimentCheckpointManager.sync_up_experiment_state)
+
+
 def test_the_optuna_searcher_is_saved_without_its_study_and_restored_onto_the_one_given(tmp_path):
     """Pickled (tuner.pkl) or saved (Ray's searcher state), the searcher holds no study storage;
     restored, it continues the study it is attached to, with its Ray trials' Optuna trials."""
