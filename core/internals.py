@@ -716,6 +716,18 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
     return changes
 
 
+def _newest_snapshot(experiment_path: str, fs) -> dict | None:
+    """Ray's newest experiment snapshot (`experiment_state-*.json`: its trial list), or None."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    if snapshot is None:
+        return None
+    with fs.open_input_stream(snapshot) as f:
+        return _loads_with_cloudpickle(f.readall())   # Ray's own file, written by this experiment's driver
+
+
 def absorb_driver_staging(experiment_path: str, fs=None, progress=print) -> list[str]:
     """Before `Tuner.restore` (and before core.checkpoints.backfill_reports): take in, then remove,
     the interrupted driver's local copy of the experiment. Ray's driver writes each trial's
@@ -731,16 +743,11 @@ def absorb_driver_staging(experiment_path: str, fs=None, progress=print) -> list
     import shutil
 
     import pyarrow.fs
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.utils.serialization import _loads_with_cloudpickle
 
     fs = fs or _local_fs()
-    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
-    if snapshot is None:
-        return []
-    with fs.open_input_stream(snapshot) as f:
-        state = _loads_with_cloudpickle(f.readall())
-    if not state["trial_data"]:
+    state = _newest_snapshot(experiment_path, fs)
+    if state is None or not state["trial_data"]:
         return []
     storage = _loads_with_cloudpickle(state["trial_data"][0][0])["storage"]   # (its timestamp is the run's)
     storage.experiment_dir_name = Path(experiment_path).name                 # (the experiment may have moved)
@@ -782,15 +789,12 @@ def remove_unrecorded_trial_dirs(experiment_path: str, family: str, fs=None, pro
     import re
 
     import pyarrow.fs
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.utils.serialization import _loads_with_cloudpickle
 
     fs = fs or _local_fs()
-    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
-    if snapshot is None:
+    state = _newest_snapshot(experiment_path, fs)
+    if state is None:
         return []
-    with fs.open_input_stream(snapshot) as f:
-        state = _loads_with_cloudpickle(f.readall())
     recorded = {_loads_with_cloudpickle(trial_json)["storage"].trial_dir_name for trial_json, _ in state["trial_data"]}
     removed = []
     for info in fs.get_file_info(pyarrow.fs.FileSelector(experiment_path)):
