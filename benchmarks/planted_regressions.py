@@ -78,7 +78,7 @@ REGRESSIONS = [
                (("core/trainable.py", "            if scores[M.COLLAPSED]:\n", "            if False:\n"),),
                ("tests/test_trainable.py",), "collapsed"),
     Regression("record_repair_off", "a resume trusts Ray's snapshot of checkpoints that are gone or newer than it",
-               (("core/driver.py", "            repair_checkpoint_records(exp_path, storage.filesystem, progress)\n", ""),),
+               (("core/driver.py", "            repair_checkpoint_records(exp_path, storage.filesystem, progress, removed=removed)\n", ""),),
                ("tests/test_records.py",), "gone_or_damaged"),
     Regression("moved_experiment_writes_where_it_was", "a resumed copy of an experiment writes into the original",
                (("core/driver.py", "            rebase_moved_experiment(storage, exp_path, progress)\n", ""),),

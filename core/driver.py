@@ -180,9 +180,9 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
             # to write over a kept one.
             rebase_moved_experiment(storage, exp_path, progress)
             absorb_driver_staging(exp_path, storage.filesystem, progress)
-            remove_damaged_checkpoints(storage, exp_path, progress)
+            removed = remove_damaged_checkpoints(storage, exp_path, progress)
             backfill_reports(exp_path, storage.filesystem, progress)
-            repair_checkpoint_records(exp_path, storage.filesystem, progress)
+            repair_checkpoint_records(exp_path, storage.filesystem, progress, removed=removed)
             repair_race_ledger(exp_path, storage.filesystem, progress)
             unrecorded += remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
         try:
@@ -405,20 +405,24 @@ def _clock(seconds: float) -> str:
 # --- The experiment's files ------------------------------------------------------------------------
 
 
-def remove_damaged_checkpoints(storage: Storage, exp_path: str, progress=print) -> None:
-    """Delete checkpoint directories that `core.checkpoints.checkpoint_problem` rejects, saying why.
+def remove_damaged_checkpoints(storage: Storage, exp_path: str, progress=print) -> list[str]:
+    """Delete checkpoint directories that `core.checkpoints.checkpoint_problem` rejects, saying why;
+    return their paths (a resume keeps their numbers out of use: `repair_checkpoint_records`).
 
     Ray registers a checkpoint only after copying it to storage, so it never resumes from a partial
     one; but a driver or worker killed during that copy leaves the partial directory behind, and a
     disk fault can damage a kept one. Nothing can load them; they would only take space and be
     offered by the analysis tools. (Local and shared storage.)"""
     if storage.remote:
-        return
+        return []
+    removed = []
     for checkpoint in sorted(Path(exp_path).glob("*/checkpoint_*")):
         problem = checkpoint_problem(checkpoint)
         if problem is not None:
             progress(f"removing damaged checkpoint {checkpoint}: {problem}")
             shutil.rmtree(checkpoint, ignore_errors=True)
+            removed.append(str(checkpoint))
+    return removed
 
 
 def trial_name(family: str, trial) -> str:

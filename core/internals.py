@@ -528,7 +528,7 @@ def renew_console(tuner, verbose: int, console) -> None:
     run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, type(console))] + [console]
 
 
-def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> list[str]:
+def repair_checkpoint_records(experiment_path: str, fs=None, progress=print, removed=()) -> list[str]:
     """Before `Tuner.restore` (and after core.checkpoints.backfill_reports): make Ray's newest
     experiment snapshot agree with the checkpoints on disk. A driver killed between a trial's
     checkpoint and Ray's next snapshot leaves a record that names an older checkpoint (or one
@@ -540,9 +540,10 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> 
     - kept-checkpoint records whose directory is gone are dropped (Ray would delete them again);
     - a trial that will resume has the reports of epochs after that checkpoint dropped from its
       result.json and progress.csv: it trains them again, and each epoch stands once in its records;
-    - the checkpoint counter moves past the highest checkpoint number on disk, so the next save
-      gets a new directory instead of writing over a kept checkpoint (which then held another epoch
-      than its records said).
+    - the checkpoint counter moves past the highest checkpoint number on disk or in `removed` (the
+      damaged ones just deleted), so the next save gets a new directory instead of writing over a
+      kept checkpoint (which then held another epoch than its records said), and no new checkpoint
+      takes the name the resume's own lines gave a damaged one.
     A trial with no intact checkpoint left restarts from scratch. Returns one line per trial whose
     record changed (a counter moved on its own is not reported).
 
@@ -571,8 +572,8 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print) -> 
         trial_state = _loads_with_cloudpickle(trial_json)
         storage = trial_state["storage"]
         trial_dir = f"{experiment_path}/{storage.trial_dir_name}"   # (the storage may have moved)
-        on_disk = trial_checkpoints(trial_dir, fs)
-        highest = max((int(Path(p).name[len(CHECKPOINT_PREFIX):]) for p in on_disk), default=-1)
+        used = trial_checkpoints(trial_dir, fs) + [p for p in removed if Path(p).parent.name == storage.trial_dir_name]
+        highest = max((int(Path(p).name[len(CHECKPOINT_PREFIX):]) for p in used), default=-1)
         if highest > storage.current_checkpoint_index:
             storage.current_checkpoint_index = highest
             state["trial_data"][i][0] = json.dumps(trial_state, indent=2, cls=TuneFunctionEncoder)
