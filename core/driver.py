@@ -174,17 +174,7 @@ def tune_driver(cfg: ExperimentConfig, storage: Storage, exp_path: str, local_di
         release_wandb_in_driver()   # nothing of W&B's left in TMPDIR if this driver is killed
         quiet_unreported_trials()
         if resume:
-            # A driver killed at the wrong moment leaves reports it had not saved (in its local
-            # copy of the records, or in the checkpoints' own report.json), then Ray's snapshot
-            # behind the checkpoints on disk: naming an older or a deleted one, its counter about
-            # to write over a kept one.
-            rebase_moved_experiment(storage, exp_path, progress)
-            absorb_driver_staging(exp_path, storage.filesystem, progress)
-            removed = remove_damaged_checkpoints(storage, exp_path, progress)
-            backfill_reports(exp_path, storage.filesystem, progress)
-            repair_checkpoint_records(exp_path, storage.filesystem, progress, removed=removed)
-            repair_race_ledger(exp_path, storage.filesystem, progress)
-            unrecorded += remove_unrecorded_trial_dirs(exp_path, cfg.family, storage.filesystem, progress)
+            unrecorded += repair_interrupted_experiment(storage, exp_path, cfg.family, progress)
         try:
             yield TuneRun(cfg, storage, ready, verbose)
             if resume:   # again: a trial of the interrupted driver still stopping (on a cluster) may have written since
@@ -403,6 +393,26 @@ def _clock(seconds: float) -> str:
 
 
 # --- The experiment's files ------------------------------------------------------------------------
+
+
+def repair_interrupted_experiment(storage: Storage, exp_path: str, family: str, progress=print) -> list[str]:
+    """Before a resume's `Tuner.restore`: make the experiment's records agree with its files. A
+    driver killed at the wrong moment leaves reports it had not saved (in its local copy of the
+    records, or in the checkpoints' own report.json), then Ray's snapshot behind the checkpoints on
+    disk: naming an older or a deleted one, its counter about to write over a kept one; and the
+    directories of trials it started but never recorded. Returns the names of those, removed."""
+    rebase_moved_experiment(storage, exp_path, progress)
+    absorb_driver_staging(exp_path, storage.filesystem, progress)
+    removed = remove_damaged_checkpoints(storage, exp_path, progress)
+    backfill_reports(exp_path, storage.filesystem, progress)
+    repair_checkpoint_records(exp_path, storage.filesystem, progress, removed=removed)
+    repair_race_ledger(exp_path, storage.filesystem, progress)
+    unrecorded = remove_unrecorded_trial_dirs(exp_path, family, storage.filesystem, progress)
+    # Their checkpoint staging at once: with their directories gone nothing names these trials, so
+    # if this driver is killed too, no later one would find it (their processes ended with the
+    # interrupted driver's Ray). tune_driver removes it again at the end, for a cluster's stragglers.
+    remove_staging_leftovers([name[len(family) + 1:] for name in unrecorded])
+    return unrecorded
 
 
 def remove_damaged_checkpoints(storage: Storage, exp_path: str, progress=print) -> list[str]:

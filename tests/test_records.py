@@ -299,3 +299,40 @@ def test_reports_a_killed_driver_had_not_saved_are_restored_from_their_checkpoin
     assert messages == ["resume: cyclegan_abc: restored 1 report(s) of kept checkpoints that the interrupted "
                         "driver had not saved (checkpoint_000001)"]
     assert backfill_reports(str(tmp_path), progress=messages.append) == 0, "done once"
+
+
+def test_a_resume_removes_a_never_recorded_trial_with_its_checkpoint_staging_at_once(
+        smoke_experiments, shared_ray, tmp_path, monkeypatch):
+    """A trial the interrupted driver started but never recorded: the resume's repairs remove its
+    directory and, at once, its checkpoint staging in TMPDIR. (Seen in CI: the resume that removed
+    the directory was itself SIGKILLed before its final sweep, and no later driver knew the trial:
+    its staging stayed for good.) Another trial's staging stays: it may be running."""
+    from core.checkpoints import STAGING_PREFIX
+    from core.cluster import Storage
+    from core.driver import repair_interrupted_experiment
+
+    exp = tmp_path / "runs" / "copy"
+    shutil.copytree(smoke_experiments["wgan_gp_builtin"], exp)
+    (exp / "wgan_gp_deadbeef").mkdir()
+    (exp / "wgan_gp_deadbeef" / "params.json").write_text("{}")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    staging, other = temp / f"{STAGING_PREFIX}deadbeef-x1", temp / f"{STAGING_PREFIX}0badcafe-x2"
+    for folder in (staging, other):
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"a copy cut short")
+
+    import ray
+
+    lines = []
+    ray.init(address=shared_ray, logging_level="ERROR")   # (the repairs run in a connected driver)
+    try:
+        removed = repair_interrupted_experiment(Storage.parse(str(tmp_path / "runs")), str(exp), "wgan_gp",
+                                                lines.append)
+    finally:
+        ray.shutdown()
+    assert removed == ["wgan_gp_deadbeef"], lines
+    assert any("removed wgan_gp_deadbeef/" in line for line in lines), lines
+    assert not (exp / "wgan_gp_deadbeef").exists() and not staging.exists()
+    assert other.exists()
