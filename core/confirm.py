@@ -2,7 +2,7 @@
 
     plan = make_plan(exp_dir, cfg, top=3, n_seeds=3)   # baseline + the leaderboard's top 3, seeds 1000-1002
     grid = run_confirm(exp_dir, cfg, plan)               # Ray Tune: a grid of candidate x seed, FIFO, full epochs
-    table = confirm_table(seed_results(grid, cfg), plan, cfg.search.metric)
+    table = confirm_table(seed_results(grid, cfg, plan), plan, cfg.search.metric)
     print(format_confirm_table(table, cfg.search.metric))
     best_confirmed(table, cfg.search.metric)              # the row to use: the lowest mean final
     plan = make_holdout_plan(exp_dir, cfg, n_seeds=3)    # it and the baseline on new seeds (--holdout)
@@ -360,13 +360,20 @@ class SeedResult:
     checkpoint: str | None   # its best intact kept checkpoint
 
 
-def seed_results(grid, cfg: ExperimentConfig) -> list[SeedResult]:
-    """One SeedResult per confirm trial, from Ray's records (each evaluation's own metric)."""
-    from core.results import best_intact_checkpoint, trial_status
+def seed_results(grid, cfg: ExperimentConfig, plan: ConfirmPlan) -> list[SeedResult]:
+    """One SeedResult per confirm trial, from Ray's records (each evaluation's own metric).
+
+    Ray keeps a trial's configuration with its reports, so a trial that failed before its first
+    one (its worker died before it ran) has none: such trials stand for the runs of `plan` that no
+    record names, each failed (`error`), so they count against their candidate as any failure."""
+    from core.results import TrialStatus, best_intact_checkpoint, trial_status
 
     metric = cfg.search.metric
-    out = []
+    out, unstarted = [], []
     for result in grid:
+        if result.config is None:
+            unstarted.append(Path(result.path).name)
+            continue
         history = result.metrics_dataframe
         scores = history[metric].dropna() if history is not None and metric in history else []
         status = trial_status(result.metrics, result.error is not None, cfg.train.epochs)
@@ -375,6 +382,11 @@ def seed_results(grid, cfg: ExperimentConfig) -> list[SeedResult]:
                               best=float(scores.min()) if len(scores) else math.nan,
                               final=float(scores.iloc[-1]) if len(scores) else math.nan,
                               checkpoint=best_intact_checkpoint(result, metric) if len(scores) else None))
+    recorded = {(r.candidate, r.seed) for r in out}
+    unnamed = [(label, seed) for label in plan.candidates for seed in plan.seeds if (label, seed) not in recorded]
+    for label, seed in unnamed[:len(unstarted)]:
+        out.append(SeedResult(candidate=label, seed=seed, trial=f"one of {', '.join(unstarted)}",
+                              status=TrialStatus.ERROR.value, best=math.nan, final=math.nan, checkpoint=None))
     return sorted(out, key=lambda r: (r.candidate, r.seed))
 
 

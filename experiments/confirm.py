@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {label}{source}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
         grid = C.run_confirm(exp_dir, cfg, plan, run=run, resume=args.resume, address=args.address,
                              verbose=args.verbose)
-        results = C.seed_results(grid, cfg)
+        results = C.seed_results(grid, cfg, plan)
         # (--holdout: the confirmation measured the evaluation noise already)
         noise = evaluation_noise(results, exp_dir, args.noise, args.device) if args.noise and not args.holdout else None
     except (ConfigError, DataError, CheckpointError) as e:

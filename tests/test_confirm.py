@@ -602,3 +602,34 @@ def test_confirm_retrains_the_winner_and_the_defaults_with_fresh_seeds(smoke_exp
     assert confirm.main([str(exp_dir), "--top", "1", "--seeds", "3", "--resume"]) == 2
     assert "seeds differ" in capsys.readouterr().err
     assert (exp_dir / "confirm" / "confirm.csv").is_file()
+
+
+def test_a_confirm_trial_that_never_started_counts_as_a_failed_run_of_its_candidate():
+    """Ray keeps a trial's configuration with its reports: a worker that died before the trial's
+    first report (seen: "The actor never ran - it was cancelled before it started running") leaves
+    a Result whose config is None. It counts as a failed run of the plan's run that no record names
+    (confirm.py once stopped there with a TypeError)."""
+    from types import SimpleNamespace
+
+    from core.config import load_experiment
+
+    cfg = load_experiment("search_spaces/quickstart.yaml")
+    plan = C.ConfirmPlan({"baseline": {}, "top 1": {"model.lr_g": 1e-3}}, {"baseline": "", "top 1": "wgan_gp_a"},
+                         [1000, 1001])
+
+    def ran(candidate, seed, fids):
+        history = pd.DataFrame({"fid": fids, "epoch": range(1, len(fids) + 1)})
+        return SimpleNamespace(config={"candidate": candidate, "train.seed": seed}, path=f"/x/t_{candidate}{seed}",
+                               metrics_dataframe=history, metrics={"epoch": cfg.train.epochs}, error=None,
+                               best_checkpoints=[])
+
+    never = SimpleNamespace(config=None, path="/x/wgan_gp_7511b_00003", metrics_dataframe=None, metrics={},
+                            error=RuntimeError("The actor died"), best_checkpoints=[])
+    grid = [ran("baseline", 1000, [3.0, 2.0]), ran("baseline", 1001, [3.0, 2.5]), ran("top 1", 1000, [2.0, 1.0]), never]
+    results = C.seed_results(grid, cfg, plan)
+    assert [(r.candidate, r.seed, r.status) for r in results] == [
+        ("baseline", 1000, "completed"), ("baseline", 1001, "completed"),
+        ("top 1", 1000, "completed"), ("top 1", 1001, "error")]
+    assert results[-1].trial == "one of wgan_gp_7511b_00003" and math.isnan(results[-1].best)
+    table = C.confirm_table(results, plan, "fid").set_index("candidate")
+    assert table.loc["top 1", "failed"] == "1/2"

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -302,14 +303,14 @@ def test_reports_a_killed_driver_had_not_saved_are_restored_from_their_checkpoin
 
 
 def test_a_resume_removes_a_never_recorded_trial_with_its_checkpoint_staging_at_once(
-        smoke_experiments, shared_ray, tmp_path, monkeypatch):
+        smoke_experiments, shared_ray, tmp_path):
     """A trial the interrupted driver started but never recorded: the resume's repairs remove its
     directory and, at once, its checkpoint staging in TMPDIR. (Seen in CI: the resume that removed
     the directory was itself SIGKILLed before its final sweep, and no later driver knew the trial:
-    its staging stayed for good.) Another trial's staging stays: it may be running."""
+    its staging stayed for good.) Another trial's staging stays: it may be running. The repairs
+    run as a resuming driver runs them, connected to Ray, in a process of their own (an in-process
+    ray.init would outlive the test in this one)."""
     from core.checkpoints import STAGING_PREFIX
-    from core.cluster import Storage
-    from core.driver import repair_interrupted_experiment
 
     exp = tmp_path / "runs" / "copy"
     shutil.copytree(smoke_experiments["wgan_gp_builtin"], exp)
@@ -317,22 +318,20 @@ def test_a_resume_removes_a_never_recorded_trial_with_its_checkpoint_staging_at_
     (exp / "wgan_gp_deadbeef" / "params.json").write_text("{}")
     temp = tmp_path / "tmp"
     temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     staging, other = temp / f"{STAGING_PREFIX}deadbeef-x1", temp / f"{STAGING_PREFIX}0badcafe-x2"
     for folder in (staging, other):
         folder.mkdir()
         (folder / "state.pt").write_bytes(b"a copy cut short")
 
-    import ray
-
-    lines = []
-    ray.init(address=shared_ray, logging_level="ERROR")   # (the repairs run in a connected driver)
-    try:
-        removed = repair_interrupted_experiment(Storage.parse(str(tmp_path / "runs")), str(exp), "wgan_gp",
-                                                lines.append)
-    finally:
-        ray.shutdown()
-    assert removed == ["wgan_gp_deadbeef"], lines
-    assert any("removed wgan_gp_deadbeef/" in line for line in lines), lines
+    repair = ("import json, sys, ray\n"
+              "from core.cluster import Storage\n"
+              "from core.driver import repair_interrupted_experiment\n"
+              "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+              "print(json.dumps(repair_interrupted_experiment(Storage.parse(sys.argv[2]), sys.argv[3], 'wgan_gp')))\n")
+    done = subprocess.run([sys.executable, "-c", repair, shared_ray, str(tmp_path / "runs"), str(exp)], cwd=ROOT,
+                          capture_output=True, text=True, env={**environment(), "TMPDIR": str(temp)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == ["wgan_gp_deadbeef"], done.stdout
+    assert "removed wgan_gp_deadbeef/" in done.stdout
     assert not (exp / "wgan_gp_deadbeef").exists() and not staging.exists()
     assert other.exists()
