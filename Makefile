@@ -30,12 +30,12 @@ test-fast: install
 
 # Mutation testing (mutmut 2.5; not part of `make test`). mutmut_config.py holds the scope (which
 # functions of which files are mutated) and the fast tests each file's mutants run. The default,
-# the GAN losses + the reported scores + what the search builds (177 mutants), takes about 30 min
-# on 2 idle cores; the families' loss code and the trial loop are the other parts:
+# the GAN losses + the reported scores + what the search builds and plans (about 200 tested mutants),
+# takes about 45 min on 2 idle cores; the families' loss code and the trial loop are the other parts:
 #   make mutation MUTATION_FILES=core/models/cyclegan.py,core/models/wgan_gp.py,core/models/vae.py   (~160, ~30 min)
 #   make mutation MUTATION_FILES=core/trainable.py                                                     (~200, ~1.5 h)
 # Results stay in .mutmut-cache: `mutmut results`, `mutmut show ID`.
-MUTATION_FILES ?= core/models/losses.py,core/metrics.py,core/search.py
+MUTATION_FILES ?= core/models/losses.py,core/metrics.py,core/search.py,core/plan.py
 mutation: install
 	MUTATION_PYTHON=$(abspath $(PY)) $(VENV)/bin/mutmut run --paths-to-mutate "$(MUTATION_FILES)" \
 		--runner "$(PY) -m pytest -x -q -p no:cacheprovider -m 'not slow' tests/test_losses.py tests/test_metrics.py" \
