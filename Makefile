@@ -31,7 +31,7 @@ test-fast: install
 # Mutation testing (mutmut 2.5; not part of `make test`). mutmut_config.py holds the scope (which
 # functions of which files are mutated) and the fast tests each file's mutants run. The default,
 # the GAN losses + the reported scores + what the search builds and plans (about 200 tested mutants),
-# takes about 45 min on 2 idle cores; the families' loss code and the trial loop are the other parts:
+# takes about 40 min on 2 idle cores (without core/plan.py: 158 mutants, 29.5 min); the families' loss code and the trial loop are the other parts:
 #   make mutation MUTATION_FILES=core/models/cyclegan.py,core/models/wgan_gp.py,core/models/vae.py   (~160, ~30 min)
 #   make mutation MUTATION_FILES=core/trainable.py                                                     (~200, ~1.5 h)
 # Results stay in .mutmut-cache: `mutmut results`, `mutmut show ID`.

@@ -305,9 +305,10 @@ def test_reports_a_killed_driver_had_not_saved_are_restored_from_their_checkpoin
 def test_a_resume_removes_a_never_recorded_trial_with_its_checkpoint_staging_at_once(
         smoke_experiments, shared_ray, tmp_path):
     """A trial the interrupted driver started but never recorded: the resume's repairs remove its
-    directory and, at once, its checkpoint staging in TMPDIR. (Seen in CI: the resume that removed
-    the directory was itself SIGKILLed before its final sweep, and no later driver knew the trial:
-    its staging stayed for good.) Another trial's staging stays: it may be running. The repairs
+    directory and, at once, its checkpoint staging in TMPDIR. (Seen in a full run of the suite: the
+    resume that removed the directory was itself SIGKILLed before its final sweep, and no later
+    driver knew the trial: its staging stayed for good.) Another trial's staging stays: it may be
+    running. The repairs
     run as a resuming driver runs them, connected to Ray, in a process of their own (an in-process
     ray.init would outlive the test in this one)."""
     from core.checkpoints import STAGING_PREFIX
