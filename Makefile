@@ -9,10 +9,15 @@ PY     := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
+# rfc3987-syntax (jupyter-events asks for jsonschema[format-nongpl]) builds ~35 Earley parsers when
+# jsonschema is imported, and every Ray process imports jsonschema: 1.2 s more per process here, a
+# smoke search 25 s instead of 15 (benchmarks/RESULTS.md). Nothing here validates IRIs; without
+# it jsonschema skips that one format check.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip uninstall --quiet --yes rfc3987-syntax
 	touch $@
 
 quickstart: install
