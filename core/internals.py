@@ -4,10 +4,10 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
 - the schedulers: ASHA that never stops the baseline, and PBT that copies the right donor
   checkpoint into the trial's own directory and explores inside the searched ranges
   (`BaselineKeepingASHA`, `BaselineKeepingPBT`: they override Ray's private methods);
-- the Optuna searcher over a study that can be ahead of Ray's snapshot, saved without its storage
-  so a moved experiment resumes on its own study (`ResumableOptunaSearch`);
-- the search in trial order (core/racing.py's rules): the searcher that gates, tells Optuna in
-  trial order and races seeds (`InTrialOrderSearch`), the rungs that read its ledger
+- the one Optuna internal of the searchers (core/searchers.py, otherwise on Optuna's ask-and-tell
+  interface): a trial's storage id, by which a restored search reopens its trials
+  (`optuna_trial_id`, `optuna_trial`);
+- the search in trial order (core/racing.py's rules): the rungs that read the searcher's ledger
   (`NoiseAwareRungs`), and the ledger's repair against Ray's snapshot before a resume
   (`repair_race_ledger`, which also reads Ray's count of proposed trials) and its order for the
   leaderboard (`proposal_order`);
@@ -42,8 +42,6 @@ from pathlib import Path
 
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from core.checkpoints import CHECKPOINT_FILE, _local_fs, checkpoint_problem, drop_reports_after, load_state, newest_intact
 from core.config import ConfigError, apply_dotted, build_config
@@ -85,170 +83,30 @@ def is_startup_timeout(error: Exception) -> bool:
     return "timed out during startup" in str(error)
 
 
-# --- Searcher ---------------------------------------------------------------------------------------
+# --- Optuna ----------------------------------------------------------------------------------------
 
 
-class ResumableOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch over a study on disk that can be ahead of Ray's own snapshot: a driver
-    killed after a trial finished (told to the study) but before Ray saved that, resumes and runs
-    the trial's last steps again. Its reports then reach an Optuna trial that is already finished;
-    the study keeps the outcome it has (a rerun reproduces it: training is seeded) instead of the
-    search failing with UpdateFinishedTrialError. Likewise an epoch a resumed trial trains again
-    was reported to the study already: it is not reported twice (Optuna would warn that it ignores
-    the value)."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        stored = self._stored(trial_id)
-        if stored is None or not (stored.state.is_finished()
-                                  or result.get("training_iteration") in stored.intermediate_values):
-            super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if self._finished_in_study(trial_id):
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-    # Ray pickles the searcher whole (in tuner.pkl, and OptunaSearch.save in its searcher state), the
-    # study and its storage with it. Restored from an experiment folder moved or copied since (or a
-    # remote storage's mirror on another machine), that storage is the old folder's optuna.db:
-    # unpickling it opens that file (an error where its folder is gone), and the resumed search's
-    # trials were written there, not to the experiment's own study. So the searcher is pickled
-    # without its study (the sampler keeps its random state; each Ray trial's Optuna trial is kept
-    # by id); `attach_study` gives a restored one this run's storage, and `restore` rebuilds the
-    # study on it.
-
-    def __getstate__(self) -> dict:
-        return self.portable_state()
-
-    def attach_study(self, storage) -> None:
-        """After Tuner.restore, before the run continues: the study storage of the experiment as it is now."""
-        self._storage = storage
-
-    def save(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.portable_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "rb") as f:
-            self.restore_state(pickle.load(f))
-
-    def portable_state(self) -> dict:
-        state = self.__dict__.copy()
-        state.update(_ot_study=None, _storage=None,
-                     _ot_trials={trial_id: t if isinstance(t, int) else t._trial_id
-                                 for trial_id, t in getattr(self, "_ot_trials", {}).items()})
-        return state
-
-    def restore_state(self, saved: dict) -> None:
-        """The searcher `saved` (portable_state's, or an older run's whole self) on this run's study."""
-        import optuna
-
-        storage = self._storage   # this run's (attach_study): the optuna.db in the experiment folder as it is now
-        self.__dict__.update(saved)
-        self._storage = storage
-        if storage is None:
-            return   # (an in-memory study: nothing on disk to continue)
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler)
-        self._ot_trials = {trial_id: optuna.Trial(self._ot_study, t if isinstance(t, int) else t._trial_id)
-                           for trial_id, t in self._ot_trials.items()}
-
-    def _finished_in_study(self, trial_id: str) -> bool:
-        stored = self._stored(trial_id)
-        return stored is not None and stored.state.is_finished()
-
-    def _stored(self, trial_id: str):
-        """The study's own record of the Optuna trial Ray asked for `trial_id`, read now (a trial Ray
-        holds may be stale); None when there is none."""
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None:
-            return None
-        stored = self._ot_study.get_trials(deepcopy=False)
-        return stored[ot_trial.number] if ot_trial.number < len(stored) else None
+def optuna_trial_id(trial) -> int:
+    """An Optuna trial's id in its storage: what a restored searcher reopens it by (optuna.Trial's
+    constructor takes it; Optuna has no public lookup of a trial by its number)."""
+    return trial._trial_id
 
 
-class InTrialOrderSearch(Searcher):
-    """A Searcher around the Optuna searcher that takes every decision in trial order and races
-    seeds (core.racing has the rules and their reasons; this is how Ray Tune drives them):
-    - trial k is proposed only once trials 0..k-lag have finished (`suggest` answers None, Ray's
-      "ask again later"), so at most `lag` trials run at once: Ray's own ConcurrencyLimiter is not
-      used (`set_max_concurrency`);
-    - Optuna is told how trials 0..k-lag ended, in trial order, just before it proposes trial k, so
-      what it learns does not depend on which trial finished first; the trials still running when
-      the search's last trial has been proposed are told as they finish;
-    - a racing run (core.racing.RaceLedger.next_race) is the configuration of an earlier trial with
-      another train.seed: Optuna never sees it (its study holds one trial per configuration).
-    The ledger is saved with Optuna's state in Ray's searcher checkpoint, so --resume continues it."""
+def optuna_trial(study, storage_id: int):
+    """The optuna.Trial of `study` stored under `storage_id` (optuna_trial_id), to report to and tell."""
+    import optuna
 
-    def __init__(self, optuna: "ResumableOptunaSearch", ledger, total: int, baseline: dict | None, space: dict):
-        super().__init__(metric=optuna.metric, mode=optuna.mode)
-        self.optuna, self.ledger, self.total = optuna, ledger, total
-        self.baseline, self.space = baseline, space
+    return optuna.Trial(study, storage_id)
 
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return self.optuna.set_search_properties(metric, mode, config, **spec)
 
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        return True   # the trial-order gate bounds it (ledger.lag)
+def __getattr__(name: str):
+    """Searches saved before 2026-12-04 name their searchers here in Ray's tuner.pkl (they moved to
+    core/searchers.py): unpickling finds them under the old name."""
+    if name in ("ResumableOptunaSearch", "InTrialOrderSearch"):
+        import core.searchers
 
-    def suggest(self, trial_id: str):
-        from core.racing import configuration_key
-
-        k = len(self.ledger.trials)
-        if not self.ledger.ready(k):
-            return None
-        self._tell(self.ledger.to_tell(k))
-        race = self.ledger.next_race(k)
-        if race is not None:
-            config, seed = race
-            config = {**config, "train.seed": seed}
-            self.ledger.add(trial_id, config, seed, races=True)
-            return config
-        config = self.optuna.suggest(trial_id)
-        if config is None or config == Searcher.FINISHED:
-            return config
-        self.ledger.add(trial_id, config, config.get("train.seed", self.ledger.base_seed), races=False)
-        if k == 0 and self.baseline is not None and is_baseline(config, self.baseline, self.space):
-            self.ledger.baseline_key = configuration_key(config)
-        return config
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.ledger.record_result(trial_id, result)
-        record = self.ledger.get(trial_id)
-        if record is not None and not record.races:
-            self.optuna.on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.ledger.record_end(trial_id, result, error)
-        if len(self.ledger.trials) >= self.total:   # nothing left to propose: tell the rest as they end
-            self._tell([t for t in self.ledger.trials if t.done and not t.told])
-
-    def _tell(self, records) -> None:
-        for record in records:
-            if not record.races and record.trial_id in self.optuna._ot_trials:
-                self.optuna.on_trial_complete(record.trial_id, result=record.last_result, error=record.errored)
-            record.told = True   # (one Optuna never proposed: added by repair_race_ledger after a kill)
-
-    def save(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"optuna": self.optuna.portable_state(), "ledger": self.ledger.state(),
-                         "baseline_key": self.ledger.baseline_key, "metric": self.ledger.metric,
-                         "base_seed": self.ledger.base_seed}, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.optuna.restore_state(state["optuna"])
-        self.ledger.load_state(state["ledger"])   # in place: the rungs hold the same ledger
-        self.ledger.baseline_key = state["baseline_key"]
+        return getattr(core.searchers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- Schedulers -------------------------------------------------------------------------------------
@@ -258,13 +116,13 @@ class BaselineKeepingASHA(ASHAScheduler):
     """ASHA that never stops the baseline trial early, so that the best trial is compared with the
     defaults at the same budget. (The baseline's results still count in ASHA's rungs.)"""
 
-    def __init__(self, baseline: dict | None, space: dict, **kwargs):
-        super().__init__(**kwargs)
-        self.baseline, self.space = baseline, space
+    def __init__(self, baseline: dict | None, space: dict, *, max_t: int, **kwargs):
+        super().__init__(max_t=max_t, **kwargs)
+        self.baseline, self.space, self.max_t = baseline, space, max_t
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP and result.get("epoch", 0) < self._max_t and self._is_baseline(trial):
+        if decision == self.STOP and result.get("epoch", 0) < self.max_t and self._is_baseline(trial):
             return self.CONTINUE
         return decision
 
@@ -318,16 +176,17 @@ class BaselineKeepingPBT(PopulationBasedTraining):
     DONOR_DIR = "pbt_donor"
     EXPLORE_TRIES = 20
 
-    def __init__(self, baseline: dict | None, space: dict, max_t: int, experiment: dict, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, baseline: dict | None, space: dict, max_t: int, experiment: dict, *, time_attr: str, **kwargs):
+        super().__init__(time_attr=time_attr, **kwargs)
         self.baseline, self.space, self.max_t, self.experiment = baseline, space, max_t, experiment
+        self.time_attr = time_attr
 
     def _quantiles(self):
         lower, upper = super()._quantiles()
         return [t for t in lower if not self._is_baseline(t)], upper
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get(self._time_attr, 0) >= self.max_t:
+        if result.get(self.time_attr, 0) >= self.max_t:
             return self.CONTINUE   # its last report: the trial ends here
         return super().on_trial_result(tune_controller, trial, result)
 
@@ -343,7 +202,7 @@ class BaselineKeepingPBT(PopulationBasedTraining):
 
     def _exploit(self, tune_controller, trial, trial_to_clone):
         donor = self._trial_state[trial_to_clone]
-        if (donor.last_result or {}).get(self._time_attr, 0) >= self.max_t:
+        if (donor.last_result or {}).get(self.time_attr, 0) >= self.max_t:
             return
         recorded, recorded_result = donor.last_checkpoint, donor.last_result
         if not _intact(recorded):
@@ -502,6 +361,8 @@ def rebase_moved_experiment(storage, exp_path: str, progress=print) -> None:
 def attach_study(tuner, storage) -> None:
     """After Tuner.restore: the Optuna searcher (unpickled without its study storage,
     ResumableOptunaSearch) continues on `storage`, the study of the experiment where it is now."""
+    from core.searchers import ResumableOptunaSearch
+
     searcher = tuner._local_tuner._tune_config.search_alg
     while searcher is not None and not isinstance(searcher, ResumableOptunaSearch):
         searcher = getattr(searcher, "optuna", None) or getattr(searcher, "searcher", None)
@@ -512,6 +373,8 @@ def attach_study(tuner, storage) -> None:
 def raise_trial_count(tuner, num_samples: int) -> None:
     """Tuner.restore keeps the first run's TuneConfig; the trial count is the one setting a resume
     may raise (Ray 2.60 reads it from here when the run continues)."""
+    from core.searchers import InTrialOrderSearch
+
     tune_config = tuner._local_tuner._tune_config
     tune_config.num_samples = num_samples
     if isinstance(tune_config.search_alg, InTrialOrderSearch):   # it tells Optuna the last trials' ends

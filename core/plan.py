@@ -66,7 +66,8 @@ def sampler_settings(cfg: ExperimentConfig) -> dict:
 
 def make_sampler(cfg: ExperimentConfig):
     """The Optuna sampler of an Optuna search, seeded with search.seed (core.search.make_searcher
-    hands it to Ray's OptunaSearch; racing's InTrialOrderSearch wraps that searcher, sampler and all)."""
+    hands it to core.searchers.ResumableOptunaSearch; racing's InTrialOrderSearch wraps that
+    searcher, sampler and all)."""
     import warnings
 
     import optuna

@@ -5,7 +5,7 @@ noise in the quickstart (sd about 0.2 of the best FID) is as large as the gains 
 a floating-point difference between two CPUs turned into another winner. Racing spends part of the
 search's own trials on more seeds for the configurations that decide the answer, and the rungs stop
 a trial only for a gap larger than the seed noise at that epoch. Everything here is plain Python
-on the ledger below; core.internals plugs it into Ray Tune (`InTrialOrderSearch`, `NoiseAwareRungs`).
+on the ledger below; core.searchers and core.internals plug it into Ray Tune (`InTrialOrderSearch`, `NoiseAwareRungs`).
 
     ledger = RaceLedger(metric="fid", epochs=6, lag=2, base_seed=0, racing=RacingOptions(seeds=4),
                         rungs=[2, 4], reduction_factor=2, baseline_key=None)   # (the searcher sets the key)

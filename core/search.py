@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import yaml
@@ -37,11 +36,12 @@ from core.cluster import SharedAssets, Storage
 from core.config import ConfigError, ExperimentConfig, config_to_dict, get_dotted
 from core.data import load_prepared
 from core.driver import tune_driver
-from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, InTrialOrderSearch, NoiseAwareRungs,
-                            ResumableOptunaSearch, attach_study, grow_search, raise_trial_count)
+from core.internals import (BaselineKeepingASHA, BaselineKeepingPBT, NoiseAwareRungs, attach_study, grow_search,
+                            raise_trial_count)
 from core.metric_registry import direction
 from core.plan import (architecture_keys, baseline_points, make_sampler, perturbation_interval, search_metric,
                        search_mode)
+from core.searchers import InTrialOrderSearch, ResumableOptunaSearch
 from core.space import optuna_space, pbt_mutations, ray_param_space
 from core.trainable import tune_trainable
 
@@ -68,10 +68,6 @@ def make_searcher(cfg: ExperimentConfig, experiment_dir: Path):
         metric, mode = [f"best_{m}" for m in cfg.search.objectives], [direction(m) for m in cfg.search.objectives]
     else:
         metric, mode = search_metric(cfg), search_mode(cfg)
-    # Ray warns when the define-by-run space takes over a second, as if it trained in the driver: the
-    # time is the sampler's (Optuna fits GP's model at the trial's first suggestion), and it is expected.
-    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument",
-                            category=UserWarning)
     return ResumableOptunaSearch(space=optuna_space(cfg.search.space), metric=metric, mode=mode,
                                  study_name=cfg.name, storage=storage, sampler=make_sampler(cfg),
                                  points_to_evaluate=points)

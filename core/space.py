@@ -90,7 +90,7 @@ def ray_param_space(space: dict) -> dict:
 
 
 def optuna_space(space: dict) -> "OptunaSpace":
-    """search.space -> an Optuna define-by-run space for Ray's OptunaSearch: conditional keys are
+    """search.space -> an Optuna define-by-run space (core.searchers): conditional keys are
     suggested only where they apply."""
     return OptunaSpace(space)
 
@@ -115,7 +115,7 @@ class OptunaSpace:
             else:
                 values[d.key] = trial.suggest_float(d.key, float(d.args[0]), float(d.args[1]),
                                                     log=d.kind == "loguniform")
-        return values   # what the trial receives: OptunaSearch lays it over the raw suggestions
+        return values   # what the trial receives: every key that applies, choices as given
 
 
 def _choice_label(value: Any):

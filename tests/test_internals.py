@@ -61,15 +61,18 @@ def test_every_overridden_ray_method_still_exists_with_its_signature(owner, meth
 def test_the_private_attributes_the_schedulers_and_searcher_read_exist(tmp_path):
     pbt = make_scheduler(cyclegan("search.scheduler=pbt", "search.searcher=random"))
     assert isinstance(pbt, internals.BaselineKeepingPBT)
-    for name in ("_trial_state", "_time_attr", "_num_checkpoints"):
+    for name in ("_trial_state", "_num_checkpoints"):
         assert hasattr(pbt, name), f"PopulationBasedTraining.{name}"
-    assert pbt._time_attr == "epoch"
+    assert pbt.time_attr == "epoch"
     asha = make_scheduler(cyclegan())
-    assert isinstance(asha, internals.BaselineKeepingASHA) and asha._max_t == cyclegan().train.epochs
-    searcher = make_searcher(cyclegan(), tmp_path)
-    searcher.set_search_properties(None, None, {})   # (the study is opened here, as Ray does)
-    for name in ("_ot_trials", "_ot_study", "_completed_trials"):
-        assert hasattr(searcher, name), f"OptunaSearch.{name}"
+    assert isinstance(asha, internals.BaselineKeepingASHA) and asha.max_t == cyclegan().train.epochs
+    # The searcher's one Optuna internal: a trial reopened by its storage id is the same trial.
+    import optuna
+
+    study = optuna.create_study()
+    asked = study.ask()
+    again = internals.optuna_trial(study, internals.optuna_trial_id(asked))
+    assert again.number == asked.number and isinstance(again, optuna.Trial)
     # The per-state PBT record holds what the exploit reads and writes.
     from ray.tune.schedulers.pbt import _PBTTrialState
 
@@ -154,7 +157,8 @@ def test_no_private_name_of_ray_optuna_wandb_or_torch_is_used_outside_core_inter
     """The point of the module: a Ray upgrade is core/internals.py and this file."""
     root = Path(__file__).resolve().parents[1]
     private = ("ray._private", "ray.train._internal", "._local_tuner", "._checkpoint_results", "._ot_", "torch._",
-               "wandb.sdk", "import _", "._trial_state", "._restore_from_remote", "._exploit", "._max_t")
+               "wandb.sdk", "import _", "._trial_state", "._restore_from_remote", "._exploit", "._max_t",
+               "._time_attr", "._trial_id")
     found = []
     for path in [*root.glob("core/**/*.py"), *root.glob("experiments/*.py"), *root.glob("analysis/*.py")]:
         if path.name == "internals.py":
@@ -182,7 +186,9 @@ def test_the_snapshot_files_the_race_ledger_repair_reads_are_still_named_and_sha
     templates = [TuneController.CKPT_FILE_TMPL, SearchGenerator.CKPT_FILE_TMPL, Searcher.CKPT_FILE_TMPL,
                  BasicVariantGenerator.CKPT_FILE_TMPL]
     assert [t.split("{}")[0] for t in templates] == list(internals.SNAPSHOT_PREFIXES)
-    generator = SearchGenerator(internals.InTrialOrderSearch.__new__(internals.InTrialOrderSearch))
+    from core.searchers import InTrialOrderSearch
+
+    generator = SearchGenerator(InTrialOrderSearch.__new__(InTrialOrderSearch))
     assert {"counter", "total_samples", "finished"} <= set(generator.get_state())
 
 
@@ -202,10 +208,14 @@ def test_a_moved_experiment_s_pieces_are_where_rebase_and_attach_study_put_them(
     assert '"storage": self.storage,' in inspect.getsource(Experiment.__init__)
     for name in ("storage_fs_path", "experiment_dir_name", "storage_filesystem"):
         assert f"new_storage.{name} = self._storage.{name}" in inspect.getsource(TuneController._restore_trials)
+    from core.search import study_storage
+
     searcher = make_searcher(cyclegan(), tmp_path)
     tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=searcher))
-    internals.attach_study(tuner, "a storage")
-    assert searcher._storage == "a storage"
+    (tmp_path / "moved").mkdir()
+    elsewhere = study_storage(tmp_path / "moved")
+    internals.attach_study(tuner, elsewhere)
+    assert searcher.storage is elsewhere and (tmp_path / "moved" / "optuna.db").is_file()
 
 
 def test_a_resume_reuses_the_staging_directory_that_absorb_driver_staging_empties():
@@ -246,9 +256,9 @@ def test_the_optuna_searcher_is_saved_without_its_study_and_restored_onto_the_on
     restored = pickle.loads(pickled)   # Tuner.restore, then the driver and Ray's restore_from_dir
     restored.attach_study(study_storage(tmp_path / "new"))
     restored.restore(str(tmp_path / "searcher.pkl"))
-    trials = restored._ot_study.get_trials()
+    trials = restored.study.get_trials()
     assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 3.0)] and trials[0].params
-    assert restored._ot_trials["ray-trial-1"]._trial_id == trials[0]._trial_id
+    assert restored.trial_ids == searcher.trial_ids and restored.told == {"ray-trial-1"}
     assert not (tmp_path / "old").exists()
     restored.suggest("ray-trial-2")
     assert len(optuna.load_study(study_name=cyclegan().name, storage=study_storage(tmp_path / "new")).trials) == 2

@@ -154,17 +154,19 @@ def test_diverging_trial_ends_cleanly_and_keeps_earlier_checkpoints(tiny_data, t
 
 
 def _optuna_study_after(final_results: list[dict]):
-    """Ray's OptunaSearch told of trials that ended with these last reports; its (in-memory) study."""
-    from ray.tune.search.optuna import OptunaSearch
+    """The search's Optuna searcher told of trials that ended with these last reports; its (in-memory) study."""
+    import optuna
 
+    from core.searchers import ResumableOptunaSearch
     from core.space import optuna_space
 
-    searcher = OptunaSearch(space=optuna_space({"model.lr_g": {"loguniform": [1e-4, 1e-3]}}),
-                            metric="best_fid", mode="min")
+    searcher = ResumableOptunaSearch(optuna_space({"model.lr_g": {"loguniform": [1e-4, 1e-3]}}), metric="best_fid",
+                                     mode="min", study_name="diverged", storage=None,
+                                     sampler=optuna.samplers.TPESampler(seed=0))
     for i, result in enumerate(final_results):
         searcher.suggest(str(i))
         searcher.on_trial_complete(str(i), result=result)
-    return searcher._ot_study
+    return searcher.study
 
 
 def test_saturated_generator_ends_the_trial_as_collapsed(tiny_data, tmp_path):
