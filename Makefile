@@ -26,8 +26,10 @@ quickstart: install
 
 # The whole suite (what CI runs), with the 25 slowest tests listed at the end. PAINTSWEEP_THREADS=2
 # runs every trial at 2 threads: another floating-point summation order, as another CPU would.
+# Two pytest workers: the Ray searches in one, every other test beside them in the other
+# (tests/conftest.py defines the scope: which is which, and why).
 test: install
-	$(PY) -m pytest tests -ra --durations=25
+	$(PY) -m pytest tests -ra --durations=25 -n 2 --dist loadscope
 
 # The edit-test loop: everything not marked slow (one real search included).
 test-fast: install

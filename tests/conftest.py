@@ -62,6 +62,55 @@ def _ray_auth_mode_as_found():
         os.environ["RAY_AUTH_MODE"] = before
 
 
+# --- Two streams: the searches, and everything else beside them ------------------------------------
+
+# `make test` runs two pytest workers (pytest-xdist, `-n 2 --dist loadscope`, with the scope defined
+# here): one takes every module that runs Ray searches, the other the rest, which shares no Ray, no
+# search and no file with them. Alone, each stream leaves a core idle much of the time: a search
+# waits for Ray, its workers' imports or a wall-clock moment, and the unit tests use one core. The
+# session's Ray and its shared searches are built once, in the searches' worker. (xdist's own
+# `loadgroup` marks would say the same, but with pytest 9.2 they are silently ignored:
+# pytest-dev/pytest-xdist#1386.)
+SEARCH_FIXTURES = ("shared_ray", "smoke_experiments")
+# Searches whose point is a moment in time (a kill mid-epoch, a wall-clock budget, an arrival order):
+# last in their stream, once the other stream (about 3 minutes) has finished and left them both cores.
+TIMED_MODULES = ("test_faults", "test_records", "test_racing_runs", "test_search_runs")
+
+
+def stream_of(module: Path) -> str:
+    """"searches" for a test module with Ray searches: a timed one, or one that asks for the
+    session's Ray or its smoke searches (a fixture is asked for by its name); "units" for the rest.
+    From the file alone: xdist's scheduler sees only test ids."""
+    if module.stem in TIMED_MODULES or any(name in module.read_text() for name in SEARCH_FIXTURES):
+        return "searches"
+    return "units"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The units first, then the searches, the timed ones last; each module whole, in its own order."""
+    modules: dict[Path, list] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+    order = sorted(modules, key=lambda path: (stream_of(path) == "searches", path.stem in TIMED_MODULES))
+    items[:] = [item for path in order for item in modules[path]]
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With `--dist loadscope`, the scope of a test is its module's stream: each stream is one unit
+    of work, run by one worker in the order above."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoStreams(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return stream_of(config.rootpath / nodeid.split("::", 1)[0])
+
+    return TwoStreams(config, log)
+
+
 # --- One Ray for the session's searches ----------------------------------------------------------
 
 
