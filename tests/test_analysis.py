@@ -4,6 +4,12 @@ result.json/params.json), plots and sample grids work on them, and both notebook
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import matplotlib
@@ -200,3 +206,57 @@ def test_relative_experiment_paths_work(smoke_experiments, monkeypatch):
     monkeypatch.chdir(exp.parent)
     assert is_experiment_dir(exp.name)
     assert len(load_experiment_dir(exp.name).trials) == 2
+
+
+# --- The study in optuna-dashboard (the README's command) ------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    return json.loads(urllib.request.urlopen(url, timeout=10).read())
+
+
+def test_optuna_dashboard_serves_the_study_over_http(smoke_experiments, tmp_path):
+    """`optuna-dashboard sqlite:///runs/<name>/optuna.db` on loopback: the trials it returns over
+    its JSON API are the study's."""
+    import optuna
+
+    experiment = smoke_experiments["cyclegan_builtin"]
+    db = tmp_path / "optuna.db"
+    shutil.copy(experiment / "optuna.db", db)   # the dashboard may write (notes, caches): not the shared one
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), f"sqlite:///{db}", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(120):
+            try:
+                listed = _get(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except OSError:
+                assert server.poll() is None, f"optuna-dashboard exited: {server.stdout.read()}"
+                time.sleep(0.5)
+        else:
+            pytest.fail("optuna-dashboard did not answer within 60 s")
+        (summary,) = [s for s in listed["study_summaries"] if s["study_name"] == "cyclegan_builtin-smoke"]
+        served = _get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    study = optuna.load_study(study_name="cyclegan_builtin-smoke", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert len(served) == len(study.trials) == 2
+    for shown, trial in zip(sorted(served, key=lambda t: t["number"]), study.trials):
+        assert shown["number"] == trial.number and shown["state"] == trial.state.name.capitalize()
+        assert shown["values"] == pytest.approx(trial.values)
+        assert {p["name"]: float(p["param_external_value"]) for p in shown["params"]} == pytest.approx(trial.params)
+    # The searched keys are the experiment's, and the values the search ranked by are the trials' best FIDs.
+    from analysis import load_experiment_dir
+
+    exp = load_experiment_dir(experiment)
+    assert {p["name"] for t in served for p in t["params"]} == set(exp.searched)
+    assert sorted(v for t in served for v in t["values"]) == pytest.approx(sorted(exp.trials[f"best_{exp.metric}"]))

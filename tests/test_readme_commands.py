@@ -14,8 +14,8 @@ own as a real command line:
 - `python -m MODULE`: the module imports and has the __main__ that -m runs;
 - make targets: `make -n` in a subprocess (make starts in milliseconds).
 
-Plus the one command whose point is a running server: optuna-dashboard serves a finished
-experiment's study on loopback, and the trials it returns over its JSON API are the study's."""
+The one command whose point is a running server, optuna-dashboard over a finished experiment's
+study, is served and read in tests/test_analysis.py (it needs a finished search)."""
 
 from __future__ import annotations
 
@@ -25,15 +25,11 @@ import importlib
 import importlib.metadata
 import importlib.util
 import io
-import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import click
@@ -223,58 +219,6 @@ def test_readme_command_runs(line):
         assert not unknown, f"`{line}` uses {unknown}, which its program's --help does not list"
     missing = [path for path in repository_paths(argv) if not (ROOT / path).exists()]
     assert not missing, f"`{line}` names {missing}, which do not exist in the repository"
-
-
-# --- optuna-dashboard serves a real study ---------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    return json.loads(urllib.request.urlopen(url, timeout=10).read())
-
-
-def test_optuna_dashboard_serves_the_study_over_http(smoke_experiments, tmp_path):
-    import optuna
-
-    experiment = smoke_experiments["cyclegan_builtin"]
-    db = tmp_path / "optuna.db"
-    shutil.copy(experiment / "optuna.db", db)   # the dashboard may write (notes, caches): not the shared one
-    port = _free_port()
-    server = subprocess.Popen([executable("optuna-dashboard"), f"sqlite:///{db}", "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(120):
-            try:
-                listed = _get(f"http://127.0.0.1:{port}/api/studies")
-                break
-            except OSError:
-                assert server.poll() is None, f"optuna-dashboard exited: {server.stdout.read()}"
-                time.sleep(0.5)
-        else:
-            pytest.fail("optuna-dashboard did not answer within 60 s")
-        (summary,) = [s for s in listed["study_summaries"] if s["study_name"] == "cyclegan_builtin-smoke"]
-        served = _get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")["trials"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-    study = optuna.load_study(study_name="cyclegan_builtin-smoke", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert len(served) == len(study.trials) == 2
-    for shown, trial in zip(sorted(served, key=lambda t: t["number"]), study.trials):
-        assert shown["number"] == trial.number and shown["state"] == trial.state.name.capitalize()
-        assert shown["values"] == pytest.approx(trial.values)
-        assert {p["name"]: float(p["param_external_value"]) for p in shown["params"]} == pytest.approx(trial.params)
-    # The searched keys are the experiment's, and the values the search ranked by are the trials' best FIDs.
-    from analysis import load_experiment_dir
-
-    exp = load_experiment_dir(experiment)
-    assert {p["name"] for t in served for p in t["params"]} == set(exp.searched)
-    assert sorted(v for t in served for v in t["values"]) == pytest.approx(sorted(exp.trials[f"best_{exp.metric}"]))
 
 
 def test_the_installed_environment_leaves_out_the_iri_grammar_every_ray_process_would_compile():
