@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from test_new_family import TOY_SPACE, toy_environment
 from tune_cli import SMOKE, SMOKE_EXPERIMENT, load_script, reports, study_of, tune
 
 tune_main = load_script("tune").main
@@ -122,11 +123,13 @@ def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(fou
 
 # --- The wall-clock budget, then more trials ------------------------------------------------------
 
-# 4 trials one at a time, long enough that 20 s cuts them on any machine, though not before the
-# first's report: at 70 iterations an epoch they trained about 40 s in all on one machine and 21 s on
-# a faster one (2026-12-04, which then cut only the last trial's second epoch); 100 leaves room.
-BUDGET_ARGS = [*SMOKE, "--num-samples", "4", "search.max_concurrent=1", "search.scheduler=fifo", "train.epochs=4",
-               "train.iters_per_epoch=100"]
+# 4 toy trials one at a time, each step slowed by a 0.4 s sleep (the toy family's slow_above_lr), so
+# the search's length is the sleeps' and not the CPU's: 4 x 4 epochs x 4 steps = 26 s of sleep at the
+# least, on any machine and at any number of threads, which a 20 s budget always cuts, and the first
+# report comes after ~10 s. (A CycleGAN search of 100 iterations an epoch took 40 s on one machine,
+# 21 s on a faster one, and under 20 s at 2 threads once Ray's workers started faster.)
+BUDGET_ARGS = ["--space", str(TOY_SPACE), "--name", "budgeted", "--num-samples", "4", "search.max_concurrent=1",
+               "search.scheduler=fifo", "train.epochs=4", "train.iters_per_epoch=4", "model.slow_above_lr=0"]
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +139,14 @@ def budgeted(tmp_path_factory, shared_ray):
     its wall-clock seconds, leaderboard and recorded budget use). The grow test then extends it."""
     storage = tmp_path_factory.mktemp("budgeted")
     args = [*BUDGET_ARGS, "--storage", str(storage), "--address", shared_ray]
-    exp = storage / SMOKE_EXPERIMENT
+    exp = storage / "budgeted"
     start = time.monotonic()
-    first = tune(*args, "search.time_budget=20s")
+    first = tune(*args, "search.time_budget=20s", env=toy_environment())
     took = time.monotonic() - start
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = {"first": {"out": first, "took": took, "board": pd.read_csv(exp / "leaderboard.csv"),
                       "used": json.loads((exp / "search_time.json").read_text())["seconds"]}}
-    second = tune(*args, "search.time_budget=20m", "--resume")
+    second = tune(*args, "search.time_budget=20m", "--resume", env=toy_environment())
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     runs["second"] = {"out": second, "board": pd.read_csv(exp / "leaderboard.csv")}
     return exp, args, runs
@@ -151,7 +154,7 @@ def budgeted(tmp_path_factory, shared_ray):
 
 @pytest.mark.slow
 def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(budgeted):
-    """(The shared search takes about 50 s: two drivers, trials long enough that 20 s cuts them.)"""
+    """(The shared search takes about 45 s: two drivers, trials whose sleeps a 20 s budget cuts.)"""
     _, _, runs = budgeted
     first = runs["first"]
     assert "time budget used up" in first["out"].stdout and "The time budget (20s) is used up" in first["out"].stdout
@@ -191,7 +194,7 @@ def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_un
     shutil.move(old_exp.parent, storage)
     exp = storage / old_exp.name
     args = [str(storage) if a == str(old_exp.parent) else a for a in old_args]
-    before = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
+    before = {p.name: (p / "result.json").read_text() for p in exp.glob("toy_*")}
     assert len(before) == 4
 
     # Refused before Ray starts, so in this process.
@@ -199,15 +202,15 @@ def test_resume_with_more_trials_grows_a_finished_search_and_leaves_the_first_un
     assert "train.epochs: 4 then, 5 now" in capsys.readouterr().err
     assert tune_main([*args, "--num-samples", "3", "--resume"]) == 2
     assert "cannot shrink it" in capsys.readouterr().err
-    assert tune_main([*args, "--resume", "search.space.model.lr_g={loguniform: [1.0e-5, 1.0e-2]}"]) == 2
-    assert ("search.space.model.lr_g.loguniform: [2e-05, 0.002] then, [1e-05, 0.01] now"
+    assert tune_main([*args, "--resume", "search.space.model.lr={loguniform: [1.0e-5, 1.0e-2]}"]) == 2
+    assert ("search.space.model.lr.loguniform: [0.0001, 0.01] then, [1e-05, 0.01] now"
             in capsys.readouterr().err), "the changed range, not 'None then, None now'"
 
-    out = tune(*args, "--num-samples", "5", "--resume")
+    out = tune(*args, "--num-samples", "5", "--resume", env=toy_environment())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "extending the search from 4 to 5 trials" in out.stdout
     assert f"resume: the experiment was at {old_exp}; its new trials are written here" in out.stdout
-    after = {p.name: (p / "result.json").read_text() for p in exp.glob("cyclegan_*")}
+    after = {p.name: (p / "result.json").read_text() for p in exp.glob("toy_*")}
     assert len(after) == 5 and all(after[name] == text for name, text in before.items())
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(board) == 5 and all(str(path).startswith(str(exp)) for path in board["checkpoint"])
