@@ -7,6 +7,7 @@ for the whole session (ExperimentConfig.cache_path reads it, and Ray workers inh
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import shutil
@@ -78,9 +79,10 @@ SEARCH_FIXTURES = ("shared_ray", "smoke_experiments")
 TIMED_MODULES = ("test_faults", "test_records", "test_search_runs")
 
 
+@functools.cache   # (xdist's scheduler asks once per test id)
 def stream_of(module: Path) -> str:
-    """"searches" for a test module with Ray searches: a timed one, or one that asks for the
-    session's Ray or its smoke searches (a fixture is asked for by its name); "units" for the rest.
+    """A test module's stream: "searches" for one with Ray searches (a timed one, or one that asks
+    for the session's Ray or its smoke searches: a fixture is asked for by its name), else "units".
     From the file alone: xdist's scheduler sees only test ids."""
     if module.stem in TIMED_MODULES or any(name in module.read_text() for name in SEARCH_FIXTURES):
         return "searches"

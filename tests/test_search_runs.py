@@ -126,7 +126,7 @@ def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(fou
 # 4 toy trials one at a time, each step slowed by a 0.4 s sleep (the toy family's slow_above_lr), so
 # the search's length is the sleeps' and not the CPU's: 4 x 4 epochs x 4 steps = 26 s of sleep at the
 # least, on any machine and at any number of threads, which a 20 s budget always cuts, and the first
-# report comes after ~10 s. (A CycleGAN search of 100 iterations an epoch took 40 s on one machine,
+# report comes one epoch (1.6 s of sleep) after the first trial starts. (A CycleGAN search of 100 iterations an epoch took 40 s on one machine,
 # 21 s on a faster one, and under 20 s at 2 threads once Ray's workers started faster.)
 BUDGET_ARGS = ["--space", str(TOY_SPACE), "--name", "budgeted", "--num-samples", "4", "search.max_concurrent=1",
                "search.scheduler=fifo", "train.epochs=4", "train.iters_per_epoch=4", "model.slow_above_lr=0"]
@@ -154,7 +154,7 @@ def budgeted(tmp_path_factory, shared_ray):
 
 @pytest.mark.slow
 def test_a_time_budget_stops_the_search_on_time_and_a_larger_one_continues_it(budgeted):
-    """(The shared search takes about 45 s: two drivers, trials whose sleeps a 20 s budget cuts.)"""
+    """(The shared search takes about 50 s: two drivers, trials whose sleeps a 20 s budget cuts.)"""
     _, _, runs = budgeted
     first = runs["first"]
     assert "time budget used up" in first["out"].stdout and "The time budget (20s) is used up" in first["out"].stdout

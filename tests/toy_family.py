@@ -36,7 +36,8 @@ class Config:
     lr: float = 1.0e-3                   # Adam learning rate (encoder and decoder share one optimizer)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     slow_above_lr: float = 1.0           # trials with a higher lr sleep 0.4 s per step: another arrival
-                                         #   order for the same search (tests/test_racing_runs.py)
+                                         #   order for the same search (tests/test_racing_runs.py), or
+                                         #   (at 0) a search as long on any machine (the time-budget test)
 
     def validate(self) -> list[str]:
         errors = [] if self.channels >= 1 else [f"model.channels must be >= 1, got {self.channels}"]
