@@ -1,5 +1,5 @@
 # Every target sets itself up: a virtualenv in .venv with the pinned dependencies.
-#   make quickstart   a real WGAN-GP search on builtin data (racing seeds), then its pick checked on held-out seeds (CPU, ~12 min)
+#   make quickstart   a real WGAN-GP search on builtin data (racing seeds), then its pick checked on held-out seeds (CPU, ~9 min)
 #   make test         the test suite (CPU, tiny sizes)
 PYTHON ?= python3
 VENV   ?= .venv
