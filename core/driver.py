@@ -25,6 +25,8 @@ In order, a run:
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
 import shutil
@@ -35,15 +37,20 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import ray.cloudpickle as cloudpickle
 from ray.tune import Callback
+from ray.tune.logger import LoggerCallback
+from ray.tune.result import EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
+from ray.tune.utils import flatten_dict
+from ray.tune.utils.util import SafeFallbackEncoder
 
 from core.checkpoints import backfill_reports, checkpoint_problem, remove_staging_leftovers
 from core.cluster import Storage, check_resources, connect
 from core.config import ConfigError, ExperimentConfig
 from core.data import prepare_data
-from core.internals import (SessionCSVLogger, SessionJsonLogger, absorb_driver_staging, check_versions,
-                            rebase_moved_experiment, remove_old_snapshots, remove_unrecorded_trial_dirs,
-                            renew_console, repair_checkpoint_records, repair_race_ledger)
+from core.internals import (absorb_driver_staging, check_versions, rebase_moved_experiment, remove_old_snapshots,
+                            remove_unrecorded_trial_dirs, renew_callbacks, repair_checkpoint_records,
+                            repair_race_ledger)
 from core.metric_registry import direction
 from core.metrics import reference_statistics
 from core.results import quiet_unreported_trials
@@ -97,14 +104,14 @@ class TuneRun:
                                                "gpu": self.cfg.search.gpus_per_trial})
 
     def run_config(self, name: str, mode: str, stop=None):
-        """Ray Tune's RunConfig of a run named `name` under the storage: our loggers and console,
+        """Ray Tune's RunConfig of a run named `name` under the storage: our result files and console,
         the kept checkpoints ranked by the search metric (`mode`: "min"/"max"), retries."""
         from ray import tune
 
         cfg = self.cfg
         return tune.RunConfig(
             name=name, storage_path=self.storage.path, storage_filesystem=self.storage.filesystem,
-            callbacks=[SessionJsonLogger(), SessionCSVLogger(), self.console()],
+            callbacks=self.callbacks(),
             verbose=self.ray_verbosity, stop=stop,
             # Trials write TensorBoard events in their working directory; Ray copies them to storage.
             # Their own output too (<trial>/stdout, <trial>/stderr: each epoch's line, warnings), which
@@ -124,6 +131,10 @@ class TuneRun:
         --verbose; else 0, and the console is `TrialEvents`'."""
         return 1 if self.verbose else 0
 
+    def callbacks(self) -> list:
+        """This driver's Ray Tune callbacks: each trial's result files, and the console."""
+        return [TrialResultFiles(), self.console()]
+
     def console(self) -> "TrialEvents":
         """This driver's console callback. The live line only on a terminal: redrawn with a carriage
         return, it would fill a log file with every redraw."""
@@ -132,8 +143,9 @@ class TuneRun:
 
     def restored(self, tuner):
         """A `Tuner.restore`d tuner, printing as this driver was asked to (--verbose or not), not as
-        the run it continues was: Ray keeps that run's console in its RunConfig."""
-        renew_console(tuner, self.ray_verbosity, self.console())
+        the run it continues was: Ray keeps that run's callbacks in its RunConfig (a run saved by an
+        earlier paintsweep has others: they are replaced too)."""
+        renew_callbacks(tuner, self.ray_verbosity, self.callbacks())
         return tuner
 
     def trial_names(self) -> dict:
@@ -253,6 +265,75 @@ def driver_lock(directory: Path, what: str):
 
 
 # --- Ray Tune callbacks ----------------------------------------------------------------------------
+
+
+class TrialResultFiles(LoggerCallback):
+    """A Ray Tune callback (Ray's own loggers are off, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): each
+    trial's records, written as Ray's JSON and CSV loggers write them, since ResultGrid, Ray's
+    ExperimentAnalysis, the leaderboard and the resume repairs read them: result.json (one JSON line
+    per report), progress.csv (the same, flattened), params.json and params.pkl (the trial's values).
+
+    The one difference is when a trial restarts from a checkpoint (PBT's exploit, a retry after a
+    crash, a resume). Ray's loggers then copy the files back from storage, and within one run
+    storage's copy can be older than the local one (the driver syncs every so often): a trial that
+    PBT paused and restarted lost the reports made since the last sync. Here this run's local files
+    are kept; only a trial with none (a resumed run: `absorb_driver_staging` took in and removed the
+    interrupted driver's) starts from storage's copy."""
+
+    FILES = (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE)
+
+    def __init__(self):
+        self.open_files: dict = {}   # trial -> {file name: open file}, while the trial runs in this driver
+        self.csv_writers: dict = {}  # trial -> csv.DictWriter of its progress.csv, from its first report here
+
+    def log_trial_start(self, trial) -> None:
+        self.log_trial_end(trial)
+        trial.init_local_path()
+        self.update_config(trial, trial.config)
+        files = {}
+        for name in self.FILES:
+            local = Path(trial.local_path, name)
+            if trial.checkpoint and not (local.is_file() and local.stat().st_size > 0):
+                self._copy_from_storage(trial, name)
+            files[name] = local.open("a")
+        self.open_files[trial] = files
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        if trial not in self.open_files:
+            self.log_trial_start(trial)
+        files = self.open_files[trial]
+        files[EXPR_RESULT_FILE].write(json.dumps(result, cls=SafeFallbackEncoder) + "\n")
+        row = flatten_dict({k: v for k, v in result.items() if k != "config"}, delimiter="/")
+        progress = files[EXPR_PROGRESS_FILE]
+        if trial not in self.csv_writers:
+            # The columns of the first report in this run (Ray's rule); a continued file has its header.
+            self.csv_writers[trial] = csv.DictWriter(progress, list(row), extrasaction="ignore")
+            if progress.tell() == 0:
+                self.csv_writers[trial].writeheader()
+        self.csv_writers[trial].writerow(row)
+        for file in files.values():
+            file.flush()
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        for file in self.open_files.pop(trial, {}).values():
+            file.close()
+        self.csv_writers.pop(trial, None)
+
+    def update_config(self, trial, config: dict) -> None:
+        with Path(trial.local_path, EXPR_PARAM_FILE).open("w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+        with Path(trial.local_path, EXPR_PARAM_PICKLE_FILE).open("wb") as f:
+            cloudpickle.dump(config, f)
+
+    @staticmethod
+    def _copy_from_storage(trial, name: str) -> None:
+        import pyarrow.fs
+
+        try:
+            pyarrow.fs.copy_files(f"{trial.storage.trial_fs_path}/{name}", Path(trial.local_path, name).as_posix(),
+                                  source_filesystem=trial.storage.storage_filesystem)
+        except FileNotFoundError:
+            pass   # it restarts before its first report reached storage
 
 
 class TrialEvents(Callback):

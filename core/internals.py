@@ -11,13 +11,11 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
   (`NoiseAwareRungs`), and the ledger's repair against Ray's snapshot before a resume
   (`repair_race_ledger`, which also reads Ray's count of proposed trials) and its order for the
   leaderboard (`proposal_order`);
-- the result loggers, which must not replace this session's files with older copies from storage
-  (`SessionJsonLogger`, `SessionCSVLogger`);
 - Ray's snapshot of an interrupted run: the killed driver's local copy of the records taken in
   before a resume (`absorb_driver_staging`), records of deleted checkpoints repaired
   (`repair_checkpoint_records`), the trial count of a finished search raised (`grow_search`,
   `raise_trial_count`), the storage of a moved experiment's new trials (`rebase_moved_experiment`),
-  and the console of the resumed run its own driver's (`renew_console`);
+  and the console and callbacks of the resumed run its own driver's (`renew_callbacks`);
 - Ray's start-up timeout, told from other failures of ray.init by its text (`is_startup_timeout`);
 - Ray's notice that a private cluster uses token authentication, hidden
   (`quiet_token_authentication_notice`);
@@ -40,7 +38,6 @@ import os
 import random
 from pathlib import Path
 
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
 from core.checkpoints import CHECKPOINT_FILE, _local_fs, checkpoint_problem, drop_reports_after, load_state, newest_intact
@@ -100,12 +97,17 @@ def optuna_trial(study, storage_id: int):
 
 
 def __getattr__(name: str):
-    """Searches saved before 2026-12-04 name their searchers here in Ray's tuner.pkl (they moved to
-    core/searchers.py): unpickling finds them under the old name."""
+    """Searches saved before 2026-12-04 name their searchers and result loggers here in Ray's
+    tuner.pkl (the searchers moved to core/searchers.py; the loggers are core.driver.TrialResultFiles,
+    which a resume puts in their place): unpickling finds them under the old names."""
     if name in ("ResumableOptunaSearch", "InTrialOrderSearch"):
         import core.searchers
 
         return getattr(core.searchers, name)
+    if name in ("SessionJsonLogger", "SessionCSVLogger"):
+        import core.driver
+
+        return core.driver.TrialResultFiles
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -381,14 +383,16 @@ def raise_trial_count(tuner, num_samples: int) -> None:
         tune_config.search_alg.total = num_samples
 
 
-def renew_console(tuner, verbose: int, console) -> None:
+def renew_callbacks(tuner, verbose: int, callbacks: list) -> None:
     """Tuner.restore keeps the first run's RunConfig, its console with it: Ray's `verbose` and the
-    driver's console callback (core.driver.TrialEvents, pickled with the live line on or off). A
-    resume prints as its own driver was asked to: both are replaced (Ray 2.60 reads them from here
-    when the run continues)."""
+    driver's callbacks (core.driver's TrialEvents, pickled with the live line on or off, and
+    TrialResultFiles). A resume prints as its own driver was asked to: `verbose` and every callback
+    of the types in `callbacks` are replaced by these (Ray 2.60 reads them from here when the run
+    continues). Other callbacks stay."""
     run_config = tuner._local_tuner.get_run_config()
     run_config.verbose = verbose
-    run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, type(console))] + [console]
+    replaced = tuple(type(c) for c in callbacks)
+    run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, replaced)] + list(callbacks)
 
 
 def repair_checkpoint_records(experiment_path: str, fs=None, progress=print, removed=()) -> list[str]:
@@ -755,32 +759,6 @@ def _result_row(trial_dir: str, checkpoint_name: str, fs) -> dict:
         if row.get("checkpoint_dir_name") == checkpoint_name:
             return row
     return {}
-
-
-# --- Result files ------------------------------------------------------------------------------------
-
-
-class _KeepThisSessionsLog:
-    """Ray's JSON/CSV loggers copy a trial's result file back from storage whenever the trial
-    (re)starts from a checkpoint. Within one driver session that copy can be older than the local
-    file (storage is synced every so often), so a trial that PBT paused and restarted, or that was
-    retried, lost the reports made since the last sync. The local file of this session is kept;
-    a resume has none (`absorb_driver_staging` removed the interrupted driver's) and restores
-    from storage as Ray does."""
-
-    def _restore_from_remote(self, file_name: str, trial) -> None:
-        local = Path(trial.local_path, file_name)
-        if local.is_file() and local.stat().st_size > 0:
-            return
-        super()._restore_from_remote(file_name, trial)
-
-
-class SessionJsonLogger(_KeepThisSessionsLog, JsonLoggerCallback):
-    pass
-
-
-class SessionCSVLogger(_KeepThisSessionsLog, CSVLoggerCallback):
-    pass
 
 
 # --- W&B -------------------------------------------------------------------------------------------

@@ -37,8 +37,6 @@ OVERRIDDEN = {
     ("ray.tune.schedulers.pbt.PopulationBasedTraining", "_exploit"): ["self", "tune_controller", "trial", "trial_to_clone"],
     ("ray.tune.schedulers.pbt.PopulationBasedTraining", "_quantiles"): ["self"],
     ("ray.tune.schedulers.pbt.PopulationBasedTraining", "_get_new_config"): ["self", "trial", "trial_to_clone"],
-    ("ray.tune.logger.json.JsonLoggerCallback", "_restore_from_remote"): ["self", "file_name", "trial"],
-    ("ray.tune.logger.csv.CSVLoggerCallback", "_restore_from_remote"): ["self", "file_name", "trial"],
 }
 OVERRIDES = {"_checkpoint_or_exploit": internals.BaselineKeepingPBT, "_exploit": internals.BaselineKeepingPBT,
              "_quantiles": internals.BaselineKeepingPBT, "_get_new_config": internals.BaselineKeepingPBT}
@@ -54,7 +52,7 @@ def test_every_overridden_ray_method_still_exists_with_its_signature(owner, meth
     ray_class = _ray_attribute(owner)
     assert hasattr(ray_class, method), f"Ray's {owner} has no {method} any more: core/internals.py overrides it"
     assert list(inspect.signature(getattr(ray_class, method)).parameters) == OVERRIDDEN[owner, method]
-    ours = OVERRIDES.get(method, internals.SessionJsonLogger if "Json" in owner else internals.SessionCSVLogger)
+    ours = OVERRIDES[method]
     assert getattr(ours, method) is not getattr(ray_class, method), f"{ours.__name__} no longer overrides {method}"
 
 
@@ -124,19 +122,28 @@ def test_the_tuner_setting_a_grown_resume_raises_is_where_raise_trial_count_puts
     assert tuner._local_tuner._tune_config.num_samples == 5
 
 
-def test_a_restored_tuner_prints_as_its_own_driver_is_asked_to():
-    """renew_console replaces what Tuner.restore kept of the first run's console: Ray's verbosity
-    and the console callback, with the new driver's (the other callbacks stay)."""
+def test_a_restored_tuner_prints_and_records_as_its_own_driver_is_asked_to():
+    """renew_callbacks replaces what Tuner.restore kept of the first run's callbacks: Ray's verbosity,
+    the console and the result files (two of them in a run saved before TrialResultFiles: the old
+    loggers' names unpickle to it), with the new driver's; the other callbacks stay."""
+    import pickle
+
     from ray import tune
 
-    from core.driver import TrialEvents
+    from core.driver import TrialEvents, TrialResultFiles
 
     kept = tune.Callback()
-    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(verbose=1, callbacks=[kept, TrialEvents("fid", 2)]))
-    console = TrialEvents("fid", 2, live=True)
-    internals.renew_console(tuner, 0, console)
+    # (protocol 0 names a class as text: "<module>\n<name>")
+    legacy = [pickle.loads(pickle.dumps(TrialResultFiles(), protocol=0).replace(b"core.driver\nTrialResultFiles",
+                                                                                b"core.internals\n" + name))
+              for name in (b"SessionJsonLogger", b"SessionCSVLogger")]
+    assert all(type(c) is TrialResultFiles for c in legacy)
+    tuner = tune.Tuner(lambda config: None,
+                       run_config=tune.RunConfig(verbose=1, callbacks=[*legacy, kept, TrialEvents("fid", 2)]))
+    files, console = TrialResultFiles(), TrialEvents("fid", 2, live=True)
+    internals.renew_callbacks(tuner, 0, [files, console])
     run_config = tuner._local_tuner.get_run_config()
-    assert run_config.verbose == 0 and run_config.callbacks == [kept, console]
+    assert run_config.verbose == 0 and run_config.callbacks == [kept, files, console]
 
 
 def test_the_ray_text_and_module_names_it_recognises_are_rays():
