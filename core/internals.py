@@ -4,9 +4,6 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
 - the schedulers: ASHA that never stops the baseline, and PBT that copies the right donor
   checkpoint into the trial's own directory and explores inside the searched ranges
   (`BaselineKeepingASHA`, `BaselineKeepingPBT`: they override Ray's private methods);
-- the one Optuna internal of the searchers (core/searchers.py, otherwise on Optuna's ask-and-tell
-  interface): a trial's storage id, by which a restored search reopens its trials
-  (`optuna_trial_id`, `optuna_trial`);
 - the search in trial order (core/racing.py's rules): the rungs that read the searcher's ledger
   (`NoiseAwareRungs`), and the ledger's repair against Ray's snapshot before a resume
   (`repair_race_ledger`, which also reads Ray's count of proposed trials) and its order for the
@@ -78,22 +75,6 @@ def is_startup_timeout(error: Exception) -> bool:
     """Whether ray.init failed because its raylet did not register within the fixed 30 s that
     Ray 2.60 gives it (ray._private.node raises a bare Exception, recognised by its text)."""
     return "timed out during startup" in str(error)
-
-
-# --- Optuna ----------------------------------------------------------------------------------------
-
-
-def optuna_trial_id(trial) -> int:
-    """An Optuna trial's id in its storage: what a restored searcher reopens it by (optuna.Trial's
-    constructor takes it; Optuna has no public lookup of a trial by its number)."""
-    return trial._trial_id
-
-
-def optuna_trial(study, storage_id: int):
-    """The optuna.Trial of `study` stored under `storage_id` (optuna_trial_id), to report to and tell."""
-    import optuna
-
-    return optuna.Trial(study, storage_id)
 
 
 def __getattr__(name: str):

@@ -7,7 +7,8 @@
 - `InTrialOrderSearch`: around it, every decision taken in trial order, and seeds raced
   (core/racing.py has the rules).
 
-The one Optuna internal they need, a trial's storage id, is read in core/internals.py.
+Neither uses a private name of Ray or Optuna: a restored search reopens its Optuna trials by their
+storage ids, which the study's storage looks up by trial number.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import pickle
 import optuna
 from ray.tune.search import Searcher
 
-from core.internals import optuna_trial, optuna_trial_id
 from core.space import is_baseline
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,9 @@ class ResumableOptunaSearch(Searcher):
     def _open_study(self, enqueue: bool = False) -> optuna.Study:
         modes = self.mode if isinstance(self.mode, list) else [self.mode]
         directions = ["minimize" if m == "min" else "maximize" for m in modes]
-        study = optuna.create_study(storage=self.storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
+        # Opened here, not by create_study, so that the storage's lookups (_storage_id) are ours to call.
+        self.opened_storage = optuna.storages.get_storage(self.storage)
+        study = optuna.create_study(storage=self.opened_storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
                                     study_name=self.study_name, load_if_exists=True, directions=directions)
         if enqueue:
             for point in self.points_to_evaluate:
@@ -70,7 +72,7 @@ class ResumableOptunaSearch(Searcher):
     def suggest(self, trial_id: str) -> dict:
         if trial_id not in self.trial_ids:
             trial = self.study.ask()
-            self.trial_ids[trial_id], self._trials[trial_id] = optuna_trial_id(trial), trial
+            self.trial_ids[trial_id], self._trials[trial_id] = self._storage_id(trial.number), trial
         return self.space(self._trial(trial_id))   # (asked again, Optuna returns the values it gave)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -104,8 +106,13 @@ class ResumableOptunaSearch(Searcher):
         """The Optuna trial asked for Ray's `trial_id`, on this run's study (opened once per run:
         a restored searcher holds only its storage id)."""
         if trial_id not in self._trials:
-            self._trials[trial_id] = optuna_trial(self.study, self.trial_ids[trial_id])
+            self._trials[trial_id] = optuna.Trial(self.study, self.trial_ids[trial_id])
         return self._trials[trial_id]
+
+    def _storage_id(self, number: int) -> int:
+        """The storage id of the study's trial `number`: what optuna.Trial reopens a trial by."""
+        study_id = self.opened_storage.get_study_id_from_name(self.study_name)
+        return self.opened_storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
     def _stored(self, trial: optuna.Trial):
         """The study's own record of `trial`, read now (what a restored searcher holds may be stale)."""

@@ -64,13 +64,6 @@ def test_the_private_attributes_the_schedulers_and_searcher_read_exist(tmp_path)
     assert pbt.time_attr == "epoch"
     asha = make_scheduler(cyclegan())
     assert isinstance(asha, internals.BaselineKeepingASHA) and asha.max_t == cyclegan().train.epochs
-    # The searcher's one Optuna internal: a trial reopened by its storage id is the same trial.
-    import optuna
-
-    study = optuna.create_study()
-    asked = study.ask()
-    again = internals.optuna_trial(study, internals.optuna_trial_id(asked))
-    assert again.number == asked.number and isinstance(again, optuna.Trial)
     # The per-state PBT record holds what the exploit reads and writes.
     from ray.tune.schedulers.pbt import _PBTTrialState
 

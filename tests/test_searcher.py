@@ -363,3 +363,25 @@ def test_a_searcher_saved_by_the_paintsweep_before_its_own_searcher_resumes(tmp_
     restored.restore(str(tmp_path / "state.pkl"))
     restored.on_trial_complete("ray-trial-1", {"best_fid": 4.0, "training_iteration": 1})
     assert [t.value for t in restored.study.get_trials()] == [4.0] and restored.metric == "best_fid"
+
+
+def test_a_restored_searcher_reopens_its_own_trials_in_a_file_shared_with_another_study(tmp_path):
+    """A restored searcher reopens its Optuna trials by storage id, looked up by trial number. With
+    another study's trials first in the same file, a trial's id is not its number: the restored
+    searcher still reports to and tells its own trial, and leaves the other study's alone."""
+    import pickle
+
+    from core.search import study_storage
+
+    other = optuna.create_study(study_name="another", storage=study_storage(tmp_path))
+    other.ask(), other.ask()
+    searcher = make_searcher(cyclegan("search.baseline=false"), tmp_path)
+    searcher.suggest("a")
+    restored = pickle.loads(pickle.dumps(searcher))   # as Ray's tuner.pkl holds it
+    restored.attach_study(study_storage(tmp_path))
+    restored.on_trial_result("a", {"best_fid": 3.0, "training_iteration": 1})
+    restored.on_trial_complete("a", {"best_fid": 2.0, "training_iteration": 1})
+    (ours,) = restored.study.get_trials()
+    assert (ours.number, ours.state.name, ours.value, ours.intermediate_values) == (0, "COMPLETE", 2.0, {1: 3.0})
+    assert [t.state.name for t in other.get_trials()] == ["RUNNING", "RUNNING"]
+    assert restored.trial_ids["a"] == 3   # the third trial in the file
