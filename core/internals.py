@@ -22,7 +22,9 @@ Ray Tune's public API leaves gaps paintsweep has to fill, each with Ray's privat
 All of it is written against Ray RAY_VERSION: `check_versions()` runs before every run (the
 search's, a confirmation's) and refuses another installed Ray with one message, and
 tests/test_internals.py fails when a Ray method overridden or a private attribute read here is
-renamed or changes its signature. A Ray upgrade is this module and that test file.
+renamed or changes its signature. A Ray upgrade is this module and that test file. The private
+names used are 13 (that test lists them, and fails on a new one); the rest of this module reads
+Ray's snapshot files through public names (`newest_snapshot_file`, `read_snapshot_json`).
 """
 
 from __future__ import annotations
@@ -176,7 +178,6 @@ class BaselineKeepingPBT(PopulationBasedTraining):
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         state = self._trial_state[trial]
         state.last_checkpoint = _reported_checkpoint(trial, state.last_result) if trial in upper_quantile else None
-        self._num_checkpoints += trial in upper_quantile
         if trial in lower_quantile:
             donor = random.choice(upper_quantile)
             if self._trial_state[donor].last_checkpoint is None:
@@ -280,8 +281,9 @@ def newest_own_checkpoint(trial):
     record of those the trial reported and keeps in its own directory, or (None, None). Never a
     PBT restore copy: that holds another trial's weights."""
     own = Path(trial.storage.trial_fs_path)
-    kept = [r for r in trial.run_metadata.checkpoint_manager._checkpoint_results
-            if Path(r.checkpoint.path).parent == own and _intact(r.checkpoint)]
+    manager = trial.run_metadata.checkpoint_manager
+    kept = [r for r in [*manager.best_checkpoint_results, manager.latest_checkpoint_result]
+            if r is not None and Path(r.checkpoint.path).parent == own and _intact(r.checkpoint)]
     newest = max(kept, key=lambda r: r.metrics.get("epoch", 0), default=None)
     return (newest.checkpoint, newest.metrics) if newest else (None, None)
 
@@ -400,24 +402,22 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print, rem
     `checkpoint_manager` holds the records), the only place Ray reads them from on a restore; the
     file is replaced atomically."""
     from ray.train import Checkpoint
-    from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
     from ray.train._internal.session import _TrainingResult
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.trainable.metadata import _TrainingRunMetadata
-    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+    from ray.tune.utils.serialization import TuneFunctionEncoder
 
     from core.checkpoints import CHECKPOINT_PREFIX, trial_checkpoints
 
     fs = fs or _local_fs()
-    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    snapshot = newest_snapshot_file(experiment_path, fs)
     if snapshot is None:
         return []
     with fs.open_input_stream(snapshot) as f:
-        state = _loads_with_cloudpickle(f.readall())   # Ray's own file, written by this experiment's driver
+        state = read_snapshot_json(f.readall())
 
     repaired, changed = [], False
     for i, (trial_json, metadata_json) in enumerate(state["trial_data"]):
-        trial_state = _loads_with_cloudpickle(trial_json)
+        trial_state = read_snapshot_json(trial_json)
         storage = trial_state["storage"]
         trial_dir = f"{experiment_path}/{storage.trial_dir_name}"   # (the storage may have moved)
         used = trial_checkpoints(trial_dir, fs) + [p for p in removed if Path(p).parent.name == storage.trial_dir_name]
@@ -442,22 +442,29 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print, rem
         if recorded is not None and Path(recorded).name == Path(newest or "").name:
             continue   # the record names the checkpoint the trial resumes from
         problem = checkpoint_problem(recorded, fs) if recorded is not None else None
-        # Kept-checkpoint records whose directory is gone would be "deleted" again and listed as kept.
-        manager._checkpoint_results = [r for r in manager._checkpoint_results
-                                       if checkpoint_problem(f"{trial_dir}/{Path(r.checkpoint.path).name}", fs) is None]
+        # The records are made anew, in a fresh manager of Ray's with the same keep-top-k policy: the
+        # trial's own kept checkpoints still intact (not a PBT donor's copy, which Ray records as the
+        # latest after an exploit), then, as the latest, the one the trial resumes from, each
+        # registered with the result it was reported with (Ray applies its policy as it did then).
+        # Records of checkpoints that are gone would be "deleted" again and listed as kept.
+        fresh = type(manager)(manager.checkpoint_config)
+        still_there = {Path(r.checkpoint.path).name: r for r in [*manager.best_checkpoint_results, latest]
+                       if r is not None and Path(r.checkpoint.path).parent.name == storage.trial_dir_name
+                       and checkpoint_problem(f"{trial_dir}/{Path(r.checkpoint.path).name}", fs) is None}
+        still_there.pop(Path(newest).name if newest else None, None)
+        for kept_name, kept in sorted(still_there.items()):   # (by name: in the order they were reported)
+            fresh.register_checkpoint(_TrainingResult(checkpoint=Checkpoint(f"{trial_dir}/{kept_name}", filesystem=fs),
+                                                      metrics=kept.metrics))
         name = Path(trial_dir).name
         if newest is None:
-            manager._latest_checkpoint_result = None
+            # (none of the kept is intact either: fresh holds no checkpoint, and the trial starts over)
             repaired.append(f"{name}: {Path(recorded).name} ({problem.replace(CHECKPOINT_FILE, 'its ' + CHECKPOINT_FILE)}) "
                             f"and no intact checkpoint is left; the trial starts over")
         else:
             # Ray's row (with its own fields, training_iteration among them) where the driver saved
             # it, else what the trial reported with the checkpoint.
             metrics = _result_row(trial_dir, Path(newest).name, fs) or _reported_metrics(newest, fs)
-            result = _TrainingResult(checkpoint=Checkpoint(newest, filesystem=fs), metrics=metrics)
-            manager._latest_checkpoint_result = result
-            if all(Path(r.checkpoint.path).name != Path(newest).name for r in manager._checkpoint_results):
-                _insert_into_sorted_list(manager._checkpoint_results, result, key=manager._get_checkpoint_score)
+            fresh.register_checkpoint(_TrainingResult(checkpoint=Checkpoint(newest, filesystem=fs), metrics=metrics))
             if problem is None:
                 what = f"recorded {Path(recorded).name}" if recorded else "no checkpoint recorded"
                 repaired.append(f"{name}: {what}, but {Path(newest).name} was saved after Ray's last snapshot; "
@@ -466,6 +473,7 @@ def repair_checkpoint_records(experiment_path: str, fs=None, progress=print, rem
                 what = "is gone" if "missing" in problem else problem.replace(CHECKPOINT_FILE, "its " + CHECKPOINT_FILE)
                 repaired.append(f"{name}: recorded {Path(recorded).name} {what}; "
                                 f"resuming from {Path(newest).name}, its newest intact checkpoint")
+        metadata.checkpoint_manager = fresh
         metadata.invalidate_cache()
         state["trial_data"][i][1] = metadata.get_json_state()
         changed = True
@@ -495,13 +503,11 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
 
     import pyarrow.fs
     import ray.cloudpickle as cloudpickle
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-    from ray.tune.utils.serialization import _loads_with_cloudpickle
 
     from core.racing import TrialRecord, configuration_key
 
     fs = fs or _local_fs()
-    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    snapshot = newest_snapshot_file(experiment_path, fs)
     found = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
     newest = {prefix: max((i.path for i in found if Path(i.path).name.startswith(prefix)), default=None)
               for prefix in ("searcher-state-", "search_gen_state-")}
@@ -512,8 +518,8 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
     if not isinstance(saved, dict) or "metric" not in saved:
         return []   # not a search in trial order
     with fs.open_input_stream(snapshot) as f:
-        state = _loads_with_cloudpickle(f.readall())
-    trials = [_loads_with_cloudpickle(trial_json) for trial_json, _ in state["trial_data"]]
+        state = read_snapshot_json(f.readall())
+    trials = [read_snapshot_json(trial_json) for trial_json, _ in state["trial_data"]]
     known = {trial["trial_id"]: trial for trial in trials}
     ledger = {t["trial_id"]: t for t in saved["ledger"]["trials"]}
     # The ledger's order is the proposal order (Ray's list is in another): kept, with any trial it
@@ -565,16 +571,33 @@ def repair_race_ledger(experiment_path: str, fs=None, progress=print) -> list[st
     return changes
 
 
-def _newest_snapshot(experiment_path: str, fs) -> dict | None:
-    """Ray's newest experiment snapshot (`experiment_state-*.json`: its trial list), or None."""
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-    from ray.tune.utils.serialization import _loads_with_cloudpickle
+def newest_snapshot_file(experiment_path: str, fs=None) -> str | None:
+    """The path of Ray's newest experiment snapshot, `experiment_state-<its driver's start>.json`
+    (the newest by name, as Ray's restore picks it), or None."""
+    import pyarrow.fs
 
-    snapshot = _find_newest_experiment_checkpoint(experiment_path, fs)
+    fs = fs or _local_fs()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path, allow_not_found=True))
+    return max((i.path for i in found if Path(i.path).name.startswith(SNAPSHOT_PREFIXES[0]) and i.path.endswith(".json")),
+               default=None)
+
+
+def read_snapshot_json(text: str | bytes):
+    """A JSON document of Ray's snapshot (written by Ray's TuneFunctionEncoder, which cloudpickles
+    what JSON cannot hold, a trial's StorageContext among them). Only for the experiment's own files,
+    written by its drivers: the cloudpickled parts run code when loaded."""
+    from ray.tune.utils.serialization import TuneFunctionDecoder
+
+    return json.loads(text, cls=TuneFunctionDecoder, allow_cloudpickle=True)
+
+
+def _newest_snapshot(experiment_path: str, fs) -> dict | None:
+    """Ray's newest experiment snapshot (its trial list), or None."""
+    snapshot = newest_snapshot_file(experiment_path, fs)
     if snapshot is None:
         return None
     with fs.open_input_stream(snapshot) as f:
-        return _loads_with_cloudpickle(f.readall())   # Ray's own file, written by this experiment's driver
+        return read_snapshot_json(f.readall())
 
 
 def absorb_driver_staging(experiment_path: str, fs=None, progress=print) -> list[str]:
@@ -592,13 +615,11 @@ def absorb_driver_staging(experiment_path: str, fs=None, progress=print) -> list
     import shutil
 
     import pyarrow.fs
-    from ray.tune.utils.serialization import _loads_with_cloudpickle
-
     fs = fs or _local_fs()
     state = _newest_snapshot(experiment_path, fs)
     if state is None or not state["trial_data"]:
         return []
-    storage = _loads_with_cloudpickle(state["trial_data"][0][0])["storage"]   # (its timestamp is the run's)
+    storage = read_snapshot_json(state["trial_data"][0][0])["storage"]   # (its timestamp is the run's)
     storage.experiment_dir_name = Path(experiment_path).name                 # (the experiment may have moved)
     staging = Path(storage.experiment_driver_staging_path)                   # (in this driver's Ray session)
     if not staging.is_dir():
@@ -638,13 +659,11 @@ def remove_unrecorded_trial_dirs(experiment_path: str, family: str, fs=None, pro
     import re
 
     import pyarrow.fs
-    from ray.tune.utils.serialization import _loads_with_cloudpickle
-
     fs = fs or _local_fs()
     state = _newest_snapshot(experiment_path, fs)
     if state is None:
         return []
-    recorded = {_loads_with_cloudpickle(trial_json)["storage"].trial_dir_name for trial_json, _ in state["trial_data"]}
+    recorded = {read_snapshot_json(trial_json)["storage"].trial_dir_name for trial_json, _ in state["trial_data"]}
     removed = []
     for info in fs.get_file_info(pyarrow.fs.FileSelector(experiment_path)):
         name = Path(info.path).name

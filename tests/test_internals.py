@@ -73,28 +73,56 @@ def test_the_private_attributes_the_schedulers_and_searcher_read_exist(tmp_path)
     assert {"last_checkpoint", "last_result"} <= set(vars(state))
 
 
-def test_the_snapshot_pieces_the_resume_repair_and_growth_use_exist():
-    from ray.train import Checkpoint
-    from ray.train._internal.checkpoint_manager import _CheckpointManager, _insert_into_sorted_list
-    from ray.train._internal.session import _TrainingResult
+def test_the_newest_snapshot_is_the_one_ray_restores_and_its_json_is_read_back(tmp_path):
+    """newest_snapshot_file picks the file Ray's restore picks; read_snapshot_json reads what Ray's
+    encoder writes, the cloudpickled StorageContext of a trial included."""
+    import json
+
+    from ray.train._internal.storage import StorageContext
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    for name in ("experiment_state-2026-12-04_09-00-00.json", "experiment_state-2026-12-04_10-00-00.json",
+                 "search_gen_state-2026-12-04_11-00-00.json", "experiment_state-2026-12-04_08-00-00.json.tmp"):
+        (tmp_path / name).write_text("{}")
+    assert internals.newest_snapshot_file(str(tmp_path)) == _find_newest_experiment_checkpoint(str(tmp_path))
+    assert internals.newest_snapshot_file(str(tmp_path)).endswith("experiment_state-2026-12-04_10-00-00.json")
+    assert internals.newest_snapshot_file(str(tmp_path / "none")) is None
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="t1",
+                             current_checkpoint_index=4)
+    text = json.dumps({"storage": storage, "status": "RUNNING"}, cls=TuneFunctionEncoder)
+    again = internals.read_snapshot_json(text)
+    assert again["status"] == "RUNNING" and (again["storage"].trial_dir_name, again["storage"].current_checkpoint_index) == ("t1", 4)
+
+
+def test_the_snapshot_pieces_the_resume_repair_and_growth_use_exist(tmp_path):
+    """repair_checkpoint_records makes a trial's records anew in a fresh checkpoint manager of the
+    restored one's type and policy, registering results as Ray does: the manager keeps the top k by
+    the score plus the latest, deletes the rest, and round-trips through the run metadata's JSON."""
+    from ray import tune
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
     from ray.tune.search import SearchGenerator
     from ray.tune.search.optuna import OptunaSearch
     from ray.tune.trainable.metadata import _TrainingRunMetadata
-    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle  # noqa: F401
 
-    assert list(inspect.signature(_find_newest_experiment_checkpoint).parameters)[:2] == ["experiment_path", "fs"]
-    assert list(inspect.signature(_insert_into_sorted_list).parameters)[:3] == ["list", "item", "key"]
-    manager = _CheckpointManager(checkpoint_config=None)
-    for name in ("_checkpoint_results", "_latest_checkpoint_result", "_get_checkpoint_score", "latest_checkpoint_result"):
-        assert hasattr(manager, name), f"_CheckpointManager.{name}"
-    result = _TrainingResult(checkpoint=Checkpoint("/nowhere"), metrics={"epoch": 1})
-    manager.register_checkpoint(result)
-    assert manager._checkpoint_results[0] is result and manager.latest_checkpoint_result is result
+    assert list(inspect.signature(_CheckpointManager).parameters) == ["checkpoint_config"]
+    policy = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="fid", checkpoint_score_order="min")
+    manager = type(_CheckpointManager(policy))(_CheckpointManager(policy).checkpoint_config)
+    results = []
+    for epoch, fid in ((1, 2.0), (2, 1.0), (3, 3.0), (4, 4.0)):
+        (tmp_path / f"checkpoint_{epoch}").mkdir()
+        results.append(_TrainingResult(checkpoint=Checkpoint(str(tmp_path / f"checkpoint_{epoch}")),
+                                       metrics={"epoch": epoch, "fid": fid}))
+        manager.register_checkpoint(results[-1])
+    assert manager.latest_checkpoint_result is results[3] and manager.best_checkpoint_results == [results[1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2", "checkpoint_4"]   # the best and the latest
     metadata = _TrainingRunMetadata()
     metadata.checkpoint_manager = manager
     again = _TrainingRunMetadata.from_json_state(metadata.get_json_state())
-    assert again.checkpoint_manager.latest_checkpoint_result.metrics == {"epoch": 1}
+    assert again.checkpoint_manager.latest_checkpoint_result.metrics == {"epoch": 4, "fid": 4.0}
+    assert again.checkpoint_manager.checkpoint_config.num_to_keep == 1
     assert callable(metadata.invalidate_cache)
     # The trial's StorageContext, in its JSON state, holds the checkpoint counter the repair moves on.
     from ray.train._internal.storage import StorageContext
@@ -168,6 +196,59 @@ def test_no_private_name_of_ray_optuna_wandb_or_torch_is_used_outside_core_inter
             if any(name in code for name in private):
                 found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+# The private names of Ray, W&B and others that core/internals.py uses (30 before issue 25): a new one
+# fails the test below until it is listed here, so the count is a decision, not a drift.
+PRIVATE_NAMES_USED = {
+    # PBT's decisions, overridden (BaselineKeepingPBT) and its per-trial state read
+    "_checkpoint_or_exploit", "_exploit", "_quantiles", "_get_new_config", "_trial_state",
+    # Ray's records of a trial's checkpoints, made anew by the resume's repair (repair_checkpoint_records)
+    "_TrainingResult", "_TrainingRunMetadata", "ray.train._internal.session",
+    # the restored Tuner's settings a resume or a grown search changes (no public setter)
+    "_local_tuner", "_tune_config",
+    # the logger of Ray's token-authentication notice
+    "ray._private.authentication.authentication_token_setup",
+    # W&B's import-time temp directories (looked up defensively)
+    "wandb.sdk.data_types._private", "_TMP_DIR",
+}
+
+
+def private_names_used_in_internals() -> set[str]:
+    """Every private name of another package in core/internals.py's code (docstrings aside): an
+    attribute, an imported name or module path, a string naming one, and each Ray method its
+    classes override."""
+    import ast
+    import re
+
+    third_party = ("ray", "optuna", "wandb", "torch", "pyarrow", "tensorboard")
+    tree = ast.parse(inspect.getsource(internals))
+    ours = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name.startswith("_")}
+    overridden = {name for cls in vars(internals).values()
+                  if inspect.isclass(cls) and cls.__module__ == internals.__name__
+                  for name in vars(cls) if name.startswith("_") and not name.startswith("__")
+                  and any(name in vars(base) for base in cls.__mro__[1:] if base.__module__.split(".")[0] in third_party)}
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            found.add(node.attr)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in third_party:
+            found |= {alias.name for alias in node.names if alias.name.startswith("_")}
+            if any(part.startswith("_") for part in node.module.split(".")):
+                found.add(node.module)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            dotted_private = re.fullmatch(r"\w+(\.\w+)+", node.value) and re.search(r"\._", node.value)
+            if re.fullmatch(r"_[A-Za-z]\w*", node.value) or dotted_private:
+                found.add(node.value)
+    return (found - ours) | overridden
+
+
+def test_the_private_names_of_other_packages_used_are_the_listed_few():
+    """Issue 25's target: at most half of the 30 private names used before it."""
+    assert private_names_used_in_internals() == PRIVATE_NAMES_USED
+    assert len(PRIVATE_NAMES_USED) <= 15
 
 
 def test_the_snapshot_files_the_race_ledger_repair_reads_are_still_named_and_shaped_so():
