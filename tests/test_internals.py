@@ -109,7 +109,8 @@ def test_the_snapshot_pieces_the_resume_repair_and_growth_use_exist(tmp_path):
 
     assert list(inspect.signature(_CheckpointManager).parameters) == ["checkpoint_config"]
     policy = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="fid", checkpoint_score_order="min")
-    manager = type(_CheckpointManager(policy))(_CheckpointManager(policy).checkpoint_config)
+    restored = _CheckpointManager(policy)
+    manager = type(restored)(restored.checkpoint_config)   # as the repair makes one
     results = []
     for epoch, fid in ((1, 2.0), (2, 1.0), (3, 3.0), (4, 4.0)):
         (tmp_path / f"checkpoint_{epoch}").mkdir()
