@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -59,6 +60,8 @@ from core.results import trial_status
 from core.tracking import release_wandb_in_driver
 
 DRIVER_LOCK = ".driver.lock"
+
+logger = logging.getLogger(__name__)
 
 
 # --- The once-per-experiment work ------------------------------------------------------------------
@@ -329,11 +332,15 @@ class TrialResultFiles(LoggerCallback):
     def _copy_from_storage(trial, name: str) -> None:
         import pyarrow.fs
 
+        source = f"{trial.storage.trial_fs_path}/{name}"
         try:
-            pyarrow.fs.copy_files(f"{trial.storage.trial_fs_path}/{name}", Path(trial.local_path, name).as_posix(),
+            pyarrow.fs.copy_files(source, Path(trial.local_path, name).as_posix(),
                                   source_filesystem=trial.storage.storage_filesystem)
         except FileNotFoundError:
             pass   # it restarts before its first report reached storage
+        except OSError as e:   # storage unreachable or broken: the search goes on (as with Ray's loggers)
+            logger.warning("Trial %s: its earlier %s could not be read from storage (%s); the file here starts "
+                           "again from this run's reports", trial, source, e)
 
 
 class TrialEvents(Callback):

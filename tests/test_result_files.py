@@ -107,6 +107,23 @@ def test_a_resumed_run_continues_storage_s_files_and_a_new_trial_does_not_read_t
     assert [r["epoch"] for r in rows(fresh)] == [1]
 
 
+def test_storage_that_cannot_be_read_is_a_warning_naming_the_file_and_the_trial_goes_on(tmp_path, caplog):
+    """A restart whose storage copy cannot be read (here a file where the trial's directory should
+    be; on S3, a network error): one warning naming the file and the error, and the reports go on."""
+    trial, files = StandInTrial(tmp_path, {}), TrialResultFiles()
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "storage" / "t1").write_text("not a directory")
+    trial.checkpoint = "checkpoint_000001"
+    with caplog.at_level("WARNING", logger="core.driver"):
+        files.log_trial_start(trial)
+    files.log_trial_result(2, trial, {"epoch": 2, "fid": 1.0})
+    files.log_trial_end(trial)
+    assert [r["epoch"] for r in rows(trial)] == [2]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all("could not be read from storage" in w and "Not a directory" in w for w in warned)
+    assert {w.split(" could")[0].rsplit("/", 1)[-1] for w in warned} == {"result.json", "progress.csv"}
+
+
 def test_ray_s_trial_has_what_the_callback_reads():
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial

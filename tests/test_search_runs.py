@@ -126,8 +126,9 @@ def test_a_kid_search_ranks_its_leaderboard_and_keeps_its_checkpoints_by_kid(fou
 # 4 toy trials one at a time, each step slowed by a 0.4 s sleep (the toy family's slow_above_lr), so
 # the search's length is the sleeps' and not the CPU's: 4 x 4 epochs x 4 steps = 26 s of sleep at the
 # least, on any machine and at any number of threads, which a 20 s budget always cuts, and the first
-# report comes one epoch (1.6 s of sleep) after the first trial starts. (A CycleGAN search of 100 iterations an epoch took 40 s on one machine,
-# 21 s on a faster one, and under 20 s at 2 threads once Ray's workers started faster.)
+# report comes one epoch (1.6 s of sleep) after the first trial starts. (A CycleGAN search of 100
+# iterations an epoch took 40 s on one machine, 21 s on a faster one, and under 20 s at 2 threads
+# once Ray's workers started faster.)
 BUDGET_ARGS = ["--space", str(TOY_SPACE), "--name", "budgeted", "--num-samples", "4", "search.max_concurrent=1",
                "search.scheduler=fifo", "train.epochs=4", "train.iters_per_epoch=4", "model.slow_above_lr=0"]
 
